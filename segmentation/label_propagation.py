@@ -1,0 +1,379 @@
+"""Label propagation over patches (LPOSS) and over pixels (LPOSS+), SPEC steps 8 and 10.
+
+Everything here is a pure tensor function: inputs on any device, float32 maths on that device, no
+NumPy/SciPy round trips. Both levels solve ``(I - alpha S) Z = Y`` column by column with the batched
+conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the graph ``S``:
+
+* patches: a symmetric kNN graph on DINO features, weighted by feature similarity and patch distance,
+  held as a sparse CSR matrix (:func:`patch_affinity`);
+* pixels: a fixed ``r x r`` stencil on Lab colour, held as a dense ``[r*r - 1, H, W]`` weight tensor
+  and applied with shifted multiply-adds (:func:`pixel_affinity`), never as a sparse matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "apply_stencil",
+    "conjugate_gradient",
+    "knn_search",
+    "patch_affinity",
+    "pixel_affinity",
+    "propagate_patches",
+    "propagate_pixels",
+    "rgb_to_lab",
+    "stencil_offsets",
+]
+
+# CIE XYZ of linear sRGB and the D65 white point, as kornia.color.rgb_to_lab uses them.
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+# SPEC step 10: Lab divided by these so that L, a and b all span about one unit.
+_LAB_SCALE = (100.0, 128.0, 128.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_open_unit(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must lie in the open interval (0, 1), got {value}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_solver_args(alpha: float, tol: float, maxiter: int) -> None:
+    _check_open_unit("alpha", alpha)
+    _check_positive("tol", tol)
+    if int(maxiter) != maxiter or maxiter < 1:
+        raise ValueError(f"maxiter must be an integer >= 1, got {maxiter}")
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+# --------------------------------------------------------------------------------------------------
+# Solver
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    *,
+    tol: float = 1e-6,
+    maxiter: int = 10,
+) -> torch.Tensor:
+    """Solve ``A x = b`` for every column of ``b`` with its own conjugate-gradient iteration.
+
+    Columns are independent systems that share the symmetric positive-definite operator ``A``. Each one
+    runs plain CG (``x0 = 0``, its own step sizes) and stops once ``||r|| <= tol * ||b||``; a stopped
+    column stays put while the others go on. This is SciPy's ``cg`` run once per column, batched (not
+    block-CG).
+
+    Args:
+        matvec: ``X [C, *] -> A X [C, *]``, applying ``A`` to every column at once.
+        b: right-hand sides ``[C, *]``: dimension 0 indexes the columns, the rest is one vector.
+        tol: relative residual at which a column stops.
+        maxiter: maximum number of iterations (matvecs) per column.
+
+    Returns:
+        ``x [C, *]``, same dtype and device as ``b``.
+    """
+    columns = b.shape[0]
+    flat = (columns, -1)  # [C, M]: the norms and dot products run over M
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = r.reshape(flat).square().sum(1)  # [C]
+    threshold = tol * rr.sqrt()  # ||b|| with x0 = 0
+    active = rr.sqrt() > threshold
+    view = (columns,) + (1,) * (b.dim() - 1)
+    for _ in range(maxiter):
+        if not bool(active.any()):
+            break
+        ap = matvec(p)
+        pap = (p * ap).reshape(flat).sum(1)
+        # A stopped column gets step 0, so its x and r no longer change.
+        step = torch.where(active, rr / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        x.add_(step.view(view) * p)
+        r.sub_(step.view(view) * ap)
+        rr_next = r.reshape(flat).square().sum(1)
+        active = active & (rr_next.sqrt() > threshold)
+        beta = rr_next / torch.where(rr > 0, rr, torch.ones_like(rr))
+        p = r + beta.view(view) * p
+        rr = rr_next
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# Patch level (LPOSS)
+
+
+def knn_search(features: torch.Tensor, k: int, *, backend: str = "torch", chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours by inner product, each node included (usually its own first neighbour).
+
+    Args:
+        features: ``[N, D]`` float32, L2-normalised rows.
+        k: neighbours per node, ``1 <= k <= N``.
+        backend: ``"torch"`` (exact top-k in chunks of rows, any device) or ``"faiss"`` (exact
+            ``IndexFlatIP``, optional dependency, for large ``N``).
+        chunk_size: rows per similarity block with the torch backend (bounds memory to ``chunk * N``).
+
+    Returns:
+        ``(similarities [N, k] float32, indices [N, k] int64)``, sorted by decreasing similarity.
+    """
+    if backend == "faiss":
+        return _knn_search_faiss(features, k)
+    if backend != "torch":
+        raise ValueError(f"knn_backend must be 'torch' or 'faiss', got {backend!r}")
+    sims, idx = [], []
+    for start in range(0, features.shape[0], chunk_size):
+        block = features[start : start + chunk_size] @ features.T  # [chunk, N]
+        s, i = block.topk(k, dim=1)
+        sims.append(s)
+        idx.append(i)
+    return torch.cat(sims), torch.cat(idx)
+
+
+def _knn_search_faiss(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        import faiss
+    except ImportError as error:
+        raise ImportError(
+            "knn_backend='faiss' needs the faiss package: pip install faiss-cpu (or conda install faiss-gpu); "
+            "knn_backend='torch' gives the same exact result without it"
+        ) from error
+    data = features.detach().float().cpu().contiguous().numpy()
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    sims, idx = index.search(data, k)
+    return torch.from_numpy(sims).to(features.device), torch.from_numpy(idx).long().to(features.device)
+
+
+def _symmetric_normalised(rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, n: int) -> torch.Tensor:
+    """``D^-1/2 (W + W^T) D^-1/2`` with a zero diagonal, as a CSR matrix ``[n, n]``."""
+    rows, cols = torch.cat([rows, cols]), torch.cat([cols, rows])
+    weights = torch.cat([weights, weights])
+    off_diagonal = rows != cols
+    rows, cols, weights = rows[off_diagonal], cols[off_diagonal], weights[off_diagonal]
+    w = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (n, n)).coalesce()  # sums W_ij + W_ji
+    rows, cols = w.indices()
+    weights = w.values()
+    degrees = torch.zeros(n, dtype=weights.dtype, device=weights.device).index_add_(0, rows, weights)
+    degrees = torch.where(degrees > 0, degrees, torch.ones_like(degrees))  # isolated node: degree 1
+    inv_sqrt = degrees.rsqrt()
+    weights = weights * inv_sqrt[rows] * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), weights, (n, n)).coalesce().to_sparse_csr()
+
+
+def patch_affinity(
+    features: torch.Tensor,
+    locations: torch.Tensor,
+    *,
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    pix_dist_pow: float = 1.0,
+    knn_backend: str = "torch",
+) -> torch.Tensor:
+    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of SPEC step 8.
+
+    ``W`` holds, for every patch, its ``k`` nearest neighbours by feature inner product ``s`` with weight
+    ``max(s, 0) ** gamma * exp(-sigma * dist ** pix_dist_pow)``; then ``W <- W + W^T`` and the diagonal is
+    zeroed.
+
+    Args:
+        features: ``[N, D]`` float32, L2-normalised.
+        locations: ``[N, 2]`` patch centres in pixels (``y, x``).
+        k: neighbours per node; ``k >= N`` means all nodes.
+
+    Returns:
+        Sparse CSR ``[N, N]`` float32, symmetric, zero diagonal.
+    """
+    n = features.shape[0]
+    sims, idx = knn_search(features, min(k, n), backend=knn_backend)
+    dist = (locations[:, None, :] - locations[idx]).norm(dim=-1)  # [N, k] pixels
+    weights = sims.clamp(min=0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
+    rows = torch.arange(n, device=features.device).repeat_interleave(idx.shape[1])
+    return _symmetric_normalised(rows, idx.reshape(-1), weights.reshape(-1), n)
+
+
+def propagate_patches(
+    scores: torch.Tensor,
+    features: torch.Tensor,
+    locations: torch.Tensor,
+    *,
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    pix_dist_pow: float = 1.0,
+    alpha: float = 0.95,
+    tol: float = 1e-6,
+    maxiter: int = 10,
+    knn_backend: str = "torch",
+) -> torch.Tensor:
+    """LPOSS: propagate patch scores over the kNN graph of all patches of an image (SPEC step 8).
+
+    Args:
+        scores: ``Y [N, C]`` initial scores (raw cosine similarities, one column per alias).
+        features: ``[N, D]`` DINO features, L2-normalised.
+        locations: ``[N, 2]`` patch centres in resized-image pixels.
+        k, gamma, sigma, pix_dist_pow: graph construction, see :func:`patch_affinity`.
+        alpha: propagation strength in ``(0, 1)``.
+        tol, maxiter: CG stopping rule per column.
+        knn_backend: ``"torch"`` or ``"faiss"``.
+
+    Returns:
+        ``Z [N, C]`` float32 solving ``(I - alpha S) Z = Y`` approximately (``maxiter`` CG steps).
+    """
+    if scores.dim() != 2 or features.dim() != 2 or locations.shape != (scores.shape[0], 2):
+        raise ValueError(
+            f"scores must be [N, C], features [N, D] and locations [N, 2] with the same N; got scores "
+            f"{tuple(scores.shape)}, features {tuple(features.shape)}, locations {tuple(locations.shape)}"
+        )
+    if features.shape[0] != scores.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} rows but scores has {scores.shape[0]}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not sigma >= 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    _check_positive("pix_dist_pow", pix_dist_pow)
+    _check_solver_args(alpha, tol, maxiter)
+    _check_finite("scores", scores)
+    _check_finite("features", features)
+    scores, features, locations = scores.float(), features.float(), locations.float()
+    s = patch_affinity(features, locations, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow, knn_backend=knn_backend)
+
+    def matvec(z: torch.Tensor) -> torch.Tensor:  # z [C, N]
+        return z - alpha * (s @ z.T).T
+
+    return conjugate_gradient(matvec, scores.T.contiguous(), tol=tol, maxiter=maxiter).T
+
+
+# --------------------------------------------------------------------------------------------------
+# Pixel level (LPOSS+)
+
+
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """sRGB ``[3, H, W]`` (or ``[B, 3, H, W]``) in ``[0, 1]`` to CIE Lab, D65, kornia's conventions.
+
+    Returns:
+        Same shape; L in ``[0, 100]``, a and b in about ``[-128, 127]``.
+    """
+    linear = torch.where(image > 0.04045, ((image + 0.055).clamp(min=0) / 1.055) ** 2.4, image / 12.92)
+    matrix = torch.tensor(_RGB_TO_XYZ, dtype=image.dtype, device=image.device)
+    white = torch.tensor(_D65_WHITE, dtype=image.dtype, device=image.device)
+    xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear) / white[:, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 4.0 / 29.0)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
+
+
+def stencil_offsets(r: int) -> list[tuple[int, int]]:
+    """The ``r * r - 1`` offsets ``(dy, dx)`` of an ``r x r`` square, centre excluded, row-major."""
+    half = r // 2
+    return [(dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if (dy, dx) != (0, 0)]
+
+
+def _shifted(padded: torch.Tensor, half: int, dy: int, dx: int, height: int, width: int) -> torch.Tensor:
+    """View of ``padded [..., H + 2h, W + 2h]`` holding, at each pixel ``p``, the value at ``p + (dy, dx)``."""
+    return padded[..., half + dy : half + dy + height, half + dx : half + dx + width]
+
+
+def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> torch.Tensor:
+    """Normalised pixel graph of SPEC step 10 as stencil weights.
+
+    ``W[o, p] = exp(-||lab_p - lab_{p+o}|| / tau)`` for every offset ``o`` of the ``r x r`` square (centre
+    excluded) whose neighbour lies inside the image, else 0; then ``S = D^-1/2 W D^-1/2``.
+
+    Args:
+        image: ``[3, H, W]`` RGB in ``[0, 1]``.
+
+    Returns:
+        ``S [r*r - 1, H, W]`` float32: ``S[o, y, x]`` is the edge weight from ``(y, x)`` to
+        ``(y, x) + offsets[o]``, offsets as in :func:`stencil_offsets`.
+    """
+    _, height, width = image.shape
+    half = r // 2
+    lab = rgb_to_lab(image.float()) / torch.tensor(_LAB_SCALE, device=image.device)[:, None, None]
+    # Pad with NaN so that out-of-image neighbours give NaN distances, turned into weight 0 below.
+    padded = F.pad(lab, (half, half, half, half), value=float("nan"))
+    offsets = stencil_offsets(r)
+    weights = torch.empty(len(offsets), height, width, dtype=torch.float32, device=image.device)
+    for o, (dy, dx) in enumerate(offsets):
+        dist = (lab - _shifted(padded, half, dy, dx, height, width)).norm(dim=0)
+        torch.exp(-dist / tau, out=weights[o])
+    weights.nan_to_num_(nan=0.0)
+    degrees = weights.sum(0)
+    inv_sqrt = torch.where(degrees > 0, degrees, torch.ones_like(degrees)).rsqrt()  # isolated pixel: degree 1
+    inv_sqrt_padded = F.pad(inv_sqrt, (half, half, half, half))
+    for o, (dy, dx) in enumerate(offsets):
+        weights[o] *= inv_sqrt * _shifted(inv_sqrt_padded, half, dy, dx, height, width)
+    return weights
+
+
+def apply_stencil(affinity: torch.Tensor, z: torch.Tensor, r: int) -> torch.Tensor:
+    """``S z`` for stencil weights ``affinity [r*r - 1, H, W]`` and values ``z [C, H, W]`` -> ``[C, H, W]``."""
+    _, height, width = z.shape
+    half = r // 2
+    padded = F.pad(z, (half, half, half, half))
+    out = torch.zeros_like(z)
+    for o, (dy, dx) in enumerate(stencil_offsets(r)):
+        out.addcmul_(affinity[o], _shifted(padded, half, dy, dx, height, width))
+    return out
+
+
+def propagate_pixels(
+    scores: torch.Tensor,
+    image: torch.Tensor,
+    *,
+    tau: float = 0.01,
+    r: int = 13,
+    alpha: float = 0.95,
+    tol: float = 1e-6,
+    maxiter: int = 10,
+) -> torch.Tensor:
+    """LPOSS+: propagate pixel scores over the colour graph of the image (SPEC step 10).
+
+    Memory is ``O(H W (C + r^2))``: the graph is ``r*r - 1`` weight planes, applied by shifted
+    multiply-adds.
+
+    Args:
+        scores: ``Y [C, H, W]`` pixel scores (the window-averaged patch-level result).
+        image: ``[3, H, W]`` RGB in ``[0, 1]``, same ``H, W``.
+        tau: colour bandwidth, > 0.
+        r: odd stencil side, >= 3.
+        alpha, tol, maxiter: as in :func:`propagate_patches`.
+
+    Returns:
+        ``Z [C, H, W]`` float32.
+    """
+    if scores.dim() != 3 or image.dim() != 3 or image.shape[0] != 3 or scores.shape[1:] != image.shape[1:]:
+        raise ValueError(
+            f"scores must be [C, H, W] and image [3, H, W] with the same H, W; got scores "
+            f"{tuple(scores.shape)}, image {tuple(image.shape)}"
+        )
+    _check_positive("tau", tau)
+    if int(r) != r or r < 3 or r % 2 == 0:
+        raise ValueError(f"r must be an odd integer >= 3, got {r}")
+    _check_solver_args(alpha, tol, maxiter)
+    _check_finite("scores", scores)
+    _check_finite("image", image)
+    s = pixel_affinity(image, tau=tau, r=r)
+
+    def matvec(z: torch.Tensor) -> torch.Tensor:  # z [C, H, W]
+        return z - alpha * apply_stencil(s, z, r)
+
+    return conjugate_gradient(matvec, scores.float(), tol=tol, maxiter=maxiter)

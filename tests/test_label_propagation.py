@@ -1,0 +1,301 @@
+"""The propagation engine against independent SciPy/NumPy/kornia references (SPEC steps 8 and 10)."""
+
+import kornia
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from segmentation.label_propagation import (
+    conjugate_gradient,
+    patch_affinity,
+    pixel_affinity,
+    propagate_patches,
+    propagate_pixels,
+    rgb_to_lab,
+    stencil_offsets,
+)
+
+ALPHA = 0.95
+
+
+def random_patches(n=240, d=16, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    locs = torch.rand(n, 2, generator=g) * 200
+    scores = torch.rand(n, c, generator=g) * 2 - 1
+    return scores, feats, locs
+
+
+def reference_patch_graph(feats, locs, k, gamma=3.0, sigma=0.01, power=1.0):
+    """W of SPEC step 8 built from NumPy index lists and a SciPy CSR matrix."""
+    f = feats.double().numpy()
+    xy = locs.double().numpy()
+    n = f.shape[0]
+    sims = f @ f.T
+    k = min(k, n)
+    rows, cols, vals = [], [], []
+    for i in range(n):
+        nbrs = np.argsort(-sims[i], kind="stable")[:k]
+        for j in nbrs:
+            dist = np.sqrt(((xy[i] - xy[j]) ** 2).sum())
+            rows.append(i)
+            cols.append(j)
+            vals.append(max(sims[i, j], 0) ** gamma * np.exp(-sigma * dist**power))
+    w = sp.csr_matrix((vals, (rows, cols)), shape=(n, n))
+    w = (w + w.T).tolil()
+    w.setdiag(0)
+    w = w.tocsr()
+    w.eliminate_zeros()
+    return w
+
+
+def normalised(w):
+    d = np.asarray(w.sum(1)).ravel()
+    d[d == 0] = 1
+    dinv = sp.diags(1 / np.sqrt(d))
+    return (dinv @ w @ dinv).tocsr()
+
+
+def reference_pixel_graph(image, tau, r):
+    """W of SPEC step 10 from explicit index lists over all pixel pairs of the r x r square."""
+    lab = (kornia.color.rgb_to_lab(image[None].double())[0] / torch.tensor([100.0, 128.0, 128.0]).double()[:, None, None]).numpy()
+    _, h, w = image.shape
+    rows, cols, vals = [], [], []
+    half = r // 2
+    for y in range(h):
+        for x in range(w):
+            for dy in range(-half, half + 1):
+                for dx in range(-half, half + 1):
+                    yy, xx = y + dy, x + dx
+                    if (dy or dx) and 0 <= yy < h and 0 <= xx < w:
+                        rows.append(y * w + x)
+                        cols.append(yy * w + xx)
+                        vals.append(np.exp(-np.linalg.norm(lab[:, y, x] - lab[:, yy, xx]) / tau))
+    return sp.csr_matrix((vals, (rows, cols)), shape=(h * w, h * w))
+
+
+def solve_exact(s, y):
+    lap = (sp.eye(s.shape[0]) - ALPHA * s).tocsc()
+    return np.stack([spla.spsolve(lap, y[:, j]) for j in range(y.shape[1])], axis=1)
+
+
+def scipy_cg(s, y, maxiter=10, tol=1e-6):
+    lap = (sp.eye(s.shape[0]) - ALPHA * s).tocsr()
+    return np.stack([spla.cg(lap, y[:, j], rtol=tol, atol=0.0, maxiter=maxiter)[0] for j in range(y.shape[1])], axis=1)
+
+
+# ------------------------------------------------------------------------------------------ patches
+
+
+def test_patch_graph_matches_reference_and_is_symmetric():
+    _, feats, locs = random_patches()
+    s = patch_affinity(feats, locs, k=30).to_dense().double().numpy()
+    ref = normalised(reference_patch_graph(feats, locs, 30)).toarray()
+    np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s, s.T, atol=1e-7)
+    assert np.all(np.diag(s) == 0)
+
+
+def test_patch_degrees_normalise_to_one():
+    # For S = D^-1/2 W D^-1/2: S @ sqrt(d) = sqrt(d), where d are the degrees of W.
+    _, feats, locs = random_patches()
+    w = reference_patch_graph(feats, locs, 25)
+    d = np.asarray(w.sum(1)).ravel()
+    s = patch_affinity(feats, locs, k=25).to_dense().double().numpy()
+    np.testing.assert_allclose(s @ np.sqrt(d), np.sqrt(d), rtol=1e-5)
+
+
+def test_propagate_patches_converges_to_exact_solution():
+    scores, feats, locs = random_patches()
+    z = propagate_patches(scores, feats, locs, k=30, tol=1e-7, maxiter=300)
+    s = normalised(reference_patch_graph(feats, locs, 30))
+    exact = solve_exact(s, scores.double().numpy())
+    np.testing.assert_allclose(z.numpy(), exact, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("maxiter", [2, 10])
+def test_propagate_patches_equals_scipy_cg_per_column(maxiter):
+    scores, feats, locs = random_patches(seed=3)
+    z = propagate_patches(scores, feats, locs, k=40, maxiter=maxiter)
+    s = normalised(reference_patch_graph(feats, locs, 40))
+    ref = scipy_cg(s, scores.double().numpy(), maxiter=maxiter)
+    if maxiter == 2:  # far from convergence: equal iterates check each column's own step sizes
+        assert np.abs(ref - solve_exact(s, scores.double().numpy())).max() > 1e-3
+    np.testing.assert_allclose(z.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_k_at_least_n_uses_all_nodes():
+    scores, feats, locs = random_patches(n=50)
+    feats = feats.abs()  # all similarities positive: no zero weights
+    z = propagate_patches(scores, feats, locs, k=400)
+    s = normalised(reference_patch_graph(feats, locs, 50))
+    assert s.nnz == 50 * 49  # complete graph
+    np.testing.assert_allclose(z.numpy(), scipy_cg(s, scores.double().numpy()), rtol=1e-4, atol=1e-4)
+
+
+def test_one_class_column():
+    scores, feats, locs = random_patches(c=1)
+    z = propagate_patches(scores, feats, locs, k=20)
+    ref = scipy_cg(normalised(reference_patch_graph(feats, locs, 20)), scores.double().numpy())
+    assert z.shape == (240, 1)
+    np.testing.assert_allclose(z.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_column_stays_zero_and_does_not_disturb_others():
+    scores, feats, locs = random_patches(c=3)
+    scores[:, 1] = 0
+    z = propagate_patches(scores, feats, locs, k=20)
+    alone = propagate_patches(scores[:, [0, 2]], feats, locs, k=20)
+    assert torch.all(z[:, 1] == 0)
+    torch.testing.assert_close(z[:, [0, 2]], alone)
+
+
+def test_faiss_backend_equals_torch_backend():
+    pytest.importorskip("faiss", reason="faiss not installed (optional backend)")
+    scores, feats, locs = random_patches()
+    torch.testing.assert_close(
+        propagate_patches(scores, feats, locs, k=30, knn_backend="faiss"), propagate_patches(scores, feats, locs, k=30)
+    )
+
+
+# ------------------------------------------------------------------------------------------ solver
+
+
+def test_conjugate_gradient_columns_stop_on_their_own():
+    # A diagonal system converges in one step per distinct eigenvalue: column 0 has one, column 1 three.
+    diag = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    b = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    b[0, 1] = 0.0
+    calls = []
+
+    def matvec(x):
+        calls.append(1)
+        return x * diag
+
+    x = conjugate_gradient(matvec, b, tol=1e-6, maxiter=10)
+    torch.testing.assert_close(x, b / diag)
+    assert len(calls) == 4  # column 1 needs 4 iterations, column 0 stopped after 1 and stayed put
+
+
+# ------------------------------------------------------------------------------------------ pixels
+
+
+def test_lab_equals_kornia():
+    img = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(1))
+    img[:, 0, 0] = 0.0
+    img[:, 0, 1] = 1.0
+    torch.testing.assert_close(rgb_to_lab(img), kornia.color.rgb_to_lab(img[None])[0], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("r", [3, 5])
+def test_pixel_graph_matches_reference(r):
+    img = torch.rand(3, 9, 11, generator=torch.Generator().manual_seed(2))
+    tau = 0.3
+    ref = normalised(reference_pixel_graph(img, tau, r))
+    s = pixel_affinity(img, tau=tau, r=r)
+    dense = np.zeros((99, 99))
+    for o, (dy, dx) in enumerate(stencil_offsets(r)):
+        for y in range(9):
+            for x in range(11):
+                if 0 <= y + dy < 9 and 0 <= x + dx < 11:
+                    dense[y * 11 + x, (y + dy) * 11 + x + dx] = s[o, y, x]
+                else:
+                    assert s[o, y, x] == 0
+    np.testing.assert_allclose(dense, ref.toarray(), rtol=1e-5, atol=1e-7)
+
+
+def test_border_pixels_have_fewer_neighbours():
+    img = torch.full((3, 30, 30), 0.5)  # constant image: every in-image neighbour has weight 1
+    s = pixel_affinity(img, tau=0.01, r=13)
+    counts = (s > 0).sum(0)
+    assert counts[15, 15] == 168
+    assert counts[0, 0] == 7 * 7 - 1
+    assert counts[0, 15] == 7 * 13 - 1
+    assert counts[3, 15] == 10 * 13 - 1
+    # Constant image: W is all ones, so S[o, p] = 1 / sqrt(deg(p) deg(p + o)) with deg = neighbour count.
+    torch.testing.assert_close(s[stencil_offsets(13).index((1, 1)), 0, 0], 1 / torch.sqrt(torch.tensor(48.0 * 63.0)))
+
+
+def test_propagate_pixels_converges_to_exact_solution():
+    g = torch.Generator().manual_seed(4)
+    img = torch.rand(3, 10, 12, generator=g)
+    y = torch.rand(4, 10, 12, generator=g)
+    z = propagate_pixels(y, img, tau=0.5, r=5, tol=1e-7, maxiter=300)
+    s = normalised(reference_pixel_graph(img, 0.5, 5))
+    exact = solve_exact(s, y.reshape(4, -1).T.double().numpy())
+    np.testing.assert_allclose(z.reshape(4, -1).T.numpy(), exact, rtol=1e-4, atol=2e-4)
+
+
+def test_propagate_pixels_equals_scipy_cg_ten_iterations_default_stencil():
+    g = torch.Generator().manual_seed(5)
+    img = torch.rand(3, 16, 18, generator=g)
+    img[:, :, 9:] = 0.2  # a flat region next to a noisy one
+    y = torch.rand(3, 16, 18, generator=g)
+    z = propagate_pixels(y, img, tau=0.05, r=13)
+    s = normalised(reference_pixel_graph(img, 0.05, 13))
+    ref = scipy_cg(s, y.reshape(3, -1).T.double().numpy())
+    np.testing.assert_allclose(z.reshape(3, -1).T.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_constant_image_and_single_class():
+    y = torch.rand(1, 12, 14, generator=torch.Generator().manual_seed(6))
+    img = torch.full((3, 12, 14), 0.3)
+    z = propagate_pixels(y, img, r=5)
+    s = normalised(reference_pixel_graph(img, 0.01, 5))
+    np.testing.assert_allclose(z.reshape(1, -1).T.numpy(), scipy_cg(s, y.reshape(1, -1).T.double().numpy()), rtol=1e-4, atol=1e-4)
+
+
+def test_pixel_memory_is_stencil_sized():
+    s = pixel_affinity(torch.rand(3, 20, 30), r=7)
+    assert s.shape == (48, 20, 30) and s.dtype == torch.float32
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"tau": -1.0}, "tau"), ({"tau": 0.0}, "tau"), ({"alpha": 1.0}, "alpha"), ({"alpha": 0.0}, "alpha"),
+     ({"r": 4}, "r"), ({"r": 1}, "r"), ({"maxiter": 0}, "maxiter"), ({"tol": 0.0}, "tol")],
+)
+def test_bad_pixel_arguments_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} "):
+        propagate_pixels(torch.rand(2, 8, 8), torch.rand(3, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"k": 0}, "k"), ({"alpha": 1.5}, "alpha"), ({"gamma": -1.0}, "gamma"), ({"sigma": -0.1}, "sigma")])
+def test_bad_patch_arguments_name_the_argument(kwargs, name):
+    scores, feats, locs = random_patches(n=20)
+    with pytest.raises(ValueError, match=rf"^{name} "):
+        propagate_patches(scores, feats, locs, **kwargs)
+
+
+def test_shape_mismatch_and_nan_scores():
+    scores, feats, locs = random_patches(n=20)
+    with pytest.raises(ValueError, match="scores"):
+        propagate_patches(scores[:10], feats, locs)
+    with pytest.raises(ValueError, match="image"):
+        propagate_pixels(torch.rand(2, 8, 8), torch.rand(3, 8, 9))
+    scores[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        propagate_patches(scores, feats, locs)
+    with pytest.raises(ValueError, match="scores contains NaN"):
+        propagate_pixels(torch.full((2, 8, 8), float("nan")), torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="knn_backend"):
+        propagate_patches(torch.rand(20, 2), feats, locs, knn_backend="annoy")
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_and_cuda_agree():
+    scores, feats, locs = random_patches(n=600, c=21)
+    cpu = propagate_patches(scores, feats, locs, k=100)
+    gpu = propagate_patches(scores.cuda(), feats.cuda(), locs.cuda(), k=100)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+    img, y = torch.rand(3, 64, 80), torch.rand(21, 64, 80)
+    torch.testing.assert_close(propagate_pixels(y.cuda(), img.cuda()).cpu(), propagate_pixels(y, img), rtol=1e-4, atol=1e-4)
