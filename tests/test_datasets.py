@@ -1,0 +1,205 @@
+"""Dataset building and loading on tiny generated datasets in the SPEC section 3 layouts, and real VOC images."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import datasets
+from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names, load_image, load_label
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOC_MINI = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'voc_mini'
+
+# Written from SPEC section 3, independently of configs/datasets: (image path, label path, split file or
+# None, raw label ids used, reduce_zero_label, number of classes).
+LAYOUTS = {
+    'voc': ('VOCdevkit/VOC2012/JPEGImages/{}.jpg', 'VOCdevkit/VOC2012/SegmentationClass/{}.png',
+            'VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt', 21, False, 21),
+    'voc20': ('VOCdevkit/VOC2012/JPEGImages/{}.jpg', 'VOCdevkit/VOC2012/SegmentationClass/{}.png',
+              'VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt', 21, True, 20),
+    'context': ('VOCdevkit/VOC2010/JPEGImages/{}.jpg', 'VOCdevkit/VOC2010/SegmentationClassContext/{}.png',
+                'VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt', 60, False, 60),
+    'context59': ('VOCdevkit/VOC2010/JPEGImages/{}.jpg', 'VOCdevkit/VOC2010/SegmentationClassContext/{}.png',
+                  'VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt', 60, True, 59),
+    'coco_object': ('coco_stuff164k/images/val2017/{}.jpg',
+                    'coco_stuff164k/annotations/val2017/{}_instanceTrainIds.png', None, 81, False, 81),
+    'coco_stuff': ('coco_stuff164k/images/val2017/{}.jpg',
+                   'coco_stuff164k/annotations/val2017/{}_labelTrainIds.png', None, 171, False, 171),
+    'cityscapes': ('cityscapes/leftImg8bit/val/aachen/{}_leftImg8bit.png',
+                   'cityscapes/gtFine/val/aachen/{}_gtFine_labelTrainIds.png', None, 19, False, 19),
+    'ade20k': ('ADEChallengeData2016/images/validation/{}.jpg',
+               'ADEChallengeData2016/annotations/validation/{}.png', None, 151, True, 150),
+}
+NAMES = ('img_b', 'img_a')  # listed unsorted in split files; directory listings come out sorted
+SHAPES = {'img_a': (37, 53), 'img_b': (64, 40)}  # non-square, one landscape, one portrait
+
+
+def two_colour_image(h, w):
+    """Red left half, blue right half: RGB order is checkable after a lossy JPEG round trip."""
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, : w // 2, 0] = 255
+    image[:, w // 2:, 2] = 255
+    return image
+
+
+def raw_label(h, w, num_ids, seed):
+    """Label ids in [0, num_ids) with an ignored (255) block."""
+    label = np.random.default_rng(seed).integers(0, num_ids, size=(h, w)).astype(np.uint8)
+    label[:4, :6] = 255
+    return label
+
+
+def make_dataset(root, key, names=NAMES):
+    image_fmt, label_fmt, split, num_ids, _, _ = LAYOUTS[key]
+    labels = {}
+    for i, name in enumerate(names):
+        h, w = SHAPES[name]
+        image_path, label_path = root / image_fmt.format(name), root / label_fmt.format(name)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(two_colour_image(h, w)).save(image_path, quality=100)
+        labels[name] = raw_label(h, w, num_ids, seed=i)
+        Image.fromarray(labels[name]).save(label_path)
+    if split is not None:
+        (root / split).parent.mkdir(parents=True, exist_ok=True)
+        (root / split).write_text(''.join(f'{n}\n' for n in names))
+    return labels
+
+
+def expected_label(raw, reduce_zero_label):
+    """SPEC section 2: 0 -> 255, every other label minus 1 (255 stays 255)."""
+    out = raw.astype(np.int64)
+    if reduce_zero_label:
+        out = np.where((raw == 0) | (raw == 255), 255, out - 1)
+    return out
+
+
+def test_import_resolves_to_project_package():
+    assert Path(datasets.__file__).resolve().parent == REPO_ROOT / 'datasets'
+
+
+@pytest.mark.parametrize('key', DATASET_KEYS)
+def test_build_and_load_every_dataset(tmp_path, key):
+    raw = make_dataset(tmp_path, key)
+    _, _, split, _, reduce_zero_label, num_classes = LAYOUTS[key]
+    dataset = build_dataset(key, tmp_path)
+    assert len(dataset) == 2
+    assert len(class_names(key)) == num_classes == len(dataset.CLASSES)
+    order = list(NAMES) if split is not None else sorted(NAMES)  # split order, else sorted listing
+    for idx, name in enumerate(order):
+        image, info = load_image(dataset, idx)
+        h, w = SHAPES[name]
+        assert image.dtype == np.uint8 and image.shape == (h, w, 3)
+        assert info['ori_shape'] == (h, w, 3) and Path(info['filename']).name.startswith(name)
+        assert image[h // 2, 2, 0] > 200 and image[h // 2, 2, 2] < 50  # red left: RGB, not BGR
+        assert image[h // 2, w - 3, 2] > 200 and image[h // 2, w - 3, 0] < 50
+        label = load_label(dataset, idx)
+        assert label.dtype == np.int64
+        np.testing.assert_array_equal(label, expected_label(raw[name], reduce_zero_label))
+        np.testing.assert_array_equal(load_label(dataset, idx, image.shape), label)
+
+
+def test_class_names_and_aliases():
+    voc = class_names('voc')
+    assert voc[0].split(';')[:3] == ['sky', 'wall', 'tree'] and len(voc[0].split(';')) == 26
+    assert voc[1:4] == ['aeroplane', 'bicycle', 'bird'] and voc[-1] == 'tvmonitor'
+    assert class_names('voc', aliases=False)[0] == 'background'
+    assert class_names('voc20') == voc[1:]
+    coco = class_names('coco_object')
+    assert len(coco[0].split(';')) == 17 and 'lamp' not in coco[0].split(';')
+    assert coco[1] == 'person' and coco[-1] == 'toothbrush'
+    assert coco[1:] == class_names('coco_stuff')[:80]
+    assert class_names('context')[0] == 'background' and class_names('context')[1:] == class_names('context59')
+    assert 'building-other' in class_names('coco_stuff')
+    assert class_names('cityscapes')[:2] == ['road', 'sidewalk'] and class_names('ade20k')[:2] == ['wall', 'building']
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not VOC_MINI.is_dir(), reason='needs ../shared/data/voc_mini')
+def test_real_voc_images():
+    voc, voc20 = build_dataset('voc', VOC_MINI), build_dataset('voc20', VOC_MINI)
+    assert len(voc) == len(voc20) > 0
+    for idx in range(len(voc)):
+        image, info = load_image(voc, idx)
+        raw = np.array(Image.open(VOC_MINI / 'VOCdevkit/VOC2012/SegmentationClass' /
+                                  info['ori_filename'].replace('.jpg', '.png')))  # palette indices
+        label = load_label(voc, idx, image.shape)
+        assert image.shape[:2] == label.shape
+        np.testing.assert_array_equal(label, raw)
+        assert set(np.unique(label)) <= set(range(21)) | {255}
+        np.testing.assert_array_equal(load_label(voc20, idx), np.where((raw == 0) | (raw == 255), 255, raw - 1))
+
+
+def test_unknown_key():
+    with pytest.raises(DatasetError, match=r"unknown dataset key 'pascal'.*voc, voc20, context"):
+        build_dataset('pascal', '.')
+    with pytest.raises(DatasetError, match='valid keys'):
+        class_names('voc21')
+
+
+def test_missing_dataset_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'ADEChallengeData2016.*Preparing the datasets'):
+        build_dataset('ade20k', tmp_path)
+    (tmp_path / 'ADEChallengeData2016/images/validation').mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r'label folder.*annotations/validation'):
+        build_dataset('ade20k', tmp_path)
+
+
+def test_missing_split_file(tmp_path):
+    make_dataset(tmp_path, 'voc')
+    (tmp_path / LAYOUTS['voc'][2]).unlink()
+    with pytest.raises(FileNotFoundError, match=r'split file.*ImageSets/Segmentation/val.txt'):
+        build_dataset('voc', tmp_path)
+
+
+def test_empty_dataset(tmp_path):
+    make_dataset(tmp_path, 'coco_stuff', names=())
+    for folder in ('images', 'annotations'):
+        (tmp_path / 'coco_stuff164k' / folder / 'val2017').mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"no image with suffix '.jpg'"):
+        build_dataset('coco_stuff', tmp_path)
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    make_dataset(tmp_path, 'voc')
+    dataset = build_dataset('voc', tmp_path)
+    image_path = tmp_path / LAYOUTS['voc'][0].format(NAMES[0])
+    label_path = tmp_path / LAYOUTS['voc'][1].format(NAMES[0])
+    image_path.write_bytes(b'not a jpeg')
+    with pytest.raises(DatasetError, match=r'cannot read image .*img_b\.jpg'):
+        load_image(dataset, 0)
+    label_path.write_bytes(b'not a png')
+    with pytest.raises(DatasetError, match=r'cannot read label .*img_b\.png'):
+        load_label(dataset, 0, (64, 40))
+    image_path.unlink()
+    with pytest.raises(FileNotFoundError, match=r'image not found: .*img_b\.jpg'):
+        load_image(dataset, 0)
+    label_path.unlink()
+    with pytest.raises(FileNotFoundError, match=r'label not found: .*img_b\.png'):
+        load_label(dataset, 0)
+
+
+def test_label_size_mismatch(tmp_path):
+    make_dataset(tmp_path, 'cityscapes')
+    label_path = tmp_path / LAYOUTS['cityscapes'][1].format('img_a')
+    Image.fromarray(np.zeros((53, 37), np.uint8)).save(label_path)  # transposed
+    dataset = build_dataset('cityscapes', tmp_path)
+    with pytest.raises(DatasetError, match=r'img_a_gtFine_labelTrainIds\.png is 53x37 .*img_a_leftImg8bit\.png is 37x53'):
+        load_label(dataset, 0)
+    image, _ = load_image(dataset, 0)
+    with pytest.raises(DatasetError, match='53x37'):
+        load_label(dataset, 0, image.shape)
+
+
+def test_exif_rotated_image_size_matches_decoded_image(tmp_path):
+    make_dataset(tmp_path, 'ade20k')
+    image_path = tmp_path / LAYOUTS['ade20k'][0].format('img_a')
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: decoded height and width swap
+    Image.fromarray(two_colour_image(53, 37)).save(image_path, exif=exif.tobytes())
+    dataset = build_dataset('ade20k', tmp_path)
+    image, _ = load_image(dataset, 0)
+    assert image.shape[:2] == SHAPES['img_a']
+    assert load_label(dataset, 0).shape == SHAPES['img_a']
