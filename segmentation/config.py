@@ -117,6 +117,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data_root": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
     "model.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
+    "model.templates": (lambda v: v in ("imagenet80", "single"), "imagenet80 or single"),
     "model.clip.name": (lambda v: isinstance(v, str) and v != "", "an open_clip model name"),
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),

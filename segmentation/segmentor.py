@@ -13,7 +13,9 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -94,9 +96,25 @@ def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_cla
 class Segmentor:
     """Open-vocabulary segmentation of one image at a time with LPOSS, LPOSS+ or the MaskCLIP baseline."""
 
-    def __init__(self, backbones: Backbones, settings: SegmentorSettings | None = None) -> None:
+    def __init__(self, backbones: Backbones, settings: SegmentorSettings | None = None, *, profile: bool = False) -> None:
         self.backbones = backbones
         self.settings = settings or SegmentorSettings()
+        self.profile = profile  # when True, stage_seconds accumulates synchronised wall time per stage
+        self.stage_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if not self.profile:
+            yield
+            return
+        device = self.backbones.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
 
     @torch.no_grad()
     def encode_windows(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int]]]:
@@ -127,20 +145,23 @@ class Segmentor:
             ``[A, h, w]`` float32.
         """
         s = self.settings
-        features, scores, boxes = self.encode_windows(image)
+        with self._stage("backbones"):
+            features, scores, boxes = self.encode_windows(image)
         if s.patch_propagation:
             b, a, gh, gw = scores.shape
             flat_scores = scores.permute(0, 2, 3, 1).reshape(-1, a)  # [B * gh * gw, A]
             flat_features = features.permute(0, 2, 3, 1).reshape(b * gh * gw, -1)  # [N, D]
             locations = patch_centres(boxes, (gh, gw), device=image.device)
-            flat_scores = propagate_patches(
-                flat_scores, flat_features, locations, k=s.k, gamma=s.gamma, sigma=s.sigma,
-                pix_dist_pow=s.pix_dist_pow, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter, knn_backend=s.knn_backend,
-            )
+            with self._stage("patch_lp"):
+                flat_scores = propagate_patches(
+                    flat_scores, flat_features, locations, k=s.k, gamma=s.gamma, sigma=s.sigma,
+                    pix_dist_pow=s.pix_dist_pow, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter, knn_backend=s.knn_backend,
+                )
             scores = flat_scores.reshape(b, gh, gw, a).permute(0, 3, 1, 2)  # back to [B, A, gh, gw]
         canvas = merge_windows(scores, boxes, image.shape[1], image.shape[2])
         if s.pixel_refine:
-            canvas = propagate_pixels(canvas, image, tau=s.tau, r=s.r, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
+            with self._stage("pixel_lp"):
+                canvas = propagate_pixels(canvas, image, tau=s.tau, r=s.r, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
         return canvas
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:

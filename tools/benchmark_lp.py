@@ -74,8 +74,7 @@ def reference_pixels(scores: np.ndarray, image: torch.Tensor, tau: float = 0.01,
     half = r // 2
     for dy in range(-half, half + 1):
         for dx in range(-half, half + 1):
-            inside = (dy or dx) and True
-            if not inside:
+            if dy == 0 and dx == 0:
                 continue
             ok = (yy + dy >= 0) & (yy + dy < h) & (xx + dx >= 0) & (xx + dx < w)
             rows.append((yy * w + xx)[ok])
@@ -119,13 +118,13 @@ def main(args: argparse.Namespace) -> int:
     image = torch.nn.functional.avg_pool2d(image[None], 9, 1, 4)[0]  # smooth colours, like a photo's
     for c in args.classes:
         scores = torch.rand(n, c) * 0.4
-        ref_t, ref = timed(lambda: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()))
-        ours_t, ours = timed(lambda: propagate_patches(scores.to(dev), feats.to(dev), locs.to(dev)), args.repeats, dev)
+        ref_t, ref = timed(lambda scores=scores: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()))
+        ours_t, ours = timed(lambda scores=scores: propagate_patches(scores.to(dev), feats.to(dev), locs.to(dev)), args.repeats, dev)
         print(f"{'patch':<8}{f'N={n}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
     for c in args.classes:
         scores = torch.rand(c, h, w) * 0.4
-        ref_t, ref = timed(lambda: reference_pixels(scores.numpy(), image))
-        ours_t, ours = timed(lambda: propagate_pixels(scores.to(dev), image.to(dev)), args.repeats, dev)
+        ref_t, ref = timed(lambda scores=scores: reference_pixels(scores.numpy(), image))
+        ours_t, ours = timed(lambda scores=scores: propagate_pixels(scores.to(dev), image.to(dev)), args.repeats, dev)
         print(f"{'pixel':<8}{f'{h}x{w}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
     return 0
 

@@ -1,0 +1,69 @@
+"""LPOSSBackbones: config building, shapes, normalisation and scores = cosine(MaskCLIP, text)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.testing import assert_close
+
+import models.lposs as lposs_module
+from models import LPOSSBackbones, dense_clip_features, text_classifier
+
+CONFIG = {
+    "clip": {"name": "ViT-S-16", "pretrained": None},
+    "dino": {"name": "vit_small_patch16_224.dino", "pretrained": None},
+    "dtype": "float32",
+}
+TEMPLATES = ("a photo of a {}.", "a rendering of a {}.")
+CLASSES = ["cat; kitty", "dog", "sky"]
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    torch.manual_seed(0)
+    model = LPOSSBackbones.from_config(OmegaConf.create(CONFIG), "cpu")
+    model.templates = TEMPLATES  # two prompts per alias keep the test fast on CPU
+    model.set_classes(CLASSES)
+    return model
+
+
+def test_from_config_and_classes(backbones):
+    assert backbones.device == torch.device("cpu")
+    assert backbones.alias_to_class.tolist() == [0, 0, 1, 2]
+    assert backbones.text_embeddings.shape == (4, 384)
+
+
+def test_forward_shapes_normalisation_and_scores(backbones):
+    windows = torch.rand(2, 3, 224, 224)
+    features, scores = backbones(windows)
+    assert features.shape == (2, 384, 14, 14) and scores.shape == (2, 4, 14, 14)
+    assert features.dtype == scores.dtype == torch.float32
+    assert_close(features.norm(dim=1), torch.ones(2, 14, 14))
+    assert scores.abs().max() <= 1 + 1e-5
+    text, _ = text_classifier(backbones.clip, backbones.tokenizer, CLASSES, TEMPLATES)
+    clip_patches = F.normalize(dense_clip_features(backbones.clip, windows), dim=1)
+    expected = (clip_patches.permute(0, 2, 3, 1) @ text.T).permute(0, 3, 1, 2)
+    assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_odd_window_size(backbones):
+    features, scores = backbones(torch.rand(1, 3, 200, 250))
+    assert features.shape == (1, 384, 13, 16) and scores.shape == (1, 4, 13, 16)
+
+
+def test_clip_grid_resized_bilinearly_to_dino_grid(backbones, monkeypatch):
+    coarse = torch.randn(1, 384, 7, 7)
+    monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images: coarse)
+    _, scores = backbones(torch.rand(1, 3, 224, 224))
+    resized = F.normalize(F.interpolate(coarse, size=(14, 14), mode="bilinear", align_corners=False), dim=1)
+    expected = torch.einsum("bchw,ac->bahw", resized, backbones.text_embeddings)
+    assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_errors(backbones):
+    fresh = LPOSSBackbones(backbones.clip, backbones.tokenizer, backbones.dino)
+    with pytest.raises(ValueError, match="set_classes"):
+        fresh(torch.rand(1, 3, 32, 32))
+    broken = {"clip": {"name": "ViT-S-16"}, "dino": CONFIG["dino"], "dtype": "float32"}
+    with pytest.raises(ValueError, match="clip.pretrained"):
+        LPOSSBackbones.from_config(broken)

@@ -1,0 +1,185 @@
+"""End to end: main_eval.py with tiny random backbones on real VOC images and generated datasets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_datasets import make_dataset
+from mmseg.core.evaluation import mean_iou
+from PIL import Image
+
+import main_eval
+from datasets import DATASET_KEYS, build_dataset, load_label
+from models import LPOSSBackbones
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
+needs_voc = pytest.mark.skipif(not VOC_MINI.is_dir(), reason="needs ../shared/data/voc_mini")
+
+TINY = [
+    "model.clip.name=ViT-S-16", "model.clip.pretrained=null", "model.dino.name=vit_small_patch16_224.dino",
+    "model.dino.pretrained=null", "model.templates=single", "num_workers=0",
+]
+# Small images: short side 48 < crop 64, so windows are 48 x 64 (a partial grid) and everything stays fast.
+SMALL = ["short_side=48", "crop=64", "stride=32"]
+
+
+@pytest.fixture(autouse=True)
+def shared_backbones(monkeypatch):
+    """Build the random backbones once per session: main() asks for them on every call."""
+    cache = shared_backbones.__dict__.setdefault("cache", {})
+    original = LPOSSBackbones.from_config.__func__
+
+    def cached(cls, model_cfg, device="cpu"):
+        key = (repr(model_cfg), str(device))
+        if key not in cache:
+            cache[key] = original(cls, model_cfg, device)
+        return cache[key]
+
+    monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(cached))
+
+
+def run(argv):
+    return main_eval.main(main_eval.parse_args(argv))
+
+
+@needs_voc
+def test_voc_results_predictions_and_metric_equal_mmseg(tmp_path):
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    code = run(["lposs_plus.yaml", "--dataset", "voc", "--measure_boundary", "--output", str(out),
+                "--save_predictions", str(pred), f"data_root={VOC_MINI}", "short_side=112", *TINY])
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["dataset"] == "voc" and record["method"] == "lposs_plus" and record["num_images"] == 2
+    assert set(record["IoU"]) == {"background", *build_dataset("voc", VOC_MINI).CLASSES[1:]}
+    assert record["boundary_mIoU"] is not None and record["config"]["pixel_refine"] is True
+    assert record["config"]["short_side"] == 112 and record["seconds_per_image"] > 0
+    assert (out / "config.yaml").is_file() and "voc" in (out / "eval.log").read_text()
+    # Predictions: one PNG per image at its original size; metrics equal mmseg's mean_iou on the same maps.
+    dataset = build_dataset("voc", VOC_MINI)
+    preds, labels = [], []
+    for idx, info in enumerate(dataset.img_infos):
+        png = np.array(Image.open(pred / Path(info["filename"]).with_suffix(".png").name))
+        label = load_label(dataset, idx)
+        assert png.shape == label.shape
+        preds.append(png.astype(np.int64))
+        labels.append(label)
+    ref = mean_iou(preds, labels, num_classes=21, ignore_index=255)
+    ours = np.array([np.nan if v is None else v / 100 for v in record["IoU"].values()])
+    np.testing.assert_allclose(ours, ref["IoU"], rtol=1e-12, equal_nan=True)
+    assert record["mIoU"] == pytest.approx(np.nanmean(ref["IoU"]) * 100)
+
+
+@needs_voc
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    args = ["lposs.yaml", "--dataset", "voc20", f"data_root={VOC_MINI}", "short_side=112", *TINY]
+    assert run([*args, "--output", str(tmp_path / "a")]) == 0
+    assert run([*args, "--output", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert a["IoU"] == b["IoU"] and a["mIoU"] == b["mIoU"]
+
+
+def test_all_datasets_table_on_generated_layouts(tmp_path, capsys):
+    for key in DATASET_KEYS:
+        if key not in ("voc20", "context59", "coco_object"):  # these share folders with voc, context, coco_stuff
+            make_dataset(tmp_path, key)
+    make_dataset(tmp_path, "coco_object")
+    out = tmp_path / "out"
+    code = run(["maskclip.yaml", "--dataset", "all", "--output", str(out), "--save_predictions",
+                str(tmp_path / "pred"), "--measure_boundary", f"data_root={tmp_path}", *SMALL, *TINY])
+    assert code == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.startswith("| method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "method", "VOC", "Context", "Object", "VOC20", "C59", "Stuff", "City", "ADE", "avg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["mIoU"]) == list(main_eval.PAPER_ORDER)
+    for key in DATASET_KEYS:
+        record = json.loads((out / key / "results.json").read_text())
+        assert record["num_images"] == 2 and record["method"] == "maskclip"
+        dataset = build_dataset(key, tmp_path)
+        assert len(record["IoU"]) == len(dataset.CLASSES)
+        for idx, info in enumerate(dataset.img_infos):
+            png = Image.open(tmp_path / "pred" / key / Path(info["filename"]).with_suffix(".png"))
+            assert png.size[::-1] == load_label(dataset, idx).shape
+
+
+@needs_voc
+def test_two_processes_equal_one(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    common = ["main_eval.py", "lposs.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "short_side=112", *TINY]
+    single = subprocess.run([sys.executable, *common, "--output", str(tmp_path / "one")], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                             *common, "--output", str(tmp_path / "two")], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert one["num_images"] == two["num_images"] == 2
+    assert one["IoU"] == two["IoU"] and one["mIoU"] == two["mIoU"]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def assert_one_line_error(capsys, code, *fragments):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    for fragment in fragments:
+        assert fragment in err[-1]
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("kk=3", ("unknown config key 'kk'",)),
+    ("alpha=1.5", ("alpha=1.5", "(0, 1)")),
+    ("r=4", ("r=4", "odd")),
+    ("model.clip.nme=x", ("model.clip.nme",)),
+])
+def test_config_errors(tmp_path, capsys, override, fragments):
+    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "voc", f"data_root={tmp_path}", override]), *fragments)
+
+
+def test_unknown_dataset_and_missing_folder(tmp_path, capsys):
+    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "pascal", f"data_root={tmp_path}"]), "pascal", "voc20")
+    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "ade20k", f"data_root={tmp_path}"]),
+                          str(tmp_path / "ADEChallengeData2016"))
+    assert_one_line_error(capsys, run(["nothere.yaml", "--dataset", "voc"]), "nothere.yaml")
+
+
+def test_missing_split_file(tmp_path, capsys):
+    make_dataset(tmp_path, "voc")
+    split = tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    split.unlink()
+    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "voc", f"data_root={tmp_path}", *TINY]), str(split))
+
+
+def test_unreadable_image_and_size_mismatch(tmp_path, capsys):
+    make_dataset(tmp_path, "ade20k")
+    image = tmp_path / "ADEChallengeData2016/images/validation/img_a.jpg"
+    image.write_bytes(b"not a jpeg")
+    args = ["maskclip.yaml", "--dataset", "ade20k", f"data_root={tmp_path}", *SMALL, *TINY]
+    assert_one_line_error(capsys, run(args), str(image))
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(image)  # label is 37 x 53
+    assert_one_line_error(capsys, run(args), "img_a.png", "37x53", "10x12")
+
+
+def test_interrupted_run_leaves_no_results(tmp_path, capsys, monkeypatch):
+    make_dataset(tmp_path, "cityscapes")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")  # from an earlier run
+    from segmentation import Segmentor
+
+    def interrupted(self, image):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Segmentor, "predict", interrupted)
+    code = run(["lposs.yaml", "--dataset", "cityscapes", "--output", str(out), f"data_root={tmp_path}", *SMALL, *TINY])
+    assert code == 130
+    assert not (out / "results.json").exists()
+    assert not [p for p in out.iterdir() if "results" in p.name]
