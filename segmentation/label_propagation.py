@@ -12,6 +12,7 @@ conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the gr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -179,7 +180,10 @@ def _symmetric_normalised(rows: torch.Tensor, cols: torch.Tensor, weights: torch
     values = values * inv_sqrt[rows] * inv_sqrt[cols]
     row_starts = torch.zeros(n + 1, dtype=torch.int64, device=values.device)
     row_starts[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return torch.sparse_csr_tensor(row_starts, cols, values, (n, n))
+    with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        return torch.sparse_csr_tensor(row_starts, cols, values, (n, n))
 
 
 def patch_affinity(
