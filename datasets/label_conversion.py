@@ -1,4 +1,4 @@
-"""Label-id tables of the dataset converters in ``tools/`` and the file helpers they share.
+"""Label-id tables of the dataset converters in ``tools/`` and the file and command-line helpers they share.
 
 A table is a lookup array ``lut`` of int16: ``new = lut[old]``; ``-1`` marks an id that must not occur
 (the converters stop with an error naming the file instead of writing a wrong label).
@@ -6,7 +6,9 @@ A table is a lookup array ``lut`` of int16: ``new = lut[old]``; ``-1`` marks an 
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -174,3 +176,56 @@ def convert_coco_split(coco_root: Path, split: str, lut: np.ndarray, suffix: str
     jobs = [(f, f.with_name(f.stem + suffix)) for f in raw_coco_label_files(ann_dir)]
     convert_label_files(jobs, lambda src: remap_label(read_label_png(src), lut, src), desc=f'{desc} {split}')
     return ann_dir
+
+
+def converter_parser(doc: str, root: str, root_help: str, default_split: str,
+                     split_help: str) -> argparse.ArgumentParser:
+    """Command line of a converter taking a dataset folder (positional ``root``) and ``--splits``.
+
+    ``doc`` is the tool's module docstring, shown verbatim by ``--help``.
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(root, type=Path, help=root_help)
+    parser.add_argument('--splits', nargs='+', default=[default_split], help=split_help)
+    return parser
+
+
+def run_converter(convert: Callable[[], object]) -> int:
+    """Run ``convert()`` and return the tool's exit status.
+
+    Returns:
+        0 on success; 1 after printing ``error: <message>`` to stderr when it raises ``DatasetError`` or
+        ``FileNotFoundError`` (bad or missing input, reported without a traceback).
+    """
+    try:
+        convert()
+    except (DatasetError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_coco_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Arguments of the COCO-Stuff164k converters: ``coco_root`` and ``splits`` (default ``['val2017']``)."""
+    return converter_parser(doc, 'coco_root', 'COCO-Stuff164k folder holding annotations/<split>/*.png',
+                            'val2017', 'annotation sub-folders to convert').parse_args(argv)
+
+
+def convert_coco_main(args: argparse.Namespace, lut: np.ndarray, suffix: str, desc: str) -> int:
+    """``main`` of a COCO-Stuff164k converter: apply ``lut`` to every split of ``args.splits``.
+
+    Args:
+        args: from ``parse_coco_args``.
+        lut: ``[256]`` int16 table (``coco_stuff_lut()`` or ``coco_object_lut()``).
+        suffix: appended to the image id to name each output file (e.g. ``'_labelTrainIds.png'``).
+        desc: dataset name shown on the progress bar.
+
+    Returns:
+        the exit status (see ``run_converter``).
+    """
+    def convert_splits() -> None:
+        for split in args.splits:
+            ann_dir = convert_coco_split(args.coco_root, split, lut, suffix, desc=desc)
+            print(f'wrote *{suffix} files to {ann_dir}')
+
+    return run_converter(convert_splits)

@@ -25,16 +25,21 @@ if __package__ in (None, ''):  # run as a script: make the repository's packages
 
 from tqdm import tqdm  # noqa: E402
 
-from datasets import DatasetError  # noqa: E402
-from datasets.label_conversion import cityscapes_lut, convert_label_files, read_label_png, remap_label  # noqa: E402
+from datasets.label_conversion import (  # noqa: E402
+    cityscapes_lut,
+    convert_label_files,
+    converter_parser,
+    read_label_png,
+    remap_label,
+    run_converter,
+)
 
 SUFFIX = '_gtFine_labelTrainIds.png'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('cityscapes_root', type=Path, help='folder holding gtFine/<split>/<city>/')
-    parser.add_argument('--splits', nargs='+', default=['val'], help='gtFine sub-folders to convert')
+    parser = converter_parser(__doc__, 'cityscapes_root', 'folder holding gtFine/<split>/<city>/', 'val',
+                              'gtFine sub-folders to convert')
     parser.add_argument('--method', choices=['auto', 'cityscapesscripts', 'numpy'], default='auto',
                         help='auto: cityscapesscripts when installed, else the numpy table')
     return parser.parse_args(argv)
@@ -84,14 +89,13 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     convert = convert_with_cityscapesscripts if method == 'cityscapesscripts' else convert_with_numpy
-    try:
+
+    def convert_splits() -> None:
         for split in args.splits:
             count = convert(args.cityscapes_root / 'gtFine' / split)
             print(f'wrote {count} *{SUFFIX} files under {args.cityscapes_root / "gtFine" / split} ({method})')
-    except (DatasetError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    return 0
+
+    return run_converter(convert_splits)
 
 
 if __name__ == '__main__':

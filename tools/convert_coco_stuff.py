@@ -18,28 +18,17 @@ from pathlib import Path
 if __package__ in (None, ''):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets import DatasetError  # noqa: E402
-from datasets.label_conversion import coco_stuff_lut, convert_coco_split  # noqa: E402
+from datasets.label_conversion import coco_stuff_lut, convert_coco_main, parse_coco_args  # noqa: E402
 
 SUFFIX = '_labelTrainIds.png'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('coco_root', type=Path, help='COCO-Stuff164k folder holding annotations/<split>/*.png')
-    parser.add_argument('--splits', nargs='+', default=['val2017'], help='annotation sub-folders to convert')
-    return parser.parse_args(argv)
+    return parse_coco_args(__doc__, argv)
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        for split in args.splits:
-            ann_dir = convert_coco_split(args.coco_root, split, coco_stuff_lut(), SUFFIX, desc='COCO-Stuff')
-            print(f'wrote *{SUFFIX} files to {ann_dir}')
-    except (DatasetError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    return 0
+    return convert_coco_main(args, coco_stuff_lut(), SUFFIX, desc='COCO-Stuff')
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ if __package__ in (None, ''):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import DatasetError  # noqa: E402
-from datasets.label_conversion import convert_label_files, pascal_context_lut, remap_label  # noqa: E402
+from datasets.label_conversion import convert_label_files, pascal_context_lut, remap_label, run_converter  # noqa: E402
 
 SPLITS = ('train', 'val')
 
@@ -98,19 +98,20 @@ def convert_from_json(voc2010: Path, json_path: Path) -> None:
         convert_label_files(jobs, convert, desc=f'PASCAL Context {split}')
         _write_split(voc2010, split, list(images))
 
+
+def convert_context(devkit: Path, mat_dir: Path | None, json_path: Path | None) -> None:
+    """Labels and split lists under ``devkit/VOC2010``, from ``mat_dir`` if given, else from ``json_path``."""
+    voc2010 = devkit / 'VOC2010'
+    if not voc2010.is_dir():
+        raise FileNotFoundError(f'VOC2010 folder not found: {voc2010}')
+    if mat_dir is not None:
+        convert_from_mat(voc2010, mat_dir)
+    else:
+        convert_from_json(voc2010, json_path)
+
+
 def main(args: argparse.Namespace) -> int:
-    voc2010 = args.devkit / 'VOC2010'
-    try:
-        if not voc2010.is_dir():
-            raise FileNotFoundError(f'VOC2010 folder not found: {voc2010}')
-        if args.mat_dir is not None:
-            convert_from_mat(voc2010, args.mat_dir)
-        else:
-            convert_from_json(voc2010, args.json)
-    except (DatasetError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    return 0
+    return run_converter(lambda: convert_context(args.devkit, args.mat_dir, args.json))
 
 
 if __name__ == '__main__':

@@ -1,12 +1,6 @@
 # PASCAL VOC 2012 val without background: 20 classes, reduce_zero_label (0 -> 255, others - 1).
-_base_ = ['./_load_image.py']
-dataset_name = 'PASCAL VOC 2012'
+# Same images, labels and split as voc.py; only the dataset class differs.
+_base_ = ['./voc.py']
 dataset_type = 'PascalVOCDataset20'
-data_root = 'VOCdevkit/VOC2012'
-data = dict(
-    test=dict(
-        type=dataset_type,
-        data_root=data_root,
-        img_dir='JPEGImages',
-        ann_dir='SegmentationClass',
-        split='ImageSets/Segmentation/val.txt'))
+background_aliases = None  # no background row: do not inherit voc.py's aliases
+data = dict(test=dict(type=dataset_type))
