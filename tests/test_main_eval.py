@@ -51,7 +51,8 @@ def run(argv):
 def test_voc_results_predictions_and_metric_equal_mmseg(tmp_path):
     out, pred = tmp_path / "out", tmp_path / "pred"
     code = run(["lposs_plus.yaml", "--dataset", "voc", "--measure_boundary", "--output", str(out),
-                "--save_predictions", str(pred), f"data_root={VOC_MINI}", "short_side=112", *TINY])
+                "--save_predictions", str(pred), "--save_visualisations", "1", f"data_root={VOC_MINI}",
+                "short_side=112", *TINY])
     assert code == 0
     record = json.loads((out / "results.json").read_text())
     assert record["dataset"] == "voc" and record["method"] == "lposs_plus" and record["num_images"] == 2
@@ -59,6 +60,8 @@ def test_voc_results_predictions_and_metric_equal_mmseg(tmp_path):
     assert record["boundary_mIoU"] is not None and record["config"]["pixel_refine"] is True
     assert record["config"]["short_side"] == 112 and record["seconds_per_image"] > 0
     assert (out / "config.yaml").is_file() and "voc" in (out / "eval.log").read_text()
+    overlays = list((out / "visualisations").glob("*.png"))  # --save_visualisations 1: the first image only
+    assert len(overlays) == 1 and overlays[0].stem == Path(build_dataset("voc", VOC_MINI).img_infos[0]["filename"]).stem
     # Predictions: one PNG per image at its original size; metrics equal mmseg's mean_iou on the same maps.
     dataset = build_dataset("voc", VOC_MINI)
     preds, labels = [], []

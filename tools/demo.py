@@ -1,0 +1,312 @@
+"""Segment your own images with LPOSS+ (default), LPOSS or the MaskCLIP baseline, given a list of class names.
+
+Usage::
+
+    python tools/demo.py photo.jpg --classes "cat,dog,grass,sky;cloud" --output out/
+    python tools/demo.py a.jpg b.png --classes "person,bicycle,road,tree" --method lposs --output out/
+    python tools/demo.py photo.jpg --classes "cat,grass,sky" --output out/ --compare
+    python tools/demo.py photo.jpg --classes "cat,grass" --output out/ device=cpu model.templates=single
+
+Classes are separated by ``,``; ``;`` separates aliases of one class (``"sky;cloud"``: a pixel is that class when
+it matches either word; the legend shows the first). ``key=value`` overrides are those of ``main_eval.py``.
+Per image ``<stem>`` it writes to ``--output``:
+
+- ``<stem>_labels.png``: palette PNG at the image's size; pixel value = class index in ``--classes`` order;
+- ``<stem>_overlay.png``: class colours over the image, with a legend of the classes found;
+- ``<stem>_compare.png`` (``--compare``): MaskCLIP | LPOSS | LPOSS+ overlays (backbones run once per image).
+
+A missing or unreadable image is reported on stderr and skipped; the exit code is then 1. Bad classes or config: 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segmentation import Segmentor, SegmentorSettings  # noqa: E402
+from segmentation.config import ConfigError, load_config  # noqa: E402
+from segmentation.visualise import (  # noqa: E402
+    Colour,
+    draw_legend,
+    overlay,
+    palette,
+    present_classes,
+    save_png,
+    side_by_side,
+)
+
+METHODS = ("maskclip", "lposs", "lposs_plus")
+TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
+COMPARE_SIDE = 1024  # long side of each --compare panel, so that large photos give a viewable figure
+
+
+class ClassListError(ValueError):
+    """A ``--classes`` string that cannot be used."""
+
+
+class ImageReadError(ValueError):
+    """An image file that exists but cannot be decoded."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE | key=value",
+                        help="image files (JPEG, PNG, ...), then any key=value config overrides, e.g. device=cpu")
+    parser.add_argument("--classes", required=True, help="comma-separated class names; ';' separates aliases")
+    parser.add_argument("--method", choices=METHODS, default="lposs_plus",
+                        help="configs/<method>.yaml (default lposs_plus)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the PNGs (created)")
+    parser.add_argument("--compare", action="store_true", help="also write MaskCLIP | LPOSS | LPOSS+ side by side")
+    args = parser.parse_intermixed_args(argv)
+    # images and overrides share the positional slots: an item with '=' that is not an existing file is an override
+    args.overrides = [item for item in args.inputs if "=" in item and not Path(item).exists()]
+    args.images = [Path(item) for item in args.inputs if item not in args.overrides]
+    if not args.images:
+        parser.error("no IMAGE given")
+    return args
+
+
+def parse_classes(text: str) -> list[str]:
+    """``"cat,dog,sky;cloud"`` -> ``["cat", "dog", "sky;cloud"]`` with spaces around names removed.
+
+    Raises:
+        ClassListError: no class, an empty class or alias name, or a name used twice (case-insensitive).
+    """
+    if not text.strip():
+        raise ClassListError('--classes is empty: give comma-separated class names, e.g. --classes "cat,dog,sky;cloud"')
+    classes, seen = [], {}
+    for position, item in enumerate(text.split(","), start=1):
+        aliases = [alias.strip() for alias in item.split(";")]
+        if not all(aliases):
+            raise ClassListError(f"--classes {text!r}: class {position} ({item.strip()!r}) has an empty name; "
+                                 "separate classes with ',' and aliases with ';'")
+        for alias in aliases:
+            if alias.lower() in seen:
+                raise ClassListError(f"--classes {text!r}: {alias!r} is given twice (classes {seen[alias.lower()]} "
+                                     f"and {position}); every class and alias name must be unique")
+            seen[alias.lower()] = position
+        classes.append(";".join(aliases))
+    if len(classes) > 255:
+        raise ClassListError(f"--classes has {len(classes)} classes; at most 255 fit in the labels PNG")
+    return classes
+
+
+def display_names(classes: Sequence[str]) -> list[str]:
+    """Legend name of each class: its first alias."""
+    return [name.split(";")[0] for name in classes]
+
+
+def _to_uint8(values: np.ndarray, limits: Sequence[float] = (255.0, 65535.0)) -> np.ndarray:
+    """Pixels of more than 8 bits -> uint8, scaled by the first of ``limits`` that holds them all (else their max)."""
+    values = values.astype(np.float64)
+    top = float(values.max(initial=0.0))
+    scale = next((limit for limit in limits if top <= limit), top) or 1.0
+    return np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
+
+
+def to_rgb_array(picture: Image.Image) -> np.ndarray:
+    """Any PIL image -> ``[H, W, 3]`` uint8 RGB: EXIF rotation applied, transparency composited on white,
+    16-bit greyscale divided by 257, 32-bit / float greyscale scaled by their range, palette and CMYK converted."""
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode.startswith(("I", "F")):
+        # I;16*: 16-bit files, full range; I (int32) and F (float) say nothing of the range, so guess it
+        limits = {"I": (255.0, 65535.0), "F": (1.0, 255.0, 65535.0)}.get(picture.mode, (65535.0,))
+        grey = _to_uint8(np.asarray(picture), limits)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if picture.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in picture.info:
+        rgba = picture.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(picture.convert("RGB")))
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Read an image file as ``[H, W, 3]`` uint8 RGB (see :func:`to_rgb_array`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageReadError: the file is not a readable image.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return to_rgb_array(picture)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+
+
+def method_settings(settings: SegmentorSettings, method: str) -> SegmentorSettings:
+    """``settings`` with the two switches of ``method`` (maskclip, lposs, lposs_plus); all else unchanged."""
+    switches = {"maskclip": (False, False), "lposs": (True, False), "lposs_plus": (True, True)}
+    propagate, refine = switches[method]
+    return replace(settings, patch_propagation=propagate, pixel_refine=refine)
+
+
+class _SharedWindows:
+    """Backbones proxy that remembers the outputs of the windows it has seen, so that the three segmentors of
+    ``--compare`` run the backbones once per image. ``clear()`` between images."""
+
+    def __init__(self, backbones) -> None:
+        self.backbones = backbones
+        self._seen: list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    @property
+    def alias_to_class(self) -> torch.Tensor:
+        return self.backbones.alias_to_class
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbones.device
+
+    def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for seen, outputs in self._seen:
+            if seen.shape == windows.shape and torch.equal(seen, windows):
+                return outputs
+        outputs = self.backbones(windows)
+        self._seen.append((windows, outputs))
+        return outputs
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+class ImageSegmenter:
+    """Label maps of one image for the chosen method (and, with ``compare``, all three) from ready backbones."""
+
+    def __init__(self, backbones, settings: SegmentorSettings, classes: Sequence[str], compare: bool = False) -> None:
+        backbones.set_classes(list(classes))
+        self.method = settings.method
+        self._shared = _SharedWindows(backbones)
+        methods = METHODS if compare else (self.method,)
+        self.segmentors = {m: Segmentor(self._shared, method_settings(settings, m)) for m in methods}
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """``[H, W, 3]`` uint8 RGB -> ``{method: [H, W] int64 class indices}``."""
+        try:
+            return {method: segmentor.predict(image) for method, segmentor in self.segmentors.items()}
+        finally:
+            self._shared.clear()
+
+
+def _fit(image: np.ndarray, long_side: int) -> np.ndarray:
+    scale = long_side / max(image.shape[:2])
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+
+
+def overlay_figure(image: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                   colours: Sequence[Colour]) -> np.ndarray:
+    """``[H, W, 3]`` uint8 image + ``[H, W]`` labels -> overlay with a legend of the classes present (uint8 RGB)."""
+    return draw_legend(overlay(image, labels, colours), names, present_classes(labels, names), colours)
+
+
+def write_outputs(image: np.ndarray, labels: dict[str, np.ndarray], method: str, stem: str, output: Path,
+                  classes: Sequence[str], colours: Sequence[Colour]) -> list[Path]:
+    """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and, when ``labels`` has all methods, ``<stem>_compare.png``.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB.
+        labels: ``{method: [H, W] class indices}``; must contain ``method``.
+    """
+    names = display_names(classes)
+    paths = [output / f"{stem}_labels.png", output / f"{stem}_overlay.png"]
+    save_png(paths[0], labels[method], colours)
+    save_png(paths[1], overlay_figure(image, labels[method], names, colours))
+    if all(m in labels for m in METHODS):
+        panels = [(TITLES[m], _fit(overlay(image, labels[m], colours), COMPARE_SIDE)) for m in METHODS]
+        present = sorted(set().union(*(present_classes(labels[m], names) for m in METHODS)))
+        paths.append(output / f"{stem}_compare.png")
+        save_png(paths[2], draw_legend(side_by_side(panels), names, present, colours))
+    return paths
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output name of each image: its stem, with ``-2``, ``-3``... added when two inputs share a stem."""
+    stems, used = [], set()
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def segment_files(paths: Sequence[Path], segment: Callable[[np.ndarray], dict[str, np.ndarray]], method: str,
+                  output: Path, classes: Sequence[str]) -> list[Path]:
+    """Segment and write every image; a bad file is reported on stderr and skipped. Returns the failed paths."""
+    colours = palette(len(classes))
+    failed = []
+    for path, stem in zip(tqdm(paths, desc=TITLES[method], unit="image"), unique_stems(paths)):
+        try:
+            image = load_image(path)
+        except (OSError, ImageReadError) as error:
+            tqdm.write(f"error: {error}", file=sys.stderr)
+            failed.append(path)
+            continue
+        write_outputs(image, segment(image), method, stem, output, classes, colours)
+    return failed
+
+
+def pick_device(setting: str) -> torch.device:
+    """Config ``device`` (auto, cpu, cuda, cuda:N) -> a torch device; auto is CUDA when there is one."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config value device={setting!r} is invalid: no CUDA device is available")
+    return torch.device(setting)
+
+
+def main(args: argparse.Namespace) -> int:
+    # torch's notices about its sparse CSR tensors (used by the propagation) say nothing about the user's run
+    warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+    try:
+        classes = parse_classes(args.classes)
+        config = load_config(f"{args.method}.yaml", args.overrides)
+        device = pick_device(config.device)
+        from models import LPOSSBackbones, WeightsUnavailableError  # heavy imports once the inputs are known good
+    except (ClassListError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        torch.manual_seed(config.seed)  # random-init backbones (pretrained=null) are then reproducible
+        backbones = LPOSSBackbones.from_config(config.model, device).eval()
+        segment = ImageSegmenter(backbones, SegmentorSettings.from_config(config), classes, compare=args.compare)
+    except (WeightsUnavailableError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        failed = segment_files(args.images, segment, segment.method, args.output, classes)
+    except ImportError as error:  # an optional package the config asks for (knn_backend=faiss)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the output folder cannot be written (input files are handled one by one)
+        print(f"error: cannot write the outputs to {args.output}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"{len(failed)} of {len(args.images)} images failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
