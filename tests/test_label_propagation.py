@@ -7,6 +7,7 @@ import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
 from segmentation.label_propagation import (
+    apply_stencil,
     conjugate_gradient,
     patch_affinity,
     pixel_affinity,
@@ -15,6 +16,7 @@ from segmentation.label_propagation import (
     rgb_to_lab,
     stencil_offsets,
 )
+from segmentation.stencil_kernel import cpu_stencil_kernel
 
 
 def random_patches(n=240, d=16, c=5, seed=0):
@@ -184,6 +186,18 @@ def test_constant_image_and_single_class():
     z = propagate_pixels(y, img, r=5)
     s = normalised(reference_pixel_graph(img, 0.01, 5))
     np.testing.assert_allclose(z.reshape(1, -1).T.numpy(), scipy_cg(s, y.reshape(1, -1).T.double().numpy()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch-shifts"])
+def test_stencil_product_equals_sparse_matrix_product(compiled):
+    if compiled and cpu_stencil_kernel() is None:
+        pytest.skip("no C++ compiler for the optional CPU kernel")
+    g = torch.Generator().manual_seed(7)
+    img, z = torch.rand(3, 15, 19, generator=g), torch.rand(4, 15, 19, generator=g)
+    s = pixel_affinity(img, tau=0.2, r=7)
+    ref = normalised(reference_pixel_graph(img, 0.2, 7)) @ z.reshape(4, -1).T.double().numpy()
+    out = apply_stencil(s, z, 7, compiled=compiled)
+    np.testing.assert_allclose(out.reshape(4, -1).T.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_pixel_memory_is_stencil_sized():

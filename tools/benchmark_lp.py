@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[21, 171], help="numbers of columns C")
     parser.add_argument("--device", default="cpu", help="device for our engine (cpu, cuda)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (best is kept)")
+    parser.add_argument("--levels", nargs="+", default=["patch", "pixel"], choices=["patch", "pixel"])
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (best is kept)")
     parser.add_argument("--windows", type=int, default=15, help="windows per image at patch level (x 196 patches)")
     parser.add_argument("--size", type=int, nargs=2, default=[448, 600], metavar=("H", "W"), help="pixel-level image size")
     return parser.parse_args(argv)
@@ -116,14 +117,14 @@ def main(args: argparse.Namespace) -> int:
     h, w = args.size
     image = torch.rand(3, h, w)
     image = torch.nn.functional.avg_pool2d(image[None], 9, 1, 4)[0]  # smooth colours, like a photo's
-    for c in args.classes:
+    for c in args.classes if "patch" in args.levels else []:
         scores = torch.rand(n, c) * 0.4
-        ref_t, ref = timed(lambda scores=scores: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()))
+        ref_t, ref = timed(lambda scores=scores: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()), args.repeats)
         ours_t, ours = timed(lambda scores=scores: propagate_patches(scores.to(dev), feats.to(dev), locs.to(dev)), args.repeats, dev)
         print(f"{'patch':<8}{f'N={n}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
-    for c in args.classes:
+    for c in args.classes if "pixel" in args.levels else []:
         scores = torch.rand(c, h, w) * 0.4
-        ref_t, ref = timed(lambda scores=scores: reference_pixels(scores.numpy(), image))
+        ref_t, ref = timed(lambda scores=scores: reference_pixels(scores.numpy(), image), args.repeats)
         ours_t, ours = timed(lambda scores=scores: propagate_pixels(scores.to(dev), image.to(dev)), args.repeats, dev)
         print(f"{'pixel':<8}{f'{h}x{w}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
     return 0
