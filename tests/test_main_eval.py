@@ -186,3 +186,10 @@ def test_interrupted_run_leaves_no_results(tmp_path, capsys, monkeypatch):
     assert code == 130
     assert not (out / "results.json").exists()
     assert not [p for p in out.iterdir() if "results" in p.name]
+
+
+def test_wandb_without_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    make_dataset(tmp_path, "cityscapes")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    code = run(["maskclip.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "wandb.mode=offline", *SMALL, *TINY])
+    assert_one_line_error(capsys, code, "wandb.mode=offline", "pip install wandb")
