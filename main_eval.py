@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + rest
+    if args.save_visualisations and args.output is None:
+        parser.error("--save_visualisations needs --output (the overlays go to OUTPUT/visualisations)")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be >= 1, got {args.limit}")
     return args
 
 
