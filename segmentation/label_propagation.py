@@ -200,7 +200,10 @@ def _symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> to
     transposed = (neighbours.reshape(-1) * n + rows.repeat_interleave(k)).argsort()
     w_t = _csr(torch.bincount(neighbours.reshape(-1), minlength=n), rows.repeat_interleave(k)[transposed],
                values.reshape(-1)[transposed], n)
-    return w + w_t
+    if w.device.type == "cpu":
+        return w + w_t
+    # CSR + CSR is not implemented on every backend; the COO sum is, and gives the same matrix.
+    return (w.to_sparse_coo() + w_t.to_sparse_coo()).coalesce().to_sparse_csr()
 
 
 def patch_affinity(
