@@ -46,10 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--measure_boundary", action="store_true", help="also compute Boundary IoU (SPEC §2)")
     parser.add_argument("--output", type=Path, help="folder for results.json, the resolved config and the log")
     parser.add_argument("--save_predictions", type=Path, help="folder for one label PNG per image")
-    parser.add_argument("--save_visualisations", type=int, default=0, metavar="N",
-                        help="write prediction/label overlays of the first N images of each dataset (needs --output)")
+    parser.add_argument(
+        "--save_visualisations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write prediction/label overlays of the first N images of each dataset (needs --output)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset (quick checks)")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. k=200 model.clip.pretrained=null")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value config overrides, e.g. k=200 model.clip.pretrained=null"
+    )
     # Overrides may follow the flags: argparse leaves them unrecognised, so collect them here.
     args, rest = parser.parse_known_args(argv)
     unknown = [item for item in rest if item.startswith("-") or "=" not in item]
@@ -68,7 +75,9 @@ def dataset_keys(spec: str) -> list[str]:
     keys = list(PAPER_ORDER) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
     for key in keys:
         if key not in DATASET_KEYS:
-            raise DatasetError(f"unknown dataset {key!r} in --dataset; expected one of {', '.join(DATASET_KEYS)} or 'all'")
+            raise DatasetError(
+                f"unknown dataset {key!r} in --dataset; expected one of {', '.join(DATASET_KEYS)} or 'all'"
+            )
     if not keys:
         raise DatasetError("--dataset is empty; expected a dataset key, a comma list or 'all'")
     return keys
@@ -139,11 +148,21 @@ def run_dataset(key: str, args: argparse.Namespace, config, segmentor: Segmentor
     if args.save_visualisations and out_dir is not None and is_main_process():
         from segmentation.visualise import OverlayWriter
 
-        visualise = OverlayWriter(out_dir / "visualisations", class_names(key, aliases=False), dataset, args.save_visualisations)
+        visualise = OverlayWriter(
+            out_dir / "visualisations", class_names(key, aliases=False), dataset, args.save_visualisations
+        )
     result = evaluate(
-        segmentor, dataset, len(names), measure_boundary=args.measure_boundary, num_workers=config.num_workers,
-        limit=args.limit, description=key, on_prediction=visualise,
-        save_predictions=None if args.save_predictions is None else (args.save_predictions / key if len(args.keys) > 1 else args.save_predictions),
+        segmentor,
+        dataset,
+        len(names),
+        measure_boundary=args.measure_boundary,
+        num_workers=config.num_workers,
+        limit=args.limit,
+        description=key,
+        on_prediction=visualise,
+        save_predictions=None
+        if args.save_predictions is None
+        else (args.save_predictions / key if len(args.keys) > 1 else args.save_predictions),
     )
     summary = summarize(result.iou_sums, result.boundary_sums, class_names(key, aliases=False))
     record = result_record(key, segmentor.settings.method, summary, result, config)

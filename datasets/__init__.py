@@ -7,11 +7,11 @@ from .build import DATASET_KEYS, build_dataset, class_names, dataset_config, loa
 from .errors import DatasetError
 
 __all__ = [
-    'DATASET_KEYS',
-    'DatasetError',
-    'build_dataset',
-    'class_names',
-    'dataset_config',
-    'load_image',
-    'load_label',
+    "DATASET_KEYS",
+    "DatasetError",
+    "build_dataset",
+    "class_names",
+    "dataset_config",
+    "load_image",
+    "load_label",
 ]

@@ -18,8 +18,8 @@ from PIL import Image
 from . import mmseg_datasets  # noqa: F401  (registers PascalVOCDataset20 and COCOObjectDataset)
 from .errors import DatasetError
 
-DATASET_KEYS = ('voc', 'voc20', 'context', 'context59', 'coco_object', 'coco_stuff', 'cityscapes', 'ade20k')
-CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs' / 'datasets'
+DATASET_KEYS = ("voc", "voc20", "context", "context59", "coco_object", "coco_stuff", "cityscapes", "ade20k")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 _README_HINT = "see README.md, section 'Preparing the datasets'"
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -29,7 +29,7 @@ def dataset_config(key: str) -> mmcv.Config:
     """The mmseg config of dataset ``key`` (one of ``DATASET_KEYS``), from ``configs/datasets/<key>.py``."""
     if key not in DATASET_KEYS:
         raise DatasetError(f"unknown dataset key '{key}'; valid keys: {', '.join(DATASET_KEYS)}")
-    return mmcv.Config.fromfile(str(CONFIG_DIR / f'{key}.py'))
+    return mmcv.Config.fromfile(str(CONFIG_DIR / f"{key}.py"))
 
 
 def class_names(key: str, aliases: bool = True) -> list[str]:
@@ -46,7 +46,7 @@ def class_names(key: str, aliases: bool = True) -> list[str]:
     """
     cfg = dataset_config(key)
     names = list(DATASETS.get(cfg.dataset_type).CLASSES)
-    if aliases and cfg.get('background_aliases'):
+    if aliases and cfg.get("background_aliases"):
         names[0] = cfg.background_aliases
     return names
 
@@ -54,8 +54,7 @@ def class_names(key: str, aliases: bool = True) -> list[str]:
 def _require_path(key: str, name: str, path: Path, what: str, is_dir: bool) -> None:
     exists = path.is_dir() if is_dir else path.is_file()
     if not exists:
-        raise FileNotFoundError(
-            f"dataset '{key}' ({name}): {what} not found: expected {path}; {_README_HINT} > {name}")
+        raise FileNotFoundError(f"dataset '{key}' ({name}): {what} not found: expected {path}; {_README_HINT} > {name}")
 
 
 def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
@@ -76,16 +75,18 @@ def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
     test_cfg = cfg.data.test.copy()
     root = Path(data_root) / cfg.data_root
     name = cfg.dataset_name
-    _require_path(key, name, root, 'dataset folder', is_dir=True)
-    _require_path(key, name, root / test_cfg.img_dir, 'image folder', is_dir=True)
-    _require_path(key, name, root / test_cfg.ann_dir, 'label folder', is_dir=True)
-    if test_cfg.get('split') is not None:
-        _require_path(key, name, root / test_cfg.split, 'split file', is_dir=False)
+    _require_path(key, name, root, "dataset folder", is_dir=True)
+    _require_path(key, name, root / test_cfg.img_dir, "image folder", is_dir=True)
+    _require_path(key, name, root / test_cfg.ann_dir, "label folder", is_dir=True)
+    if test_cfg.get("split") is not None:
+        _require_path(key, name, root / test_cfg.split, "split file", is_dir=False)
     test_cfg.data_root = str(root)
     dataset = build_from_cfg(test_cfg, DATASETS, dict(test_mode=True))
     if len(dataset) == 0:
-        raise DatasetError(f"dataset '{key}' ({name}): no image with suffix '{dataset.img_suffix}' listed in "
-                           f"{test_cfg.get('split') or dataset.img_dir}; {_README_HINT} > {name}")
+        raise DatasetError(
+            f"dataset '{key}' ({name}): no image with suffix '{dataset.img_suffix}' listed in "
+            f"{test_cfg.get('split') or dataset.img_dir}; {_README_HINT} > {name}"
+        )
     if dataset.reduce_zero_label:
         # mmseg 0.30 applies reduce_zero_label inside its metric, not in get_gt_seg_map_by_idx: move it into
         # the label loader so labels come out final, and clear the flag so that mmseg's own
@@ -96,7 +97,7 @@ def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
 
 
 def _image_path(dataset: CustomDataset, idx: int) -> Path:
-    return Path(dataset.img_dir) / dataset.img_infos[idx]['filename']
+    return Path(dataset.img_dir) / dataset.img_infos[idx]["filename"]
 
 
 def load_image(dataset: CustomDataset, idx: int) -> tuple[np.ndarray, dict]:
@@ -113,15 +114,15 @@ def load_image(dataset: CustomDataset, idx: int) -> tuple[np.ndarray, dict]:
     """
     path = _image_path(dataset, idx)
     if not path.is_file():
-        raise FileNotFoundError(f'image not found: {path}')
+        raise FileNotFoundError(f"image not found: {path}")
     try:
         results = dataset.prepare_test_img(idx)
     except Exception as err:  # cv2 returns None on a corrupt file, and mmseg then fails on .shape
-        raise DatasetError(f'cannot read image {path}: {type(err).__name__}: {err}') from err
-    image = results['img']
+        raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+    image = results["img"]
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DatasetError(f'image {path} decoded to {image.dtype} {image.shape}; expected uint8 [H, W, 3]')
-    info = {k: results[k] for k in ('filename', 'ori_filename', 'ori_shape')}
+        raise DatasetError(f"image {path} decoded to {image.dtype} {image.shape}; expected uint8 [H, W, 3]")
+    info = {k: results[k] for k in ("filename", "ori_filename", "ori_shape")}
     return np.ascontiguousarray(image[..., ::-1]), info  # cv2 decodes BGR
 
 
@@ -132,7 +133,7 @@ def _decoded_image_size(path: Path) -> tuple[int, int]:
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as err:
-        raise DatasetError(f'cannot read image {path}: {type(err).__name__}: {err}') from err
+        raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
     return (width, height) if orientation in _TRANSPOSED_ORIENTATIONS else (height, width)
 
 
@@ -152,18 +153,20 @@ def load_label(dataset: CustomDataset, idx: int, image_shape: tuple[int, ...] | 
         FileNotFoundError: the label file is missing.
         DatasetError: the label cannot be decoded, is not single-channel, or its size differs from the image.
     """
-    path = Path(dataset.ann_dir) / dataset.img_infos[idx]['ann']['seg_map']
+    path = Path(dataset.ann_dir) / dataset.img_infos[idx]["ann"]["seg_map"]
     if not path.is_file():
-        raise FileNotFoundError(f'label not found: {path}')
+        raise FileNotFoundError(f"label not found: {path}")
     try:
         label = dataset.get_gt_seg_map_by_idx(idx)
     except Exception as err:
-        raise DatasetError(f'cannot read label {path}: {type(err).__name__}: {err}') from err
+        raise DatasetError(f"cannot read label {path}: {type(err).__name__}: {err}") from err
     if label.ndim != 2:
-        raise DatasetError(f'label {path} has shape {label.shape}; expected a single-channel [H, W] map')
+        raise DatasetError(f"label {path} has shape {label.shape}; expected a single-channel [H, W] map")
     if image_shape is None:
         image_shape = _decoded_image_size(_image_path(dataset, idx))
     if label.shape != tuple(image_shape[:2]):
-        raise DatasetError(f'label {path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image '
-                           f'{_image_path(dataset, idx)} is {image_shape[0]}x{image_shape[1]}')
+        raise DatasetError(
+            f"label {path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
+            f"{_image_path(dataset, idx)} is {image_shape[0]}x{image_shape[1]}"
+        )
     return label.astype(np.int64)

@@ -30,16 +30,96 @@ COCO_FIRST_STUFF_RAW_ID = 91
 
 # Cityscapes labelIds -> trainIds (cityscapesscripts/helpers/labels.py); ids 0..33 not listed are 255.
 CITYSCAPES_NUM_IDS = 34
-CITYSCAPES_ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                             24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_ID_TO_TRAIN_ID = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 
 # PASCAL Context: ids (1-based, labels.txt of the 459-class release) of the 59 classes kept by the
 # benchmark, from mmseg's tools/convert_datasets/pascal_context.py `_mapping` (minus its 0). Sorted, they
 # are in mmseg's alphabetical class order; every other id (and 0, unlabelled) becomes 0 = background.
-PASCAL_CONTEXT_59_IDS = tuple(sorted((
-    2, 259, 260, 415, 324, 9, 258, 144, 18, 19, 22, 23, 397, 25, 284, 158, 159, 416, 33, 162, 420, 454, 295,
-    296, 427, 44, 45, 46, 308, 59, 440, 445, 31, 232, 65, 354, 424, 68, 326, 72, 458, 34, 207, 80, 355, 85,
-    347, 220, 349, 360, 98, 187, 104, 105, 366, 189, 368, 113, 115)))
+PASCAL_CONTEXT_59_IDS = tuple(
+    sorted(
+        (
+            2,
+            259,
+            260,
+            415,
+            324,
+            9,
+            258,
+            144,
+            18,
+            19,
+            22,
+            23,
+            397,
+            25,
+            284,
+            158,
+            159,
+            416,
+            33,
+            162,
+            420,
+            454,
+            295,
+            296,
+            427,
+            44,
+            45,
+            46,
+            308,
+            59,
+            440,
+            445,
+            31,
+            232,
+            65,
+            354,
+            424,
+            68,
+            326,
+            72,
+            458,
+            34,
+            207,
+            80,
+            355,
+            85,
+            347,
+            220,
+            349,
+            360,
+            98,
+            187,
+            104,
+            105,
+            366,
+            189,
+            368,
+            113,
+            115,
+        )
+    )
+)
 PASCAL_CONTEXT_NUM_IDS = 460  # 0 (unlabelled) and the 459 class ids
 
 
@@ -108,13 +188,13 @@ def remap_label(label: np.ndarray, lut: np.ndarray, source: str | Path) -> np.nd
         DatasetError: the label is not ``[H, W]`` or holds an id the table does not accept.
     """
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
-        raise DatasetError(f'{source}: expected a single-channel integer label map, got {label.dtype} {label.shape}')
+        raise DatasetError(f"{source}: expected a single-channel integer label map, got {label.dtype} {label.shape}")
     values = np.unique(label).astype(np.int64)
     in_range = (values >= 0) & (values < len(lut))
     bad = values[~in_range | (lut[np.clip(values, 0, len(lut) - 1)] == INVALID)]
     if bad.size:
         valid = np.flatnonzero(lut != INVALID).tolist()
-        raise DatasetError(f'{source}: unexpected label ids {bad[:20].tolist()}; expected ids in {valid}')
+        raise DatasetError(f"{source}: unexpected label ids {bad[:20].tolist()}; expected ids in {valid}")
     return lut[label].astype(np.uint8)
 
 
@@ -124,28 +204,27 @@ def read_label_png(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.array(image)
     except Exception as err:
-        raise DatasetError(f'cannot read label {path}: {type(err).__name__}: {err}') from err
+        raise DatasetError(f"cannot read label {path}: {type(err).__name__}: {err}") from err
 
 
 def write_png_atomic(label: np.ndarray, path: Path) -> None:
     """Write a ``[H, W]`` uint8 label PNG; a temporary name is renamed, so no half-written file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(label).save(tmp, format='PNG')
+        Image.fromarray(label).save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def convert_label_files(jobs: Sequence[tuple[Path, Path]], convert: Callable[[Path], np.ndarray],
-                        desc: str) -> int:
+def convert_label_files(jobs: Sequence[tuple[Path, Path]], convert: Callable[[Path], np.ndarray], desc: str) -> int:
     """Run ``convert(src)`` for each ``(src, dst)`` pair and write the result to ``dst`` atomically.
 
     Returns:
         the number of files written.
     """
-    for src, dst in tqdm(jobs, desc=desc, unit='file'):
+    for src, dst in tqdm(jobs, desc=desc, unit="file"):
         write_png_atomic(convert(src), dst)
     return len(jobs)
 
@@ -158,11 +237,13 @@ def raw_coco_label_files(ann_dir: Path) -> list[Path]:
         FileNotFoundError: ``ann_dir`` is missing or holds no raw label map.
     """
     if not ann_dir.is_dir():
-        raise FileNotFoundError(f'COCO-Stuff164k label folder not found: {ann_dir} (unzip '
-                                f'stuffthingmaps_trainval2017.zip into annotations/)')
-    files = sorted(p for p in ann_dir.glob('*.png') if not p.stem.endswith('TrainIds'))
+        raise FileNotFoundError(
+            f"COCO-Stuff164k label folder not found: {ann_dir} (unzip "
+            f"stuffthingmaps_trainval2017.zip into annotations/)"
+        )
+    files = sorted(p for p in ann_dir.glob("*.png") if not p.stem.endswith("TrainIds"))
     if not files:
-        raise FileNotFoundError(f'no raw COCO-Stuff164k label map (<image id>.png) in {ann_dir}')
+        raise FileNotFoundError(f"no raw COCO-Stuff164k label map (<image id>.png) in {ann_dir}")
     return files
 
 
@@ -172,21 +253,22 @@ def convert_coco_split(coco_root: Path, split: str, lut: np.ndarray, suffix: str
     Returns:
         the annotation folder written to.
     """
-    ann_dir = coco_root / 'annotations' / split
+    ann_dir = coco_root / "annotations" / split
     jobs = [(f, f.with_name(f.stem + suffix)) for f in raw_coco_label_files(ann_dir)]
-    convert_label_files(jobs, lambda src: remap_label(read_label_png(src), lut, src), desc=f'{desc} {split}')
+    convert_label_files(jobs, lambda src: remap_label(read_label_png(src), lut, src), desc=f"{desc} {split}")
     return ann_dir
 
 
-def converter_parser(doc: str, root: str, root_help: str, default_split: str,
-                     split_help: str) -> argparse.ArgumentParser:
+def converter_parser(
+    doc: str, root: str, root_help: str, default_split: str, split_help: str
+) -> argparse.ArgumentParser:
     """Command line of a converter taking a dataset folder (positional ``root``) and ``--splits``.
 
     ``doc`` is the tool's module docstring, shown verbatim by ``--help``.
     """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(root, type=Path, help=root_help)
-    parser.add_argument('--splits', nargs='+', default=[default_split], help=split_help)
+    parser.add_argument("--splits", nargs="+", default=[default_split], help=split_help)
     return parser
 
 
@@ -200,15 +282,20 @@ def run_converter(convert: Callable[[], object]) -> int:
     try:
         convert()
     except (DatasetError, FileNotFoundError) as err:
-        print(f'error: {err}', file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 
 
 def parse_coco_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
     """Arguments of the COCO-Stuff164k converters: ``coco_root`` and ``splits`` (default ``['val2017']``)."""
-    return converter_parser(doc, 'coco_root', 'COCO-Stuff164k folder holding annotations/<split>/*.png',
-                            'val2017', 'annotation sub-folders to convert').parse_args(argv)
+    return converter_parser(
+        doc,
+        "coco_root",
+        "COCO-Stuff164k folder holding annotations/<split>/*.png",
+        "val2017",
+        "annotation sub-folders to convert",
+    ).parse_args(argv)
 
 
 def convert_coco_main(args: argparse.Namespace, lut: np.ndarray, suffix: str, desc: str) -> int:
@@ -223,9 +310,10 @@ def convert_coco_main(args: argparse.Namespace, lut: np.ndarray, suffix: str, de
     Returns:
         the exit status (see ``run_converter``).
     """
+
     def convert_splits() -> None:
         for split in args.splits:
             ann_dir = convert_coco_split(args.coco_root, split, lut, suffix, desc=desc)
-            print(f'wrote *{suffix} files to {ann_dir}')
+            print(f"wrote *{suffix} files to {ann_dir}")
 
     return run_converter(convert_splits)

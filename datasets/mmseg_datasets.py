@@ -15,8 +15,7 @@ class PascalVOCDataset20(CustomDataset):
     PALETTE = PascalVOCDataset.PALETTE[1:]
 
     def __init__(self, split: str, **kwargs) -> None:
-        super().__init__(img_suffix='.jpg', seg_map_suffix='.png', split=split, reduce_zero_label=True,
-                         **kwargs)
+        super().__init__(img_suffix=".jpg", seg_map_suffix=".png", split=split, reduce_zero_label=True, **kwargs)
 
 
 @DATASETS.register_module(force=True)
@@ -26,8 +25,8 @@ class COCOObjectDataset(CustomDataset):
     Labels are ``*_instanceTrainIds.png`` written by ``tools/convert_coco_object.py``.
     """
 
-    CLASSES = ('background',) + COCOStuffDataset.CLASSES[:80]
+    CLASSES = ("background",) + COCOStuffDataset.CLASSES[:80]
     PALETTE = [[0, 0, 0]] + COCOStuffDataset.PALETTE[:80]
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(img_suffix='.jpg', seg_map_suffix='_instanceTrainIds.png', **kwargs)
+        super().__init__(img_suffix=".jpg", seg_map_suffix="_instanceTrainIds.png", **kwargs)

@@ -110,5 +110,5 @@ def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
     qkv = captured[-1]  # [B, N, 3 * D], laid out as (3, heads, head_dim) on the last axis
     batch, n_tokens, _ = qkv.shape
     value = qkv.reshape(batch, n_tokens, 3, -1)[:, :, 2]  # [B, N, D], heads concatenated
-    value = F.normalize(value[:, vit.num_prefix_tokens:].float(), dim=-1)  # drop CLS / registers
+    value = F.normalize(value[:, vit.num_prefix_tokens :].float(), dim=-1)  # drop CLS / registers
     return tokens_to_map(value, grid)

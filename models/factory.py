@@ -112,8 +112,9 @@ def _fetch_hub_file(repo_files: list[tuple[str, str]], what: str, hint: str) -> 
     if reason is None and not _reachable(endpoint):
         reason = f"{endpoint} is unreachable"
     if reason is not None:
-        raise WeightsUnavailableError(f"weights for {what} are not in the Hugging Face cache {cache_dir} "
-                                      f"and {reason}; {hint}")
+        raise WeightsUnavailableError(
+            f"weights for {what} are not in the Hugging Face cache {cache_dir} and {reason}; {hint}"
+        )
     for repo_id, filename in repo_files:
         try:
             return hf_hub_download(repo_id, filename, cache_dir=cache_dir, etag_timeout=5)
@@ -121,7 +122,9 @@ def _fetch_hub_file(repo_files: list[tuple[str, str]], what: str, hint: str) -> 
             continue  # try the next candidate file name (e.g. .bin after .safetensors)
         except Exception as error:  # any network / hub failure becomes the one-line error
             first_line = (str(error).splitlines() or [""])[0]
-            raise WeightsUnavailableError(f"download of {what} failed ({type(error).__name__}: {first_line}); {hint}") from error
+            raise WeightsUnavailableError(
+                f"download of {what} failed ({type(error).__name__}: {first_line}); {hint}"
+            ) from error
     raise WeightsUnavailableError(f"none of {[f for _, f in repo_files]} exists for {what}; {hint}")
 
 
@@ -159,8 +162,9 @@ def _clip_weights(name: str, pretrained: str) -> tuple[str | None, dict]:
     if cached.is_file():
         return str(cached), extra
     if _hub_offline() or not _reachable(cfg.get("url", "")):
-        raise WeightsUnavailableError(f"weights for {what} are not cached in {cached.parent} and the "
-                                      f"download URL is unreachable; {hint}")
+        raise WeightsUnavailableError(
+            f"weights for {what} are not cached in {cached.parent} and the download URL is unreachable; {hint}"
+        )
     return None, extra  # open_clip downloads from the URL itself
 
 
@@ -176,8 +180,10 @@ def _check_clip_name(name: str) -> None:
         raise ValueError(f"model.clip.name={name!r}: unknown open_clip model; e.g. {examples}")
     if not _is_native_vit16(name):
         vision = open_clip.get_model_config(name)["vision_cfg"]
-        raise ValueError(f"model.clip.name={name!r}: need an open_clip ViT with patch size {PATCH_SIZE} "
-                         f"(got patch_size={vision.get('patch_size')}, timm tower={'timm_model_name' in vision})")
+        raise ValueError(
+            f"model.clip.name={name!r}: need an open_clip ViT with patch size {PATCH_SIZE} "
+            f"(got patch_size={vision.get('patch_size')}, timm tower={'timm_model_name' in vision})"
+        )
 
 
 def _finish(model: nn.Module, device: Device, dtype: str | torch.dtype) -> nn.Module:
@@ -203,15 +209,19 @@ def build_clip(
     _check_clip_name(name)
     pretrained = _normalize_pretrained(pretrained)
     if pretrained is True:
-        raise ValueError(f"model.clip.pretrained=true: give an open_clip tag, e.g. "
-                         f"{open_clip.list_pretrained_tags_by_model(name)[:4]}, or a path")
+        raise ValueError(
+            f"model.clip.pretrained=true: give an open_clip tag, e.g. "
+            f"{open_clip.list_pretrained_tags_by_model(name)[:4]}, or a path"
+        )
     checkpoint, extra = (None, {}) if pretrained is None else _clip_weights(name, pretrained)
     source = checkpoint if checkpoint is not None else pretrained
     try:
         model = open_clip.create_model(name, pretrained=source, device="cpu", **extra)
     except RuntimeError as error:
         if checkpoint is None:  # open_clip's own URL download failed
-            raise WeightsUnavailableError(f"download of CLIP {name} (pretrained={pretrained}) failed: {error}") from error
+            raise WeightsUnavailableError(
+                f"download of CLIP {name} (pretrained={pretrained}) failed: {error}"
+            ) from error
         raise ValueError(f"model.clip.pretrained={pretrained!r}: cannot load into {name}: {error}") from error
     return _finish(model, device, dtype), open_clip.get_tokenizer(name)
 
@@ -226,8 +236,7 @@ def _dino_weights(name: str, pretrained: str | bool) -> str:
         return local
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ValueError(f"model.dino.name={name!r}: timm has no pretrained weights for it; "
-                         f"e.g. {_DINO_EXAMPLES}")
+        raise ValueError(f"model.dino.name={name!r}: timm has no pretrained weights for it; e.g. {_DINO_EXAMPLES}")
     hint = f"download them on a connected machine or set {key}=/path/to/model.safetensors"
     what = f"DINO {name} (pretrained=true)"
     if cfg.hf_hub_id:
@@ -237,8 +246,9 @@ def _dino_weights(name: str, pretrained: str | bool) -> str:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
     if not cached.is_file():
         if _hub_offline() or not _reachable(cfg.url):
-            raise WeightsUnavailableError(f"weights for {what} are not cached in {cached.parent} and "
-                                          f"{cfg.url} is unreachable; {hint}")
+            raise WeightsUnavailableError(
+                f"weights for {what} are not cached in {cached.parent} and {cfg.url} is unreachable; {hint}"
+            )
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(cfg.url, str(cached))
     return str(cached)
@@ -260,8 +270,7 @@ def build_dino(
     """
     resolve_dtype(dtype)
     if not timm.is_model(name):
-        raise ValueError(f"model.dino.name={name!r}: unknown timm model; "
-                         f"e.g. {_DINO_EXAMPLES}")
+        raise ValueError(f"model.dino.name={name!r}: unknown timm model; e.g. {_DINO_EXAMPLES}")
     pretrained = _normalize_pretrained(pretrained)
     checkpoint = None if pretrained is None else _dino_weights(name, pretrained)
     kwargs = {} if checkpoint is None else {"pretrained_cfg_overlay": {"file": checkpoint}}

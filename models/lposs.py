@@ -59,7 +59,9 @@ class LPOSSBackbones(nn.Module):
         dtype = _config_value(model_cfg, "dtype")
         template_set = model_cfg.get("templates", "imagenet80")
         if template_set not in TEMPLATE_SETS:
-            raise ValueError(f"config value model.templates={template_set!r} is invalid: expected one of {', '.join(TEMPLATE_SETS)}")
+            raise ValueError(
+                f"config value model.templates={template_set!r} is invalid: expected one of {', '.join(TEMPLATE_SETS)}"
+            )
         clip_model, tokenizer = build_clip(
             _config_value(model_cfg, "clip.name"), _config_value(model_cfg, "clip.pretrained"), device, dtype
         )
@@ -101,8 +103,7 @@ class LPOSSBackbones(nn.Module):
         features = dino_value_features(self.dino, windows)  # [B, D, gh, gw]
         clip_features = dense_clip_features(self.clip, windows)  # [B, E, gh', gw']
         if clip_features.shape[-2:] != features.shape[-2:]:
-            clip_features = F.interpolate(clip_features, size=features.shape[-2:], mode="bilinear",
-                                          align_corners=False)
+            clip_features = F.interpolate(clip_features, size=features.shape[-2:], mode="bilinear", align_corners=False)
         clip_features = F.normalize(clip_features, dim=1)
         text = self.text_embeddings.to(clip_features.device)
         scores = torch.einsum("behw,ae->bahw", clip_features, text)  # [B, A, gh, gw]

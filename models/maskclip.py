@@ -159,7 +159,7 @@ def _encode_aliases(
     prompts = [_fill(t, alias) for alias in aliases for t in templates]  # alias-major
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start:start + batch_size]).to(device)
+        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
         chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(chunks).view(len(aliases), len(templates), -1)  # [A, T, E]
     return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -32,7 +32,9 @@ def resolve_config_path(name: str | Path) -> Path:
     if (CONFIG_DIR / path).is_file():
         return CONFIG_DIR / path
     available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file {str(name)!r} not found (neither as a path nor in {CONFIG_DIR}); available: {available}")
+    raise ConfigError(
+        f"config file {str(name)!r} not found (neither as a path nor in {CONFIG_DIR}); available: {available}"
+    )
 
 
 def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -51,7 +53,9 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r} must have the form key=value (e.g. k=200 or model.clip.pretrained=null)")
+            raise ConfigError(
+                f"override {item!r} must have the form key=value (e.g. k=200 or model.clip.pretrained=null)"
+            )
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as error:
@@ -66,7 +70,9 @@ def _merge_known_keys(config: DictConfig, overrides: DictConfig, prefix: str = "
             valid = ", ".join(f"{prefix}{k}" for k in config.keys())
             raise ConfigError(f"unknown config key {name!r}; valid keys here: {valid}")
         if isinstance(config[key], DictConfig) != isinstance(value, DictConfig):
-            raise ConfigError(f"config key {name!r} is a {'section' if isinstance(config[key], DictConfig) else 'value'}; got {value!r}")
+            raise ConfigError(
+                f"config key {name!r} is a {'section' if isinstance(config[key], DictConfig) else 'value'}; got {value!r}"
+            )
         if isinstance(value, DictConfig):
             _merge_known_keys(config[key], value, prefix=f"{name}.")
         else:
@@ -115,7 +121,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "an integer"),
     "num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data_root": (lambda v: isinstance(v, str) and v != "", "a folder path"),
-    "device": (lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")), "auto, cpu, cuda or cuda:N"),
+    "device": (
+        lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
+        "auto, cpu, cuda or cuda:N",
+    ),
     "model.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "model.templates": (lambda v: v in ("imagenet80", "single"), "imagenet80 or single"),
     "model.clip.name": (lambda v: isinstance(v, str) and v != "", "an open_clip model name"),
@@ -133,4 +142,6 @@ def validate_config(config: DictConfig) -> None:
     if config.stride > config.crop:
         raise ConfigError(f"config value stride={config.stride} is invalid: expected at most crop={config.crop}")
     if config.long_side < config.short_side:
-        raise ConfigError(f"config value long_side={config.long_side} is invalid: expected >= short_side={config.short_side}")
+        raise ConfigError(
+            f"config value long_side={config.long_side} is invalid: expected >= short_side={config.short_side}"
+        )

@@ -147,7 +147,9 @@ def evaluate(
         if on_prediction is not None:
             on_prediction(sample["index"], sample["image"], prediction, sample["label"])
     seconds = (time.perf_counter() - start) / max(len(samples), 1)
-    device = segmentor.backbones.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+    device = (
+        segmentor.backbones.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
+    )
     iou_sums = all_reduce_sum(iou_sums, device)
     if boundary_sums is not None:
         boundary_sums = all_reduce_sum(boundary_sums, device)

@@ -129,7 +129,9 @@ def conjugate_gradient(
 # Patch level (LPOSS)
 
 
-def knn_search(features: torch.Tensor, k: int, *, backend: str = "torch", chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_search(
+    features: torch.Tensor, k: int, *, backend: str = "torch", chunk_size: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours by inner product, each node included (usually its own first neighbour).
 
     Args:
@@ -198,8 +200,12 @@ def _symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> to
     w = _csr(torch.full((n,), k, device=rows.device), cols.reshape(-1), values.gather(1, order).reshape(-1), n)
     # W^T in CSR: entries ordered by column of W; equal (i, j) entries of W and W^T are summed by the add.
     transposed = (neighbours.reshape(-1) * n + rows.repeat_interleave(k)).argsort()
-    w_t = _csr(torch.bincount(neighbours.reshape(-1), minlength=n), rows.repeat_interleave(k)[transposed],
-               values.reshape(-1)[transposed], n)
+    w_t = _csr(
+        torch.bincount(neighbours.reshape(-1), minlength=n),
+        rows.repeat_interleave(k)[transposed],
+        values.reshape(-1)[transposed],
+        n,
+    )
     if w.device.type == "cpu":
         return w + w_t
     # CSR + CSR is not implemented on every backend; the COO sum is, and gives the same matrix.
@@ -231,6 +237,8 @@ def patch_affinity(
         Sparse CSR ``[N, N]`` float32, symmetric, zero diagonal.
     """
     n = features.shape[0]
+    # Reference quirk: a node counts among its own k neighbours and is then dropped with the diagonal,
+    # so every node keeps k - 1 others.
     sims, idx = knn_search(features, min(k, n), backend=knn_backend)
     dist = (locations[:, None, :] - locations[idx]).norm(dim=-1)  # [N, k] pixels
     weights = sims.clamp(min=0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
@@ -283,7 +291,9 @@ def propagate_patches(
     _check_finite("scores", scores)
     _check_finite("features", features)
     scores, features, locations = scores.float(), features.float(), locations.float()
-    s = patch_affinity(features, locations, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow, knn_backend=knn_backend)
+    s = patch_affinity(
+        features, locations, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow, knn_backend=knn_backend
+    )
 
     def matvec(z: torch.Tensor) -> torch.Tensor:  # z [C, N]
         return z - alpha * (s @ z.T).T
@@ -342,7 +352,9 @@ def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> to
     offsets = stencil_offsets(r)
     weights = torch.empty(len(offsets), height, width, dtype=torch.float32, device=image.device)
     for o, (dy, dx) in enumerate(offsets):
-        dist = (lab - _shifted(padded, half, dy, dx, height, width)).square().sum(0).sqrt()  # 20x faster than .norm(dim=0) on CPU
+        dist = (
+            (lab - _shifted(padded, half, dy, dx, height, width)).square().sum(0).sqrt()
+        )  # 20x faster than .norm(dim=0) on CPU
         torch.exp(-dist / tau, out=weights[o])
     weights.nan_to_num_(nan=0.0)
     degrees = weights.sum(0)

@@ -18,11 +18,10 @@ IGNORE_INDEX = 255
 
 def _check_maps(pred: np.ndarray, label: np.ndarray) -> None:
     if pred.shape != label.shape or pred.ndim != 2:
-        raise ValueError(f'prediction {pred.shape} and label {label.shape} must be [H, W] maps of the same size')
+        raise ValueError(f"prediction {pred.shape} and label {label.shape} must be [H, W] maps of the same size")
 
 
-def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int,
-               ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Per-class areas of one image, computed by mmseg's own ``intersect_and_union``.
 
     Args:
@@ -35,9 +34,14 @@ def iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int,
         ``[4, C]`` float64: intersection, union, predicted area, label area (pixel counts).
     """
     _check_maps(pred, label)
-    areas = intersect_and_union(np.ascontiguousarray(pred, dtype=np.int64),
-                                np.ascontiguousarray(label, dtype=np.int64), num_classes, ignore_index,
-                                label_map=dict(), reduce_zero_label=False)
+    areas = intersect_and_union(
+        np.ascontiguousarray(pred, dtype=np.int64),
+        np.ascontiguousarray(label, dtype=np.int64),
+        num_classes,
+        ignore_index,
+        label_map=dict(),
+        reduce_zero_label=False,
+    )
     return np.stack([area.numpy() for area in areas]).astype(np.float64)
 
 
@@ -56,14 +60,19 @@ def mask_to_boundary(mask: np.ndarray, dilation_ratio: float = 0.02) -> np.ndarr
     """
     h, w = mask.shape
     # Python's round (half to even), as the reference's int(round(...)).
-    iterations = max(1, int(round(dilation_ratio * math.sqrt(h ** 2 + w ** 2))))
+    iterations = max(1, int(round(dilation_ratio * math.sqrt(h**2 + w**2))))
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     eroded = cv2.erode(padded, np.ones((3, 3), dtype=np.uint8), iterations=iterations)
-    return mask - eroded[1:h + 1, 1:w + 1]
+    return mask - eroded[1 : h + 1, 1 : w + 1]
 
 
-def boundary_iou_counts(pred: np.ndarray, label: np.ndarray, num_classes: int,
-                        ignore_index: int = IGNORE_INDEX, dilation_ratio: float = 0.02) -> np.ndarray:
+def boundary_iou_counts(
+    pred: np.ndarray,
+    label: np.ndarray,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    dilation_ratio: float = 0.02,
+) -> np.ndarray:
     """Per-class Boundary IoU counts of one image (SPEC section 2).
 
     The prediction is set to ``ignore_index`` where the label is ignored; for each class occurring in the
@@ -96,7 +105,7 @@ def _percent_or_none(values: np.ndarray) -> list[float | None]:
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    with np.errstate(divide='ignore', invalid='ignore'):
+    with np.errstate(divide="ignore", invalid="ignore"):
         return numerator / denominator  # 0 / 0 -> NaN: class absent from labels and predictions
 
 
@@ -119,42 +128,43 @@ def summarize(iou_sums: np.ndarray, boundary_sums: np.ndarray | None, class_name
     """
     iou_sums = np.asarray(iou_sums, dtype=np.float64)
     if iou_sums.shape != (4, len(class_names)):
-        raise ValueError(f'iou_sums has shape {iou_sums.shape}; expected (4, {len(class_names)})')
+        raise ValueError(f"iou_sums has shape {iou_sums.shape}; expected (4, {len(class_names)})")
     iou = _ratio(iou_sums[0], iou_sums[1])
     label_total = iou_sums[3].sum()
     summary = {
-        'mIoU': _nanmean_percent(iou),
-        'IoU': dict(zip(class_names, _percent_or_none(iou))),
-        'aAcc': float(iou_sums[0].sum() / label_total) * 100 if label_total > 0 else None,
-        'boundary_mIoU': None,
-        'boundary_IoU': {},
+        "mIoU": _nanmean_percent(iou),
+        "IoU": dict(zip(class_names, _percent_or_none(iou))),
+        "aAcc": float(iou_sums[0].sum() / label_total) * 100 if label_total > 0 else None,
+        "boundary_mIoU": None,
+        "boundary_IoU": {},
     }
     if boundary_sums is not None:
         boundary_sums = np.asarray(boundary_sums, dtype=np.float64)
         if boundary_sums.shape != (2, len(class_names)):
-            raise ValueError(f'boundary_sums has shape {boundary_sums.shape}; expected (2, {len(class_names)})')
+            raise ValueError(f"boundary_sums has shape {boundary_sums.shape}; expected (2, {len(class_names)})")
         boundary_iou = _ratio(boundary_sums[0], boundary_sums[1])
-        summary['boundary_mIoU'] = _nanmean_percent(boundary_iou)
-        summary['boundary_IoU'] = dict(zip(class_names, _percent_or_none(boundary_iou)))
+        summary["boundary_mIoU"] = _nanmean_percent(boundary_iou)
+        summary["boundary_IoU"] = dict(zip(class_names, _percent_or_none(boundary_iou)))
     return summary
 
 
 def _cell(value: float | None) -> str:
-    return 'nan' if value is None else f'{value:.2f}'
+    return "nan" if value is None else f"{value:.2f}"
 
 
 def format_table(summary: dict) -> str:
     """Per-class IoU (and Boundary IoU) table followed by the summary row, as mmseg prints it."""
-    with_boundary = bool(summary['boundary_IoU'])
+    with_boundary = bool(summary["boundary_IoU"])
     per_class = PrettyTable()
-    per_class.field_names = ['Class', 'IoU'] + (['Boundary IoU'] if with_boundary else [])
-    for name, value in summary['IoU'].items():
+    per_class.field_names = ["Class", "IoU"] + (["Boundary IoU"] if with_boundary else [])
+    for name, value in summary["IoU"].items():
         row = [name, _cell(value)]
         if with_boundary:
-            row.append(_cell(summary['boundary_IoU'][name]))
+            row.append(_cell(summary["boundary_IoU"][name]))
         per_class.add_row(row)
     total = PrettyTable()
-    total.field_names = ['aAcc', 'mIoU'] + (['Boundary mIoU'] if with_boundary else [])
-    total.add_row([_cell(summary['aAcc']), _cell(summary['mIoU'])]
-                  + ([_cell(summary['boundary_mIoU'])] if with_boundary else []))
-    return f'per class results:\n{per_class.get_string()}\nSummary:\n{total.get_string()}'
+    total.field_names = ["aAcc", "mIoU"] + (["Boundary mIoU"] if with_boundary else [])
+    total.add_row(
+        [_cell(summary["aAcc"]), _cell(summary["mIoU"])] + ([_cell(summary["boundary_mIoU"])] if with_boundary else [])
+    )
+    return f"per class results:\n{per_class.get_string()}\nSummary:\n{total.get_string()}"

@@ -12,8 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = ["atomic_write_text", "format_paper_table", "start_wandb"]
 
 _COLUMN_NAMES = {
-    "voc": "VOC", "context": "Context", "coco_object": "Object", "voc20": "VOC20",
-    "context59": "C59", "coco_stuff": "Stuff", "cityscapes": "City", "ade20k": "ADE",
+    "voc": "VOC",
+    "context": "Context",
+    "coco_object": "Object",
+    "voc20": "VOC20",
+    "context59": "C59",
+    "coco_stuff": "Stuff",
+    "cityscapes": "City",
+    "ade20k": "ADE",
 }
 
 
@@ -52,8 +58,13 @@ def start_wandb(config: DictConfig, method: str, dataset_keys: Sequence[str]):
     try:
         import wandb
     except ImportError as error:
-        raise ImportError(f"wandb.mode={config.wandb.mode} needs the wandb package: pip install wandb (or set wandb.mode=disabled)") from error
+        raise ImportError(
+            f"wandb.mode={config.wandb.mode} needs the wandb package: pip install wandb (or set wandb.mode=disabled)"
+        ) from error
     return wandb.init(
-        project=config.wandb.project, entity=config.wandb.entity, mode=config.wandb.mode,
-        name=f"{method}-{'-'.join(dataset_keys)}", config=OmegaConf.to_container(config, resolve=True),
+        project=config.wandb.project,
+        entity=config.wandb.entity,
+        mode=config.wandb.mode,
+        name=f"{method}-{'-'.join(dataset_keys)}",
+        config=OmegaConf.to_container(config, resolve=True),
     )

@@ -96,7 +96,9 @@ def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_cla
 class Segmentor:
     """Open-vocabulary segmentation of one image at a time with LPOSS, LPOSS+ or the MaskCLIP baseline."""
 
-    def __init__(self, backbones: Backbones, settings: SegmentorSettings | None = None, *, profile: bool = False) -> None:
+    def __init__(
+        self, backbones: Backbones, settings: SegmentorSettings | None = None, *, profile: bool = False
+    ) -> None:
         self.backbones = backbones
         self.settings = settings or SegmentorSettings()
         self.profile = profile  # when True, stage_seconds accumulates synchronised wall time per stage
@@ -154,8 +156,17 @@ class Segmentor:
             locations = patch_centres(boxes, (gh, gw), device=image.device)
             with self._stage("patch_lp"):
                 flat_scores = propagate_patches(
-                    flat_scores, flat_features, locations, k=s.k, gamma=s.gamma, sigma=s.sigma,
-                    pix_dist_pow=s.pix_dist_pow, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter, knn_backend=s.knn_backend,
+                    flat_scores,
+                    flat_features,
+                    locations,
+                    k=s.k,
+                    gamma=s.gamma,
+                    sigma=s.sigma,
+                    pix_dist_pow=s.pix_dist_pow,
+                    alpha=s.alpha,
+                    tol=s.tol,
+                    maxiter=s.maxiter,
+                    knn_backend=s.knn_backend,
                 )
             scores = flat_scores.reshape(b, gh, gw, a).permute(0, 3, 1, 2)  # back to [B, A, gh, gw]
         canvas = merge_windows(scores, boxes, image.shape[1], image.shape[2])
@@ -169,7 +180,9 @@ class Segmentor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
         resized = resize_to_fit(image, self.settings.short_side, self.settings.long_side)
-        return torch.from_numpy(np.ascontiguousarray(resized)).to(self.backbones.device).permute(2, 0, 1).float() / 255.0
+        return (
+            torch.from_numpy(np.ascontiguousarray(resized)).to(self.backbones.device).permute(2, 0, 1).float() / 255.0
+        )
 
     @torch.no_grad()
     def predict_scores(self, image: np.ndarray) -> torch.Tensor:
@@ -183,6 +196,7 @@ class Segmentor:
         """
         alias_to_class = self.backbones.alias_to_class
         num_classes = int(alias_to_class.max()) + 1
+        # As the reference: aliases are propagated as separate columns, the max over them comes after.
         classes = max_over_aliases(self.alias_scores(self.prepare(image)), alias_to_class, num_classes)
         return F.interpolate(classes[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
 

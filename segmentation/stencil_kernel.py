@@ -86,11 +86,16 @@ def cpu_stencil_kernel() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Te
         name, flags = _compile_flags()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = load_inline(name, cpp_sources=_SOURCE, functions=["apply_stencil"], extra_cflags=flags,
-                                 extra_ldflags=["-fopenmp"])
+            module = load_inline(
+                name, cpp_sources=_SOURCE, functions=["apply_stencil"], extra_cflags=flags, extra_ldflags=["-fopenmp"]
+            )
         _kernel = module.apply_stencil
     except Exception as error:  # no compiler, no headers, ...: the torch path gives the same result
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(f"compiled pixel-LP kernel unavailable ({first_line}); using the pure-torch stencil "
-                      "(same result, 2-3x slower on CPU)", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"compiled pixel-LP kernel unavailable ({first_line}); using the pure-torch stencil "
+            "(same result, 2-3x slower on CPU)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return _kernel

@@ -124,8 +124,9 @@ def _text_size(font: Any, text: str) -> tuple[int, int]:
     return int(right - min(left, 0)), int(bottom - min(top, 0))
 
 
-def draw_legend(image: np.ndarray, class_names: Sequence[str], present_ids: Sequence[int],
-                colours: Sequence[Colour]) -> np.ndarray:
+def draw_legend(
+    image: np.ndarray, class_names: Sequence[str], present_ids: Sequence[int], colours: Sequence[Colour]
+) -> np.ndarray:
     """Add a white panel to the right of ``image`` listing ``present_ids`` (colour swatch + name), in that order.
 
     Args:
@@ -201,8 +202,10 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
         picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
     else:
         if image.size and (image.min() < 0 or image.max() > 255 or len(colours) > 256):
-            raise ValueError(f"a palette PNG holds class indices 0..255; got values {image.min()}..{image.max()} "
-                             f"and {len(colours)} colours")
+            raise ValueError(
+                f"a palette PNG holds class indices 0..255; got values {image.min()}..{image.max()} "
+                f"and {len(colours)} colours"
+            )
         picture = Image.fromarray(image.astype(np.uint8), mode="P")
         picture.putpalette([channel for colour in colours for channel in colour])
     # a unique hidden name in the same folder (same file system, so the rename is atomic); not mkstemp,

@@ -15,7 +15,7 @@ PATCH_SIZE = 16
 def resized_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
     """Size ``(h, w)`` that keeps the aspect ratio and fits ``(long_side, short_side)``, as mmcv's ``imrescale``."""
     scale = min(long_side / max(height, width), short_side / min(height, width))
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return int(height * scale + 0.5), int(width * scale + 0.5)  # mmcv's rounding, as the reference pipeline
 
 
 def resize_to_fit(image: np.ndarray, short_side: int = 448, long_side: int = 2048) -> np.ndarray:
@@ -47,10 +47,16 @@ def window_boxes(height: int, width: int, crop: int = 224, stride: int = 112) ->
     Returns:
         ``[(y1, y2, x1, x2), ...]``; every window has size ``min(crop, height) x min(crop, width)``.
     """
-    return [(y1, y2, x1, x2) for y1, y2 in _axis_starts(height, crop, stride) for x1, x2 in _axis_starts(width, crop, stride)]
+    return [
+        (y1, y2, x1, x2)
+        for y1, y2 in _axis_starts(height, crop, stride)
+        for x1, x2 in _axis_starts(width, crop, stride)
+    ]
 
 
-def patch_centres(boxes: list[tuple[int, int, int, int]], grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+def patch_centres(
+    boxes: list[tuple[int, int, int, int]], grid: tuple[int, int], device: torch.device | None = None
+) -> torch.Tensor:
     """Centres of the ``16 x 16`` patches of every window, in resized-image pixels (SPEC step 8).
 
     Args:
@@ -69,7 +75,9 @@ def patch_centres(boxes: list[tuple[int, int, int, int]], grid: tuple[int, int],
     return (origins[:, None, :] + local[None]).reshape(-1, 2)
 
 
-def merge_windows(window_scores: torch.Tensor, boxes: list[tuple[int, int, int, int]], height: int, width: int) -> torch.Tensor:
+def merge_windows(
+    window_scores: torch.Tensor, boxes: list[tuple[int, int, int, int]], height: int, width: int
+) -> torch.Tensor:
     """Resize each window's patch scores to the window and average overlapping windows (SPEC step 9).
 
     Args:

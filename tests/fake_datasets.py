@@ -6,32 +6,80 @@ from PIL import Image
 # Written from SPEC section 3, independently of configs/datasets: (image path, label path, split file or
 # None, raw label ids used, reduce_zero_label, number of classes).
 LAYOUTS = {
-    'voc': ('VOCdevkit/VOC2012/JPEGImages/{}.jpg', 'VOCdevkit/VOC2012/SegmentationClass/{}.png',
-            'VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt', 21, False, 21),
-    'voc20': ('VOCdevkit/VOC2012/JPEGImages/{}.jpg', 'VOCdevkit/VOC2012/SegmentationClass/{}.png',
-              'VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt', 21, True, 20),
-    'context': ('VOCdevkit/VOC2010/JPEGImages/{}.jpg', 'VOCdevkit/VOC2010/SegmentationClassContext/{}.png',
-                'VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt', 60, False, 60),
-    'context59': ('VOCdevkit/VOC2010/JPEGImages/{}.jpg', 'VOCdevkit/VOC2010/SegmentationClassContext/{}.png',
-                  'VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt', 60, True, 59),
-    'coco_object': ('coco_stuff164k/images/val2017/{}.jpg',
-                    'coco_stuff164k/annotations/val2017/{}_instanceTrainIds.png', None, 81, False, 81),
-    'coco_stuff': ('coco_stuff164k/images/val2017/{}.jpg',
-                   'coco_stuff164k/annotations/val2017/{}_labelTrainIds.png', None, 171, False, 171),
-    'cityscapes': ('cityscapes/leftImg8bit/val/aachen/{}_leftImg8bit.png',
-                   'cityscapes/gtFine/val/aachen/{}_gtFine_labelTrainIds.png', None, 19, False, 19),
-    'ade20k': ('ADEChallengeData2016/images/validation/{}.jpg',
-               'ADEChallengeData2016/annotations/validation/{}.png', None, 151, True, 150),
+    "voc": (
+        "VOCdevkit/VOC2012/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2012/SegmentationClass/{}.png",
+        "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt",
+        21,
+        False,
+        21,
+    ),
+    "voc20": (
+        "VOCdevkit/VOC2012/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2012/SegmentationClass/{}.png",
+        "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt",
+        21,
+        True,
+        20,
+    ),
+    "context": (
+        "VOCdevkit/VOC2010/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2010/SegmentationClassContext/{}.png",
+        "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt",
+        60,
+        False,
+        60,
+    ),
+    "context59": (
+        "VOCdevkit/VOC2010/JPEGImages/{}.jpg",
+        "VOCdevkit/VOC2010/SegmentationClassContext/{}.png",
+        "VOCdevkit/VOC2010/ImageSets/SegmentationContext/val.txt",
+        60,
+        True,
+        59,
+    ),
+    "coco_object": (
+        "coco_stuff164k/images/val2017/{}.jpg",
+        "coco_stuff164k/annotations/val2017/{}_instanceTrainIds.png",
+        None,
+        81,
+        False,
+        81,
+    ),
+    "coco_stuff": (
+        "coco_stuff164k/images/val2017/{}.jpg",
+        "coco_stuff164k/annotations/val2017/{}_labelTrainIds.png",
+        None,
+        171,
+        False,
+        171,
+    ),
+    "cityscapes": (
+        "cityscapes/leftImg8bit/val/aachen/{}_leftImg8bit.png",
+        "cityscapes/gtFine/val/aachen/{}_gtFine_labelTrainIds.png",
+        None,
+        19,
+        False,
+        19,
+    ),
+    "ade20k": (
+        "ADEChallengeData2016/images/validation/{}.jpg",
+        "ADEChallengeData2016/annotations/validation/{}.png",
+        None,
+        151,
+        True,
+        150,
+    ),
 }
-NAMES = ('img_b', 'img_a')  # listed unsorted in split files; directory listings come out sorted
-SHAPES = {'img_a': (37, 53), 'img_b': (64, 40)}  # non-square, one landscape, one portrait
+NAMES = ("img_b", "img_a")  # listed unsorted in split files; directory listings come out sorted
+SHAPES = {"img_a": (37, 53), "img_b": (64, 40)}  # non-square, one landscape, one portrait
 
 
 def two_colour_image(h, w):
     """Red left half, blue right half: RGB order is checkable after a lossy JPEG round trip."""
     image = np.zeros((h, w, 3), np.uint8)
     image[:, : w // 2, 0] = 255
-    image[:, w // 2:, 2] = 255
+    image[:, w // 2 :, 2] = 255
     return image
 
 
@@ -55,7 +103,7 @@ def make_dataset(root, key, names=NAMES):
         Image.fromarray(labels[name]).save(label_path)
     if split is not None:
         (root / split).parent.mkdir(parents=True, exist_ok=True)
-        (root / split).write_text(''.join(f'{n}\n' for n in names))
+        (root / split).write_text("".join(f"{n}\n" for n in names))
     return labels
 
 

@@ -44,7 +44,9 @@ def normalised(w):
 
 def reference_pixel_graph(image, tau, r):
     """W of SPEC step 10 from explicit index lists over all pixel pairs of the r x r square."""
-    lab = (kornia.color.rgb_to_lab(image[None].double())[0] / torch.tensor([100.0, 128.0, 128.0]).double()[:, None, None]).numpy()
+    lab = (
+        kornia.color.rgb_to_lab(image[None].double())[0] / torch.tensor([100.0, 128.0, 128.0]).double()[:, None, None]
+    ).numpy()
     _, h, w = image.shape
     rows, cols, vals = [], [], []
     half = r // 2

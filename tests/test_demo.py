@@ -24,8 +24,13 @@ from tools.demo import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.clip.name=ViT-S-16", "model.clip.pretrained=null", "model.dino.name=vit_small_patch16_224.dino",
-        "model.dino.pretrained=null", "model.templates=single"]
+TINY = [
+    "model.clip.name=ViT-S-16",
+    "model.clip.pretrained=null",
+    "model.dino.name=vit_small_patch16_224.dino",
+    "model.dino.pretrained=null",
+    "model.templates=single",
+]
 SMALL = ["short_side=112", "long_side=224", "crop=112", "stride=56"]  # 2-3 windows per 120 x 90 image
 CLASSES = ["cat", "dog", "sky;cloud", "grass"]
 
@@ -88,9 +93,9 @@ def test_outputs_have_the_input_size(tmp_path, segmenter, kind):
         colours = labels.getpalette()
     with Image.open(tmp_path / "out" / f"{path.stem}_overlay.png") as figure:
         assert figure.size[1] >= size[1] and figure.size[0] > size[0]  # legend panel to the right
-        legend = np.asarray(figure.convert("RGB"))[:, size[0]:]
+        legend = np.asarray(figure.convert("RGB"))[:, size[0] :]
     for c in range(len(CLASSES)):  # a swatch (exact palette colour) for each class found, none for the others
-        swatch = np.all(legend == np.asarray(colours[3 * c:3 * c + 3], np.uint8), axis=-1).sum()
+        swatch = np.all(legend == np.asarray(colours[3 * c : 3 * c + 3], np.uint8), axis=-1).sum()
         assert (swatch > 0) == (c in present), (c, present)
 
 
@@ -110,8 +115,14 @@ def test_image_conversions(tmp_path):
 
 def test_parse_classes():
     assert parse_classes(" cat, dog ,sky ; cloud") == ["cat", "dog", "sky;cloud"]
-    for bad, message in [("", "empty"), (" , ", "empty name"), ("cat,,dog", "empty name"), ("cat;,dog", "empty name"),
-                         ("cat,Cat", "twice"), ("sky;cloud,cloud", "twice")]:
+    for bad, message in [
+        ("", "empty"),
+        (" , ", "empty name"),
+        ("cat,,dog", "empty name"),
+        ("cat;,dog", "empty name"),
+        ("cat,Cat", "twice"),
+        ("sky;cloud,cloud", "twice"),
+    ]:
         with pytest.raises(ClassListError, match=message):
             parse_classes(bad)
 
@@ -182,9 +193,22 @@ def test_unique_stems():
 
 def test_end_to_end_missing_image_among_good(tmp_path):
     good, _ = write_image(tmp_path, "rgb")
-    command = [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), str(good), str(tmp_path / "missing.jpg"),
-               "--classes", "cat,dog,sky;cloud", "--method", "lposs", "--output", str(tmp_path / "out"), "--compare",
-               "device=cpu", *TINY, *SMALL]
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "demo.py"),
+        str(good),
+        str(tmp_path / "missing.jpg"),
+        "--classes",
+        "cat,dog,sky;cloud",
+        "--method",
+        "lposs",
+        "--output",
+        str(tmp_path / "out"),
+        "--compare",
+        "device=cpu",
+        *TINY,
+        *SMALL,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -108,6 +108,8 @@ def test_hub_weights_come_from_the_local_cache_offline(empty_caches, monkeypatch
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
     (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, repo / "snapshots" / ("0" * 40) / "model.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in vit.state_dict().items()}, repo / "snapshots" / ("0" * 40) / "model.safetensors"
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _assert_same_weights(build_dino(DINO, True), vit)

@@ -185,7 +185,9 @@ def test_constant_image_and_single_class():
     img = torch.full((3, 12, 14), 0.3)
     z = propagate_pixels(y, img, r=5)
     s = normalised(reference_pixel_graph(img, 0.01, 5))
-    np.testing.assert_allclose(z.reshape(1, -1).T.numpy(), scipy_cg(s, y.reshape(1, -1).T.double().numpy()), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        z.reshape(1, -1).T.numpy(), scipy_cg(s, y.reshape(1, -1).T.double().numpy()), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch-shifts"])
@@ -210,15 +212,25 @@ def test_pixel_memory_is_stencil_sized():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"tau": -1.0}, "tau"), ({"tau": 0.0}, "tau"), ({"alpha": 1.0}, "alpha"), ({"alpha": 0.0}, "alpha"),
-     ({"r": 4}, "r"), ({"r": 1}, "r"), ({"maxiter": 0}, "maxiter"), ({"tol": 0.0}, "tol")],
+    [
+        ({"tau": -1.0}, "tau"),
+        ({"tau": 0.0}, "tau"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"r": 4}, "r"),
+        ({"r": 1}, "r"),
+        ({"maxiter": 0}, "maxiter"),
+        ({"tol": 0.0}, "tol"),
+    ],
 )
 def test_bad_pixel_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name} "):
         propagate_pixels(torch.rand(2, 8, 8), torch.rand(3, 8, 8), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs, name", [({"k": 0}, "k"), ({"alpha": 1.5}, "alpha"), ({"gamma": -1.0}, "gamma"), ({"sigma": -0.1}, "sigma")])
+@pytest.mark.parametrize(
+    "kwargs, name", [({"k": 0}, "k"), ({"alpha": 1.5}, "alpha"), ({"gamma": -1.0}, "gamma"), ({"sigma": -0.1}, "sigma")]
+)
 def test_bad_patch_arguments_name_the_argument(kwargs, name):
     scores, feats, locs = random_patches(n=20)
     with pytest.raises(ValueError, match=rf"^{name} "):
@@ -251,4 +263,6 @@ def test_cpu_and_cuda_agree():
     gpu = propagate_patches(scores.cuda(), feats.cuda(), locs.cuda(), k=100)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
     img, y = torch.rand(3, 64, 80), torch.rand(21, 64, 80)
-    torch.testing.assert_close(propagate_pixels(y.cuda(), img.cuda()).cpu(), propagate_pixels(y, img), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        propagate_pixels(y.cuda(), img.cuda()).cpu(), propagate_pixels(y, img), rtol=1e-4, atol=1e-4
+    )

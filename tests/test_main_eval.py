@@ -21,8 +21,12 @@ VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
 needs_voc = pytest.mark.skipif(not VOC_MINI.is_dir(), reason="needs ../shared/data/voc_mini")
 
 TINY = [
-    "model.clip.name=ViT-S-16", "model.clip.pretrained=null", "model.dino.name=vit_small_patch16_224.dino",
-    "model.dino.pretrained=null", "model.templates=single", "num_workers=0",
+    "model.clip.name=ViT-S-16",
+    "model.clip.pretrained=null",
+    "model.dino.name=vit_small_patch16_224.dino",
+    "model.dino.pretrained=null",
+    "model.templates=single",
+    "num_workers=0",
 ]
 # Small images: short side 48 < crop 64, so windows are 48 x 64 (a partial grid) and everything stays fast.
 SMALL = ["short_side=48", "crop=64", "stride=32"]
@@ -50,9 +54,23 @@ def run(argv):
 @needs_voc
 def test_voc_results_predictions_and_metric_equal_mmseg(tmp_path):
     out, pred = tmp_path / "out", tmp_path / "pred"
-    code = run(["lposs_plus.yaml", "--dataset", "voc", "--measure_boundary", "--output", str(out),
-                "--save_predictions", str(pred), "--save_visualisations", "1", f"data_root={VOC_MINI}",
-                "short_side=112", *TINY])
+    code = run(
+        [
+            "lposs_plus.yaml",
+            "--dataset",
+            "voc",
+            "--measure_boundary",
+            "--output",
+            str(out),
+            "--save_predictions",
+            str(pred),
+            "--save_visualisations",
+            "1",
+            f"data_root={VOC_MINI}",
+            "short_side=112",
+            *TINY,
+        ]
+    )
     assert code == 0
     record = json.loads((out / "results.json").read_text())
     assert record["dataset"] == "voc" and record["method"] == "lposs_plus" and record["num_images"] == 2
@@ -92,13 +110,36 @@ def test_all_datasets_table_on_generated_layouts(tmp_path, capsys):
             make_dataset(tmp_path, key)
     make_dataset(tmp_path, "coco_object")
     out = tmp_path / "out"
-    code = run(["maskclip.yaml", "--dataset", "all", "--output", str(out), "--save_predictions",
-                str(tmp_path / "pred"), "--measure_boundary", f"data_root={tmp_path}", *SMALL, *TINY])
+    code = run(
+        [
+            "maskclip.yaml",
+            "--dataset",
+            "all",
+            "--output",
+            str(out),
+            "--save_predictions",
+            str(tmp_path / "pred"),
+            "--measure_boundary",
+            f"data_root={tmp_path}",
+            *SMALL,
+            *TINY,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     header = next(line for line in printed.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "method", "VOC", "Context", "Object", "VOC20", "C59", "Stuff", "City", "ADE", "avg"]
+        "method",
+        "VOC",
+        "Context",
+        "Object",
+        "VOC20",
+        "C59",
+        "Stuff",
+        "City",
+        "ADE",
+        "avg",
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["mIoU"]) == list(main_eval.PAPER_ORDER)
     for key in DATASET_KEYS:
@@ -115,11 +156,30 @@ def test_all_datasets_table_on_generated_layouts(tmp_path, capsys):
 def test_two_processes_equal_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     common = ["main_eval.py", "lposs.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "short_side=112", *TINY]
-    single = subprocess.run([sys.executable, *common, "--output", str(tmp_path / "one")], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True)
+    single = subprocess.run(
+        [sys.executable, *common, "--output", str(tmp_path / "one")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                             *common, "--output", str(tmp_path / "two")], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    double = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            *common,
+            "--output",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert double.returncode == 0, double.stderr[-2000:]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert one["num_images"] == two["num_images"] == 2
@@ -137,20 +197,30 @@ def assert_one_line_error(capsys, code, *fragments):
         assert fragment in err[-1]
 
 
-@pytest.mark.parametrize("override, fragments", [
-    ("kk=3", ("unknown config key 'kk'",)),
-    ("alpha=1.5", ("alpha=1.5", "(0, 1)")),
-    ("r=4", ("r=4", "odd")),
-    ("model.clip.nme=x", ("model.clip.nme",)),
-])
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("kk=3", ("unknown config key 'kk'",)),
+        ("alpha=1.5", ("alpha=1.5", "(0, 1)")),
+        ("r=4", ("r=4", "odd")),
+        ("model.clip.nme=x", ("model.clip.nme",)),
+    ],
+)
 def test_config_errors(tmp_path, capsys, override, fragments):
-    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "voc", f"data_root={tmp_path}", override]), *fragments)
+    assert_one_line_error(
+        capsys, run(["lposs.yaml", "--dataset", "voc", f"data_root={tmp_path}", override]), *fragments
+    )
 
 
 def test_unknown_dataset_and_missing_folder(tmp_path, capsys):
-    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "pascal", f"data_root={tmp_path}"]), "pascal", "voc20")
-    assert_one_line_error(capsys, run(["lposs.yaml", "--dataset", "ade20k", f"data_root={tmp_path}"]),
-                          str(tmp_path / "ADEChallengeData2016"))
+    assert_one_line_error(
+        capsys, run(["lposs.yaml", "--dataset", "pascal", f"data_root={tmp_path}"]), "pascal", "voc20"
+    )
+    assert_one_line_error(
+        capsys,
+        run(["lposs.yaml", "--dataset", "ade20k", f"data_root={tmp_path}"]),
+        str(tmp_path / "ADEChallengeData2016"),
+    )
     assert_one_line_error(capsys, run(["nothere.yaml", "--dataset", "voc"]), "nothere.yaml")
 
 
@@ -191,5 +261,7 @@ def test_interrupted_run_leaves_no_results(tmp_path, capsys, monkeypatch):
 def test_wandb_without_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
     make_dataset(tmp_path, "cityscapes")
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
-    code = run(["maskclip.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "wandb.mode=offline", *SMALL, *TINY])
+    code = run(
+        ["maskclip.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "wandb.mode=offline", *SMALL, *TINY]
+    )
     assert_one_line_error(capsys, code, "wandb.mode=offline", "pip install wandb")

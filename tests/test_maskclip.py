@@ -53,7 +53,7 @@ def _reference_maskclip(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x, (gh, gw) = _reference_tokens(model, images)
     block = model.visual.transformer.resblocks[-1]
     width = x.shape[-1]
-    v = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)[..., 2 * width:]
+    v = F.linear(block.ln_1(x), block.attn.in_proj_weight, block.attn.in_proj_bias)[..., 2 * width :]
     v = F.linear(v, block.attn.out_proj.weight, block.attn.out_proj.bias) + x
     v = v + block.mlp(block.ln_2(v))
     out = model.visual.ln_post(v)[:, 1:] @ model.visual.proj

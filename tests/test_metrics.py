@@ -29,14 +29,14 @@ def test_iou_counts_and_summary_match_mmseg():
     maps = [random_maps(seed, shape) for seed, shape in enumerate([(23, 31), (40, 17), (16, 16), (9, 50)])]
     sums = sum(iou_counts(pred, label, NUM_CLASSES) for pred, label in maps)
     assert sums.shape == (4, NUM_CLASSES) and sums.dtype == np.float64
-    names = [f'class{i}' for i in range(NUM_CLASSES)]
+    names = [f"class{i}" for i in range(NUM_CLASSES)]
     summary = summarize(sums, None, names)
     ref = mean_iou([p for p, _ in maps], [lab for _, lab in maps], NUM_CLASSES, ignore_index=255)
-    ref_iou = np.asarray(ref['IoU'], dtype=np.float64)
-    assert np.isnan(ref_iou[5]) and summary['IoU']['class5'] is None
-    np.testing.assert_allclose([summary['IoU'][n] for n in names[:5]], ref_iou[:5] * 100, rtol=1e-12)
-    assert summary['mIoU'] == pytest.approx(np.nanmean(ref_iou) * 100, rel=1e-12)
-    assert summary['aAcc'] == pytest.approx(float(ref['aAcc']) * 100, rel=1e-12)
+    ref_iou = np.asarray(ref["IoU"], dtype=np.float64)
+    assert np.isnan(ref_iou[5]) and summary["IoU"]["class5"] is None
+    np.testing.assert_allclose([summary["IoU"][n] for n in names[:5]], ref_iou[:5] * 100, rtol=1e-12)
+    assert summary["mIoU"] == pytest.approx(np.nanmean(ref_iou) * 100, rel=1e-12)
+    assert summary["aAcc"] == pytest.approx(float(ref["aAcc"]) * 100, rel=1e-12)
     # Counts by plain bincount, ignored pixels left out.
     pred = np.concatenate([p[lab != 255] for p, lab in maps])
     label = np.concatenate([lab[lab != 255] for _, lab in maps])
@@ -49,7 +49,7 @@ def test_iou_counts_and_summary_match_mmseg():
 
 def square(top, left, size=10, shape=(64, 64)):
     mask = np.zeros(shape, np.int64)
-    mask[top:top + size, left:left + size] = 1
+    mask[top : top + size, left : left + size] = 1
     return mask
 
 
@@ -62,10 +62,13 @@ def test_boundary_iou_hand_computed_square():
     # the square; the two outer rings share 14 x 13 - 10 x 11 = 72 pixels.
     expected = np.array([[496 + 72, 48, 0], [2 * (496 + 96) - (496 + 72), 2 * 64 - 48, 0]], np.float64)
     np.testing.assert_array_equal(counts, expected)
-    summary = summarize(iou_counts(pred, label, 3), counts, ['bg', 'square', 'absent'])
-    assert summary['boundary_IoU'] == {'bg': pytest.approx(568 / 616 * 100), 'square': pytest.approx(60.0),
-                                       'absent': None}
-    assert summary['boundary_mIoU'] == pytest.approx((568 / 616 + 0.6) / 2 * 100)
+    summary = summarize(iou_counts(pred, label, 3), counts, ["bg", "square", "absent"])
+    assert summary["boundary_IoU"] == {
+        "bg": pytest.approx(568 / 616 * 100),
+        "square": pytest.approx(60.0),
+        "absent": None,
+    }
+    assert summary["boundary_mIoU"] == pytest.approx((568 / 616 + 0.6) / 2 * 100)
 
 
 def test_boundary_ignores_prediction_where_label_is_ignored():
@@ -97,21 +100,24 @@ def reference_boundary_counts(pred, label, num_classes, ratio):
     return counts
 
 
-@pytest.mark.parametrize('shape, ratio', [((23, 31), 0.02), ((120, 90), 0.02), ((64, 200), 0.05)])
+@pytest.mark.parametrize("shape, ratio", [((23, 31), 0.02), ((120, 90), 0.02), ((64, 200), 0.05)])
 def test_boundary_iou_matches_reference_implementation(shape, ratio):
     for seed in range(3):
         pred, label = random_maps(seed, shape)
-        np.testing.assert_array_equal(boundary_iou_counts(pred, label, NUM_CLASSES, dilation_ratio=ratio),
-                                      reference_boundary_counts(pred, label, NUM_CLASSES, ratio))
+        np.testing.assert_array_equal(
+            boundary_iou_counts(pred, label, NUM_CLASSES, dilation_ratio=ratio),
+            reference_boundary_counts(pred, label, NUM_CLASSES, ratio),
+        )
 
 
 def test_format_table_and_errors():
     counts = iou_counts(square(20, 21), square(20, 20), 2)
-    table = format_table(summarize(counts, boundary_iou_counts(square(20, 21), square(20, 20), 2),
-                                   ['background', 'square']))
-    assert 'square' in table and 'Boundary IoU' in table and 'mIoU' in table
-    assert 'Boundary' not in format_table(summarize(counts, None, ['background', 'square']))
-    with pytest.raises(ValueError, match='same size'):
+    table = format_table(
+        summarize(counts, boundary_iou_counts(square(20, 21), square(20, 20), 2), ["background", "square"])
+    )
+    assert "square" in table and "Boundary IoU" in table and "mIoU" in table
+    assert "Boundary" not in format_table(summarize(counts, None, ["background", "square"]))
+    with pytest.raises(ValueError, match="same size"):
         iou_counts(np.zeros((4, 5), int), np.zeros((5, 4), int), 2)
-    with pytest.raises(ValueError, match=r'expected \(4, 3\)'):
-        summarize(counts, None, ['a', 'b', 'c'])
+    with pytest.raises(ValueError, match=r"expected \(4, 3\)"):
+        summarize(counts, None, ["a", "b", "c"])

@@ -82,7 +82,9 @@ def reference_scores(image, backbones, st: SegmentorSettings):
     count = torch.zeros(1, h, w)
     per_window = scores.reshape(len(boxes), gh, gw, -1).permute(0, 3, 1, 2)
     for (y1, y2, x1, x2), z in zip(boxes, per_window):
-        canvas[:, y1:y2, x1:x2] += F.interpolate(z[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+        canvas[:, y1:y2, x1:x2] += F.interpolate(
+            z[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False
+        )[0]
         count[:, y1:y2, x1:x2] += 1
     canvas /= count
     if st.pixel_refine:  # step 10
@@ -98,7 +100,11 @@ SMALL = dict(short_side=96, crop=64, stride=32, k=30, r=5, tau=0.05)
 
 @pytest.mark.parametrize(
     "settings",
-    [SegmentorSettings(patch_propagation=False, **SMALL), SegmentorSettings(**SMALL), SegmentorSettings(pixel_refine=True, **SMALL)],
+    [
+        SegmentorSettings(patch_propagation=False, **SMALL),
+        SegmentorSettings(**SMALL),
+        SegmentorSettings(pixel_refine=True, **SMALL),
+    ],
     ids=["maskclip", "lposs", "lposs_plus"],
 )
 def test_segmentor_equals_spec_reimplementation(settings):

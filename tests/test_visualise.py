@@ -88,9 +88,9 @@ def test_side_by_side_places_panels():
     out = side_by_side([("a", a), ("b", b)], gap=4)
     assert out.shape[1] == 20 + 4 + 25 and out.dtype == np.uint8
     title = out.shape[0] - 50
-    np.testing.assert_array_equal(out[title:title + 30, :20], a)
+    np.testing.assert_array_equal(out[title : title + 30, :20], a)
     np.testing.assert_array_equal(out[title:, 24:], b)
-    assert np.all(out[title + 30:, :20] == 255)  # the shorter panel is padded with white
+    assert np.all(out[title + 30 :, :20] == 255)  # the shorter panel is padded with white
 
 
 def test_save_png_palette_roundtrip(tmp_path):
@@ -123,5 +123,5 @@ def test_overlay_writer_limit_names_and_dataset_palette(tmp_path):
     dataset_colours = [tuple(c) for c in FakeDataset.PALETTE]
     np.testing.assert_array_equal(figure[-120:, :50], overlay(image, prediction, dataset_colours))
     label_panel = figure[-120:, 58:108]  # after the 8-pixel gap
-    expected_ignored = (image[:10].astype(float) / 2)  # label 255: blended with black
+    expected_ignored = image[:10].astype(float) / 2  # label 255: blended with black
     assert np.all(np.abs(label_panel[:10].astype(float) - expected_ignored) <= 0.5)

@@ -102,8 +102,10 @@ def build_app(config_overrides: Sequence[str] = ()) -> Any:
             raise gr.Error(str(error)) from error
 
     with gr.Blocks(title="LPOSS open-vocabulary segmentation") as app:
-        gr.Markdown("## LPOSS / LPOSS+ open-vocabulary segmentation\nClasses: comma-separated; "
-                    "`;` separates aliases of one class (`sky;cloud`). The first request builds the models.")
+        gr.Markdown(
+            "## LPOSS / LPOSS+ open-vocabulary segmentation\nClasses: comma-separated; "
+            "`;` separates aliases of one class (`sky;cloud`). The first request builds the models."
+        )
         with gr.Row():
             image_in = gr.Image(type="pil", image_mode=None, label="image")
             image_out = gr.Image(type="numpy", label="segmentation", interactive=False)

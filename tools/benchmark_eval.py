@@ -50,8 +50,12 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     clip, dino = ("ViT-S-16", "vit_small_patch16_224.dino") if args.small else ("ViT-B-16", "vit_base_patch16_224.dino")
-    model_cfg = {"clip": {"name": clip, "pretrained": None}, "dino": {"name": dino, "pretrained": None},
-                 "dtype": "float32", "templates": "single"}
+    model_cfg = {
+        "clip": {"name": clip, "pretrained": None},
+        "dino": {"name": dino, "pretrained": None},
+        "dtype": "float32",
+        "templates": "single",
+    }
     backbones = LPOSSBackbones.from_config(model_cfg, device).eval()
     print(f"device {device} | backbones {clip} + {dino} (random init) | torch threads {torch.get_num_threads()}")
     print(f"{'image':<22}{'classes':>8}{'backbones':>11}{'patch LP':>10}{'pixel LP':>10}{'other':>8}{'total s':>9}")
@@ -69,8 +73,10 @@ def main(args: argparse.Namespace) -> int:
         stages = {k: v / args.repeats for k, v in segmentor.stage_seconds.items()}
         other = total - sum(stages.values())
         rows = len(backbones.alias_to_class)
-        print(f"{f'{case} {height}x{width}':<22}{rows:>8}{stages['backbones']:>11.2f}{stages['patch_lp']:>10.2f}"
-              f"{stages['pixel_lp']:>10.2f}{other:>8.2f}{total:>9.2f}")
+        print(
+            f"{f'{case} {height}x{width}':<22}{rows:>8}{stages['backbones']:>11.2f}{stages['patch_lp']:>10.2f}"
+            f"{stages['pixel_lp']:>10.2f}{other:>8.2f}{total:>9.2f}"
+        )
     return 0
 
 

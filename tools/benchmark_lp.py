@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--levels", nargs="+", default=["patch", "pixel"], choices=["patch", "pixel"])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (best is kept)")
     parser.add_argument("--windows", type=int, default=15, help="windows per image at patch level (x 196 patches)")
-    parser.add_argument("--size", type=int, nargs=2, default=[448, 600], metavar=("H", "W"), help="pixel-level image size")
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=[448, 600], metavar=("H", "W"), help="pixel-level image size"
+    )
     return parser.parse_args(argv)
 
 
@@ -69,7 +71,9 @@ def reference_patches(scores: np.ndarray, feats: np.ndarray, locs: np.ndarray, k
 
 def reference_pixels(scores: np.ndarray, image: torch.Tensor, tau: float = 0.01, r: int = 13) -> np.ndarray:
     _, h, w = image.shape
-    lab = (rgb_to_lab(image) / torch.tensor([100.0, 128.0, 128.0])[:, None, None]).permute(1, 2, 0).reshape(-1, 3).numpy()
+    lab = (
+        (rgb_to_lab(image) / torch.tensor([100.0, 128.0, 128.0])[:, None, None]).permute(1, 2, 0).reshape(-1, 3).numpy()
+    )
     yy, xx = np.mgrid[0:h, 0:w]
     rows, cols = [], []
     half = r // 2
@@ -119,15 +123,25 @@ def main(args: argparse.Namespace) -> int:
     image = torch.nn.functional.avg_pool2d(image[None], 9, 1, 4)[0]  # smooth colours, like a photo's
     for c in args.classes if "patch" in args.levels else []:
         scores = torch.rand(n, c) * 0.4
-        ref_t, ref = timed(lambda scores=scores: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()), args.repeats)
-        ours_t, ours = timed(lambda scores=scores: propagate_patches(scores.to(dev), feats.to(dev), locs.to(dev)), args.repeats, dev)
-        print(f"{'patch':<8}{f'N={n}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
-    propagate_pixels(torch.rand(2, 16, 16, device=dev), torch.rand(3, 16, 16, device=dev))  # compiles the CPU kernel once
+        ref_t, ref = timed(
+            lambda scores=scores: reference_patches(scores.numpy(), feats.numpy(), locs.numpy()), args.repeats
+        )
+        ours_t, ours = timed(
+            lambda scores=scores: propagate_patches(scores.to(dev), feats.to(dev), locs.to(dev)), args.repeats, dev
+        )
+        print(
+            f"{'patch':<8}{f'N={n}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}"
+        )
+    propagate_pixels(
+        torch.rand(2, 16, 16, device=dev), torch.rand(3, 16, 16, device=dev)
+    )  # compiles the CPU kernel once
     for c in args.classes if "pixel" in args.levels else []:
         scores = torch.rand(c, h, w) * 0.4
         ref_t, ref = timed(lambda scores=scores: reference_pixels(scores.numpy(), image), args.repeats)
         ours_t, ours = timed(lambda scores=scores: propagate_pixels(scores.to(dev), image.to(dev)), args.repeats, dev)
-        print(f"{'pixel':<8}{f'{h}x{w}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}")
+        print(
+            f"{'pixel':<8}{f'{h}x{w}':>18}{c:>6}{ref_t:>14.2f}{ours_t:>10.3f}{ref_t / ours_t:>9.1f}x{relative_error(ours, ref):>12.1e}"
+        )
     return 0
 
 

@@ -15,12 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ''):  # run as a script: make the repository's packages importable
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.label_conversion import coco_object_lut, convert_coco_main, parse_coco_args  # noqa: E402
 
-SUFFIX = '_instanceTrainIds.png'
+SUFFIX = "_instanceTrainIds.png"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,8 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    return convert_coco_main(args, coco_object_lut(), SUFFIX, desc='COCO-Object')
+    return convert_coco_main(args, coco_object_lut(), SUFFIX, desc="COCO-Object")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main(parse_args()))

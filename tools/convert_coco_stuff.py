@@ -15,12 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ''):  # run as a script: make the repository's packages importable
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.label_conversion import coco_stuff_lut, convert_coco_main, parse_coco_args  # noqa: E402
 
-SUFFIX = '_labelTrainIds.png'
+SUFFIX = "_labelTrainIds.png"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,8 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    return convert_coco_main(args, coco_stuff_lut(), SUFFIX, desc='COCO-Stuff')
+    return convert_coco_main(args, coco_stuff_lut(), SUFFIX, desc="COCO-Stuff")
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main(parse_args()))

@@ -61,11 +61,16 @@ class ImageReadError(ValueError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE | key=value",
-                        help="image files (JPEG, PNG, ...), then any key=value config overrides, e.g. device=cpu")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE | key=value",
+        help="image files (JPEG, PNG, ...), then any key=value config overrides, e.g. device=cpu",
+    )
     parser.add_argument("--classes", required=True, help="comma-separated class names; ';' separates aliases")
-    parser.add_argument("--method", choices=METHODS, default="lposs_plus",
-                        help="configs/<method>.yaml (default lposs_plus)")
+    parser.add_argument(
+        "--method", choices=METHODS, default="lposs_plus", help="configs/<method>.yaml (default lposs_plus)"
+    )
     parser.add_argument("--output", type=Path, required=True, help="folder for the PNGs (created)")
     parser.add_argument("--compare", action="store_true", help="also write MaskCLIP | LPOSS | LPOSS+ side by side")
     args = parser.parse_intermixed_args(argv)
@@ -89,12 +94,16 @@ def parse_classes(text: str) -> list[str]:
     for position, item in enumerate(text.split(","), start=1):
         aliases = [alias.strip() for alias in item.split(";")]
         if not all(aliases):
-            raise ClassListError(f"--classes {text!r}: class {position} ({item.strip()!r}) has an empty name; "
-                                 "separate classes with ',' and aliases with ';'")
+            raise ClassListError(
+                f"--classes {text!r}: class {position} ({item.strip()!r}) has an empty name; "
+                "separate classes with ',' and aliases with ';'"
+            )
         for alias in aliases:
             if alias.lower() in seen:
-                raise ClassListError(f"--classes {text!r}: {alias!r} is given twice (classes {seen[alias.lower()]} "
-                                     f"and {position}); every class and alias name must be unique")
+                raise ClassListError(
+                    f"--classes {text!r}: {alias!r} is given twice (classes {seen[alias.lower()]} "
+                    f"and {position}); every class and alias name must be unique"
+                )
             seen[alias.lower()] = position
         classes.append(";".join(aliases))
     if len(classes) > 255:
@@ -209,14 +218,22 @@ def _fit(image: np.ndarray, long_side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def overlay_figure(image: np.ndarray, labels: np.ndarray, names: Sequence[str],
-                   colours: Sequence[Colour]) -> np.ndarray:
+def overlay_figure(
+    image: np.ndarray, labels: np.ndarray, names: Sequence[str], colours: Sequence[Colour]
+) -> np.ndarray:
     """``[H, W, 3]`` uint8 image + ``[H, W]`` labels -> overlay with a legend of the classes present (uint8 RGB)."""
     return draw_legend(overlay(image, labels, colours), names, present_classes(labels, names), colours)
 
 
-def write_outputs(image: np.ndarray, labels: dict[str, np.ndarray], method: str, stem: str, output: Path,
-                  classes: Sequence[str], colours: Sequence[Colour]) -> list[Path]:
+def write_outputs(
+    image: np.ndarray,
+    labels: dict[str, np.ndarray],
+    method: str,
+    stem: str,
+    output: Path,
+    classes: Sequence[str],
+    colours: Sequence[Colour],
+) -> list[Path]:
     """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and, when ``labels`` has all methods, ``<stem>_compare.png``.
 
     Args:
@@ -248,8 +265,13 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def segment_files(paths: Sequence[Path], segment: Callable[[np.ndarray], dict[str, np.ndarray]], method: str,
-                  output: Path, classes: Sequence[str]) -> list[Path]:
+def segment_files(
+    paths: Sequence[Path],
+    segment: Callable[[np.ndarray], dict[str, np.ndarray]],
+    method: str,
+    output: Path,
+    classes: Sequence[str],
+) -> list[Path]:
     """Segment and write every image; a bad file is reported on stderr and skipped. Returns the failed paths."""
     colours = palette(len(classes))
     failed = []

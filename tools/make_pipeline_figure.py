@@ -43,13 +43,21 @@ for i, (name, detail, fill) in enumerate(BOXES):
         arrow(left(i) - GAP + 4, TOP + H // 2, left(i) - 4)
 
 # shortcuts above the boxes: where MaskCLIP and LPOSS leave the pipeline
-for start, level, label in [(2, 32, "MaskCLIP: argmax of the CLIP scores, no propagation"), (3, 66, "LPOSS: stops after the patch LP")]:
+for start, level, label in [
+    (2, 32, "MaskCLIP: argmax of the CLIP scores, no propagation"),
+    (3, 66, "LPOSS: stops after the patch LP"),
+]:
     x1, x2, y = left(start) + W // 2, left(5) + W // 2 - 30 + 30 * (start - 2), level
     colour = (120, 120, 120)
     draw.line([(x1, TOP), (x1, y), (x2, y)], fill=colour, width=2)
     draw.line([(x2, y), (x2, TOP - 10)], fill=colour, width=2)
     draw.polygon([(x2, TOP - 1), (x2 - 6, TOP - 12), (x2 + 6, TOP - 12)], fill=colour)
     draw.text(((x1 + x2) // 2, y - 10), label, fill=colour, font=small, anchor="mm")
-draw.text((width // 2, TOP + H + 22), "LPOSS+ = the full path; both LP steps: L Z = Y with L = I - alpha S, solved by conjugate gradient",
-          fill=(60, 60, 60), font=small, anchor="mm")
+draw.text(
+    (width // 2, TOP + H + 22),
+    "LPOSS+ = the full path; both LP steps: L Z = Y with L = I - alpha S, solved by conjugate gradient",
+    fill=(60, 60, 60),
+    font=small,
+    anchor="mm",
+)
 canvas.save(sys.argv[1], optimize=True)

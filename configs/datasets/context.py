@@ -1,12 +1,14 @@
 # PASCAL Context val (5105 images), 60 classes: class 0 is 'background' (no aliases).
-_base_ = ['./_load_image.py']
-dataset_name = 'PASCAL Context'
-dataset_type = 'PascalContextDataset'
-data_root = 'VOCdevkit/VOC2010'
+_base_ = ["./_load_image.py"]
+dataset_name = "PASCAL Context"
+dataset_type = "PascalContextDataset"
+data_root = "VOCdevkit/VOC2010"
 data = dict(
     test=dict(
         type=dataset_type,
         data_root=data_root,
-        img_dir='JPEGImages',
-        ann_dir='SegmentationClassContext',
-        split='ImageSets/SegmentationContext/val.txt'))
+        img_dir="JPEGImages",
+        ann_dir="SegmentationClassContext",
+        split="ImageSets/SegmentationContext/val.txt",
+    )
+)
