@@ -195,11 +195,14 @@ def test_stencil_product_equals_sparse_matrix_product(compiled):
     if compiled and cpu_stencil_kernel() is None:
         pytest.skip("no C++ compiler for the optional CPU kernel")
     g = torch.Generator().manual_seed(7)
-    img, z = torch.rand(3, 15, 19, generator=g), torch.rand(4, 15, 19, generator=g)
+    img, z = (
+        torch.rand(3, 15, 19, generator=g),
+        torch.rand(6, 15, 19, generator=g),
+    )  # a block of 4 channels and 2 single ones
     s = pixel_affinity(img, tau=0.2, r=7)
-    ref = normalised(reference_pixel_graph(img, 0.2, 7)) @ z.reshape(4, -1).T.double().numpy()
+    ref = normalised(reference_pixel_graph(img, 0.2, 7)) @ z.reshape(6, -1).T.double().numpy()
     out = apply_stencil(s, z, 7, compiled=compiled)
-    np.testing.assert_allclose(out.reshape(4, -1).T.numpy(), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.reshape(6, -1).T.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_pixel_memory_is_stencil_sized():
