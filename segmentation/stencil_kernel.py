@@ -118,7 +118,7 @@ def cpu_stencil_kernel() -> Callable[[torch.Tensor, torch.Tensor, int], torch.Te
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
             f"compiled pixel-LP kernel unavailable ({first_line}); using the pure-torch stencil "
-            "(same result, 2-3x slower on CPU)",
+            "(same result, about 3x slower on CPU)",
             RuntimeWarning,
             stacklevel=2,
         )
