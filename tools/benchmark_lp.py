@@ -59,6 +59,7 @@ def reference_solve(w: sp.csr_matrix, y: np.ndarray) -> np.ndarray:
 
 def reference_patches(scores: np.ndarray, feats: np.ndarray, locs: np.ndarray, k: int = 400) -> np.ndarray:
     n = feats.shape[0]
+    k = min(k, n)
     sims = feats @ feats.T
     idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]  # [N, k] index lists
     rows = np.repeat(np.arange(n), k)
