@@ -5,20 +5,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_models import TINY_OVERRIDES
 
 from tools.app import SegmentationService, build_app
 
-TINY = [
-    "model.clip.name=ViT-S-16",
-    "model.clip.pretrained=null",
-    "model.dino.name=vit_small_patch16_224.dino",
-    "model.dino.pretrained=null",
-    "model.templates=single",
-    "short_side=112",
-    "long_side=224",
-    "crop=112",
-    "stride=56",
-]
+TINY = [*TINY_OVERRIDES, "short_side=112", "long_side=224", "crop=112", "stride=56"]
 
 
 def test_missing_gradio_says_how_to_install(monkeypatch):

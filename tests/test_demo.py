@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import TINY_OVERRIDES
 
 from segmentation import Segmentor
 from segmentation.config import load_config
@@ -24,13 +25,7 @@ from tools.demo import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.clip.name=ViT-S-16",
-    "model.clip.pretrained=null",
-    "model.dino.name=vit_small_patch16_224.dino",
-    "model.dino.pretrained=null",
-    "model.templates=single",
-]
+TINY = TINY_OVERRIDES
 SMALL = ["short_side=112", "long_side=224", "crop=112", "stride=56"]  # 2-3 windows per 120 x 90 image
 CLASSES = ["cat", "dog", "sky;cloud", "grass"]
 

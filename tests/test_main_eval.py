@@ -11,6 +11,7 @@ import pytest
 from fake_datasets import make_dataset
 from mmseg.core.evaluation import mean_iou
 from PIL import Image
+from tiny_models import TINY_OVERRIDES
 
 import main_eval
 from datasets import DATASET_KEYS, build_dataset, load_label
@@ -20,14 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
 needs_voc = pytest.mark.skipif(not VOC_MINI.is_dir(), reason="needs ../shared/data/voc_mini")
 
-TINY = [
-    "model.clip.name=ViT-S-16",
-    "model.clip.pretrained=null",
-    "model.dino.name=vit_small_patch16_224.dino",
-    "model.dino.pretrained=null",
-    "model.templates=single",
-    "num_workers=0",
-]
+TINY = [*TINY_OVERRIDES, "num_workers=0"]
 # Small images: short side 48 < crop 64, so windows are 48 x 64 (a partial grid) and everything stays fast.
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
