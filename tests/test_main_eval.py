@@ -165,7 +165,7 @@ def test_two_processes_equal_one(tmp_path):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
-            "--master_port=29533",
+            "--standalone",
             *common,
             "--output",
             str(tmp_path / "two"),
