@@ -350,13 +350,17 @@ def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> to
     # Pad with NaN so that out-of-image neighbours give NaN distances, turned into weight 0 below.
     padded = F.pad(lab, (half, half, half, half), value=float("nan"))
     offsets = stencil_offsets(r)
-    weights = torch.empty(len(offsets), height, width, dtype=torch.float32, device=image.device)
-    for o, (dy, dx) in enumerate(offsets):
-        dist = (
-            (lab - _shifted(padded, half, dy, dx, height, width)).square().sum(0).sqrt()
-        )  # 20x faster than .norm(dim=0) on CPU
+    count = len(offsets)
+    weights = torch.empty(count, height, width, dtype=torch.float32, device=image.device)
+    for o, (dy, dx) in enumerate(offsets[: count // 2]):
+        # .square().sum(0).sqrt() is 20x faster than .norm(dim=0) on the CPU
+        dist = (lab - _shifted(padded, half, dy, dx, height, width)).square().sum(0).sqrt()
         torch.exp(-dist / tau, out=weights[o])
-    weights.nan_to_num_(nan=0.0)
+    weights[: count // 2].nan_to_num_(nan=0.0)
+    # The graph is symmetric: offset count-1-o is -offsets[o] and W[-o](p) = W[o](p - o), so shift, don't recompute.
+    padded_half = F.pad(weights[: count // 2], (half, half, half, half))
+    for o, (dy, dx) in enumerate(offsets[: count // 2]):
+        weights[count - 1 - o] = _shifted(padded_half[o], half, -dy, -dx, height, width)
     degrees = weights.sum(0)
     inv_sqrt = torch.where(degrees > 0, degrees, torch.ones_like(degrees)).rsqrt()  # isolated pixel: degree 1
     inv_sqrt_padded = F.pad(inv_sqrt, (half, half, half, half))
