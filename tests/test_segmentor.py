@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph
 
-from segmentation import Segmentor, SegmentorSettings, window_boxes
-from segmentation.windows import resize_to_fit
+from segmentation import Segmentor, SegmentorSettings
 
 ALIAS_TO_CLASS = torch.tensor([0, 0, 1, 2, 2, 2])  # class 0: two aliases, class 2: three
 
@@ -39,12 +38,6 @@ class FakeBackbones:
         feats = F.normalize(torch.einsum("dc,bchw->bdhw", self.feature_proj, context), dim=1)
         scores = torch.einsum("ac,bchw->bahw", self.text, F.normalize(desc, dim=1))
         return feats, scores
-
-
-def smooth_image(h, w, seed=0):
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
-    return np.ascontiguousarray(mmcv.imresize(small, (w, h), interpolation="bilinear"))
 
 
 def scipy_cg_columns(s, y, alpha, maxiter=10, tol=1e-6):
@@ -119,25 +112,6 @@ def test_segmentor_equals_spec_reimplementation(settings):
     margin = ref.topk(2, dim=0).values
     clear = (margin[0] - margin[1] > 1e-3).numpy()
     np.testing.assert_array_equal(labels[clear], ref.argmax(0).numpy()[clear])
-
-
-def test_default_windows_of_a_voc_sized_image():
-    # 500 x 375 -> 597 x 448: 4 x 3 windows of 224, the last ones moved back to the border.
-    assert mmcv.imrescale(np.zeros((375, 500, 3), np.uint8), (2048, 448)).shape[:2] == (448, 597)
-    boxes = window_boxes(448, 597)
-    assert len(boxes) == 3 * 5
-    assert boxes[-1] == (224, 448, 373, 597)
-    assert {b[1] - b[0] for b in boxes} == {224} and {b[3] - b[2] for b in boxes} == {224}
-
-
-def test_resize_equals_mmcv_imrescale():
-    for h, w in [(375, 500), (1024, 2048), (333, 4000), (50, 60)]:
-        image = smooth_image(h, w, seed=h)
-        np.testing.assert_array_equal(resize_to_fit(image), mmcv.imrescale(image, (2048, 448)))
-
-
-def test_small_image_gives_single_smaller_window():
-    assert window_boxes(100, 150) == [(0, 100, 0, 150)]
 
 
 def test_rejects_non_rgb_input():

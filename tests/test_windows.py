@@ -1,0 +1,49 @@
+"""Resize, window grid, patch centres and window merging (SPEC steps 2, 3, 8 and 9)."""
+
+import mmcv
+import numpy as np
+import torch
+
+from segmentation import merge_windows, patch_centres, window_boxes
+from segmentation.windows import resize_to_fit
+
+
+def smooth_image(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.uint8)
+    return np.ascontiguousarray(mmcv.imresize(small, (w, h), interpolation="bilinear"))
+
+
+def test_default_windows_of_a_voc_sized_image():
+    # 500 x 375 -> 597 x 448: 3 x 5 windows of 224, the last ones moved back to the border.
+    assert mmcv.imrescale(np.zeros((375, 500, 3), np.uint8), (2048, 448)).shape[:2] == (448, 597)
+    boxes = window_boxes(448, 597)
+    assert len(boxes) == 3 * 5
+    assert boxes[-1] == (224, 448, 373, 597)
+    assert {b[1] - b[0] for b in boxes} == {224} and {b[3] - b[2] for b in boxes} == {224}
+
+
+def test_resize_equals_mmcv_imrescale():
+    for h, w in [(375, 500), (1024, 2048), (333, 4000), (50, 60)]:
+        image = smooth_image(h, w, seed=h)
+        np.testing.assert_array_equal(resize_to_fit(image), mmcv.imrescale(image, (2048, 448)))
+
+
+def test_small_image_gives_single_smaller_window():
+    assert window_boxes(100, 150) == [(0, 100, 0, 150)]
+
+
+def test_patch_centres_are_window_origin_plus_half_patch():
+    boxes = [(0, 224, 0, 224), (112, 336, 224, 448)]
+    centres = patch_centres(boxes, (14, 14))
+    assert centres.shape == (2 * 196, 2)
+    assert centres[0].tolist() == [8.0, 8.0] and centres[13].tolist() == [8.0, 216.0]
+    assert centres[196 + 14].tolist() == [112 + 8 + 16, 224 + 8]  # second window, row 1, column 0
+
+
+def test_merge_windows_averages_overlaps():
+    boxes = [(0, 4, 0, 4), (0, 4, 2, 6)]
+    scores = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])  # constant per window
+    canvas = merge_windows(scores, boxes, 4, 6)
+    expected = torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0, 3.0]).expand(1, 4, 6)
+    torch.testing.assert_close(canvas, expected)
