@@ -6,9 +6,12 @@ import pytest
 import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
+import segmentation.label_propagation as label_propagation
+from segmentation.cpu_kernels import cpu_kernels
 from segmentation.label_propagation import (
     apply_stencil,
     conjugate_gradient,
+    knn_search,
     patch_affinity,
     pixel_affinity,
     propagate_patches,
@@ -16,7 +19,6 @@ from segmentation.label_propagation import (
     rgb_to_lab,
     stencil_offsets,
 )
-from segmentation.stencil_kernel import cpu_stencil_kernel
 
 
 def random_patches(n=240, d=16, c=5, seed=0):
@@ -27,16 +29,68 @@ def random_patches(n=240, d=16, c=5, seed=0):
     return scores, feats, locs
 
 
+@pytest.fixture(params=["compiled-kernels", "torch-only"])
+def patch_engine(request, monkeypatch):
+    """Runs a test on the compiled CPU kernels (top-k, CSR assembly) and on the pure-torch path."""
+    if request.param == "compiled-kernels":
+        if cpu_kernels() is None:
+            pytest.skip("no C++ compiler for the optional CPU kernels")
+    else:
+        monkeypatch.setattr(label_propagation, "cpu_kernels", lambda: None)
+    return request.param
+
+
 # ------------------------------------------------------------------------------------------ patches
 
 
-def test_patch_graph_matches_reference_and_is_symmetric():
+def test_patch_graph_matches_reference_and_is_symmetric(patch_engine):
     _, feats, locs = random_patches()
     s = patch_affinity(feats, locs, k=30).to_dense().double().numpy()
     ref = normalised(reference_patch_graph(feats, locs, 30)).toarray()
     np.testing.assert_allclose(s, ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(s, s.T, atol=1e-7)
     assert np.all(np.diag(s) == 0)
+
+
+def test_patch_graph_with_several_similarity_blocks_and_a_hub(patch_engine):
+    # N = 1100 spans three 512-row blocks of the mirrored similarity matrix (the last one partial), and node
+    # 0 lies near every other node, so that row 0 of W^T is far longer than k.
+    _, feats, locs = random_patches(n=1100, d=12, seed=5)
+    hub = torch.nn.functional.normalize(torch.ones(12), dim=0)
+    feats = torch.nn.functional.normalize(feats + 2 * hub, dim=1)
+    feats[0] = hub
+    s = patch_affinity(feats, locs, k=100).to_dense().double().numpy()
+    w = reference_patch_graph(feats, locs, 100)
+    assert (w[:, 0] != 0).sum() > 500
+    np.testing.assert_allclose(s, normalised(w).toarray(), rtol=1e-5, atol=1e-7)
+
+
+def test_knn_search_returns_each_rows_k_largest_in_column_order(patch_engine):
+    _, feats, _ = random_patches(n=700, d=8, seed=2)
+    sims, idx = knn_search(feats, 50)
+    full = (feats.double() @ feats.double().T).numpy()
+    expected = np.sort(-np.sort(-full, axis=1)[:, :50], axis=1)
+    np.testing.assert_allclose(np.sort(sims.double().numpy(), axis=1), expected, atol=1e-6)
+    np.testing.assert_allclose(sims.double().numpy(), np.take_along_axis(full, idx.numpy(), 1), atol=1e-6)
+    assert torch.all(idx[:, 1:] > idx[:, :-1])  # ascending, hence distinct
+    chunked_sims, chunked_idx = knn_search(feats, 50, chunk_size=128)  # blocks of rows instead of one matrix
+    assert torch.equal(chunked_idx, idx)
+
+
+def test_compiled_top_k_breaks_ties_by_lowest_column():
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("no C++ compiler for the optional CPU kernels")
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(-3, 4, (40, 90), generator=g).float()  # many ties, negatives, -0.0 and 0.0 alike
+    values[::2] *= -0.0 + 1.0
+    sims, idx = kernels.topk_sorted_columns(values, 25)
+    for row, (s, i) in enumerate(zip(sims, idx, strict=True)):
+        kth = values[row].topk(25).values[-1]
+        above = torch.nonzero(values[row] > kth).flatten()
+        ties = torch.nonzero(values[row] == kth).flatten()[: 25 - len(above)]
+        assert torch.equal(i, torch.cat([above, ties]).sort().values)
+        assert torch.equal(s, values[row, i])
 
 
 def test_patch_degrees_normalise_to_one():
@@ -48,7 +102,7 @@ def test_patch_degrees_normalise_to_one():
     np.testing.assert_allclose(s @ np.sqrt(d), np.sqrt(d), rtol=1e-5)
 
 
-def test_propagate_patches_converges_to_exact_solution():
+def test_propagate_patches_converges_to_exact_solution(patch_engine):
     scores, feats, locs = random_patches()
     z = propagate_patches(scores, feats, locs, k=30, tol=1e-7, maxiter=300)
     s = normalised(reference_patch_graph(feats, locs, 30))
@@ -57,7 +111,7 @@ def test_propagate_patches_converges_to_exact_solution():
 
 
 @pytest.mark.parametrize("maxiter", [2, 10])
-def test_propagate_patches_equals_scipy_cg_per_column(maxiter):
+def test_propagate_patches_equals_scipy_cg_per_column(maxiter, patch_engine):
     scores, feats, locs = random_patches(seed=3)
     z = propagate_patches(scores, feats, locs, k=40, maxiter=maxiter)
     s = normalised(reference_patch_graph(feats, locs, 40))
@@ -67,7 +121,7 @@ def test_propagate_patches_equals_scipy_cg_per_column(maxiter):
     np.testing.assert_allclose(z.numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_k_at_least_n_uses_all_nodes():
+def test_k_at_least_n_uses_all_nodes(patch_engine):
     scores, feats, locs = random_patches(n=50)
     feats = feats.abs()  # all similarities positive: no zero weights
     z = propagate_patches(scores, feats, locs, k=400)
@@ -192,7 +246,7 @@ def test_constant_image_and_single_class():
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled-kernel", "torch-shifts"])
 def test_stencil_product_equals_sparse_matrix_product(compiled):
-    if compiled and cpu_stencil_kernel() is None:
+    if compiled and cpu_kernels() is None:
         pytest.skip("no C++ compiler for the optional CPU kernel")
     g = torch.Generator().manual_seed(7)
     img, z = (
@@ -253,6 +307,15 @@ def test_shape_mismatch_and_nan_scores():
         propagate_pixels(torch.full((2, 8, 8), float("nan")), torch.rand(3, 8, 8))
     with pytest.raises(ValueError, match="knn_backend"):
         propagate_patches(torch.rand(20, 2), feats, locs, knn_backend="annoy")
+    feats[5, 0] = float("inf")
+    with pytest.raises(ValueError, match="features contains NaN"):
+        propagate_patches(torch.rand(20, 2), feats, locs)
+
+
+def test_finite_scores_whose_sum_overflows_are_accepted():
+    scores, feats, locs = random_patches(n=20, c=2)
+    scores[:, 0] = 3e38  # the sum is infinite, every entry is finite
+    assert torch.isfinite(propagate_patches(scores, feats, locs, k=5)[:, 1]).all()
 
 
 # ------------------------------------------------------------------------------------------ devices
