@@ -122,8 +122,10 @@ static uint32_t radix_select(const uint32_t* keys, int64_t m, int64_t& rank, uin
     prefix |= static_cast<uint32_t>(digit) << shift;
     mask |= digits << shift;
     int64_t kept = 0;
-    for (int64_t j = 0; j < m; ++j)
-      if ((src[j] & mask) == prefix) survivors[kept++] = src[j];
+    for (int64_t j = 0; j < m; ++j) {  // branch-free: a data-dependent branch here mispredicts often
+      survivors[kept] = src[j];
+      kept += (src[j] & mask) == prefix;
+    }
     src = survivors;
     m = kept;
   }
@@ -144,17 +146,22 @@ std::vector<torch::Tensor> topk_sorted_columns(torch::Tensor sims, int64_t k) {
   int64_t* c = columns.data_ptr<int64_t>();
   at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
     std::vector<uint32_t> keys(N), survivors(N);
+    std::vector<int64_t> picked(k + 1);
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = s + r * N;
       for (int64_t j = 0; j < N; ++j) keys[j] = order_key(row[j]);
       int64_t ties = k;
       const uint32_t kth = radix_select(keys.data(), N, ties, survivors.data());
-      int64_t out = r * k;
-      for (int64_t j = 0; j < N; ++j) {
-        if (keys[j] > kth || (keys[j] == kth && ties-- > 0)) {
-          v[out] = row[j];
-          c[out++] = j;
-        }
+      int64_t taken = 0;
+      for (int64_t j = 0; j < N; ++j) {  // branch-free too, into a buffer of k + 1 (the last write may spill)
+        const bool tie = keys[j] == kth && ties > 0;
+        ties -= tie;
+        picked[taken] = j;
+        taken += (keys[j] > kth) | tie;
+      }
+      for (int64_t t = 0; t < k; ++t) {
+        v[r * k + t] = row[picked[t]];
+        c[r * k + t] = picked[t];
       }
     }
   });
@@ -247,7 +254,7 @@ def _compile_flags() -> tuple[str, list[str]]:
     flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds: without it, one thread
     if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
-    return f"lposs_cpu_kernels_v8_{platform.machine()}_{capability}".lower(), flags
+    return f"lposs_cpu_kernels_v9_{platform.machine()}_{capability}".lower(), flags
 
 
 def cpu_kernels() -> ModuleType | None:

@@ -186,9 +186,12 @@ def knn_search(
         raise ValueError(f"knn_backend must be 'torch' or 'faiss', got {backend!r}")
     n = features.shape[0]
     kernels = _cpu_kernels_for(features)
+    if n <= chunk_size:
+        blocks = [_similarities(features)]  # [N, N]
+    else:
+        blocks = (features[start : start + chunk_size] @ features.T for start in range(0, n, chunk_size))
     sims, idx = [], []
-    for start in range(0, n, chunk_size):
-        block = _similarities(features) if n <= chunk_size else features[start : start + chunk_size] @ features.T
+    for block in blocks:  # [rows, N]
         if kernels is not None:
             s, i = kernels.topk_sorted_columns(block, k)
         else:
