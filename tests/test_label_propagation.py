@@ -77,31 +77,6 @@ def test_knn_search_returns_each_rows_k_largest_in_column_order(patch_engine):
     assert torch.equal(chunked_idx, idx)
 
 
-def test_compiled_top_k_breaks_ties_by_lowest_column():
-    kernels = cpu_kernels()
-    if kernels is None:
-        pytest.skip("no C++ compiler for the optional CPU kernels")
-    g = torch.Generator().manual_seed(0)
-    values = torch.randint(-3, 4, (40, 90), generator=g).float()  # many ties, negatives, -0.0 and 0.0 alike
-    values[::2] *= -0.0 + 1.0
-    sims, idx = kernels.topk_sorted_columns(values, 25)
-    for row, (s, i) in enumerate(zip(sims, idx, strict=True)):
-        kth = values[row].topk(25).values[-1]
-        above = torch.nonzero(values[row] > kth).flatten()
-        ties = torch.nonzero(values[row] == kth).flatten()[: 25 - len(above)]
-        assert torch.equal(i, torch.cat([above, ties]).sort().values)
-        assert torch.equal(s, values[row, i])
-
-
-def test_patch_degrees_normalise_to_one():
-    # For S = D^-1/2 W D^-1/2: S @ sqrt(d) = sqrt(d), where d are the degrees of W.
-    _, feats, locs = random_patches()
-    w = reference_patch_graph(feats, locs, 25)
-    d = np.asarray(w.sum(1)).ravel()
-    s = patch_affinity(feats, locs, k=25).to_dense().double().numpy()
-    np.testing.assert_allclose(s @ np.sqrt(d), np.sqrt(d), rtol=1e-5)
-
-
 def test_propagate_patches_converges_to_exact_solution(patch_engine):
     scores, feats, locs = random_patches()
     z = propagate_patches(scores, feats, locs, k=30, tol=1e-7, maxiter=300)
