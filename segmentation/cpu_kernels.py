@@ -18,6 +18,7 @@ to float rounding), with one warning.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import warnings
@@ -270,7 +271,15 @@ def cpu_kernels() -> ModuleType | None:
     if os.environ.get("LPOSS_CPU_KERNEL", "1") == "0":
         return None
     try:
-        from torch.utils.cpp_extension import load_inline
+        # On a machine without CUDA, importing cpp_extension logs "No CUDA runtime is found": true, and
+        # irrelevant to a CPU-only extension, so it is kept out of the user's log.
+        extension_log = logging.getLogger("torch.utils.cpp_extension")
+        level = extension_log.level
+        extension_log.setLevel(logging.ERROR)
+        try:
+            from torch.utils.cpp_extension import load_inline
+        finally:
+            extension_log.setLevel(level)
 
         name, flags = _compile_flags()
         with warnings.catch_warnings():
