@@ -2,6 +2,9 @@
 
 import ast
 import importlib.util
+import json
+import sys
+import types
 from pathlib import Path
 
 import mmseg
@@ -293,6 +296,53 @@ def test_pascal_context_from_mat(tmp_path):
     raw = raws[dataset.img_infos[0]["filename"][:-4]]
     expected59 = np.where(np.isin(raw, sorted_kept[1:]), np.searchsorted(sorted_kept, raw) - 1, 255)
     np.testing.assert_array_equal(load_label(dataset, 0), expected59)
+
+
+class FakeDetail:
+    """Stands in for the Detail API (``detail.Detail``, not on PyPI): images and masks from a small JSON file."""
+
+    def __init__(self, json_path, img_dir, split):
+        self.masks = json.loads(Path(json_path).read_text())[split]  # {image stem: raw 459-class id rows}
+
+    def getImgs(self):  # noqa: N802 (the Detail API's name)
+        return [{"file_name": f"{stem}.jpg", "image_id": i} for i, stem in enumerate(self.masks)]
+
+    def getMask(self, img):  # noqa: N802
+        return np.array(self.masks[img["file_name"][:-4]], dtype=np.int64)
+
+
+def test_pascal_context_json_equals_mmseg_converter(tmp_path, monkeypatch):
+    # Both converters run on the same fake Detail API: ours through the tool, mmseg's own script unchanged.
+    path = MMSEG_TOOLS / "pascal_context.py"
+    if not path.is_file():
+        pytest.skip(f"mmseg converter source not installed: {path}")
+    monkeypatch.setitem(sys.modules, "detail", types.SimpleNamespace(Detail=FakeDetail))
+    kept = mmseg_literal("pascal_context.py", "_mapping")  # 0 and the 59 kept ids
+    rng = np.random.default_rng(1)
+    masks = {
+        split: {name: rng.choice(kept, size=(7, 11)).tolist() for name in names}
+        for split, names in (("train", ["2008_000002", "2008_000005"]), ("val", ["2008_000009"]))
+    }
+    json_path = tmp_path / "trainval_merged.json"
+    json_path.write_text(json.dumps(masks))
+    for side in ("ours", "mmseg"):
+        (tmp_path / side / "VOC2010" / "JPEGImages").mkdir(parents=True)
+    assert run_tool("convert_pascal_context", [tmp_path / "ours", "--json", json_path]) == 0
+    spec = importlib.util.spec_from_file_location("mmseg_pascal_context", path)
+    mmseg_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mmseg_script)
+    monkeypatch.setattr(sys, "argv", ["pascal_context.py", str(tmp_path / "mmseg"), str(json_path)])
+    mmseg_script.main()
+    ours, theirs = (tmp_path / side / "VOC2010" for side in ("ours", "mmseg"))
+    for split in ("train", "val"):
+        split_file = Path("ImageSets") / "SegmentationContext" / f"{split}.txt"
+        assert (ours / split_file).read_text() == (theirs / split_file).read_text() != ""
+    pngs = sorted(p.name for p in (theirs / "SegmentationClassContext").iterdir())
+    assert pngs == sorted(p.name for p in (ours / "SegmentationClassContext").iterdir())
+    assert len(pngs) == 3
+    for name in pngs:
+        ours_label = np.array(Image.open(ours / "SegmentationClassContext" / name))
+        np.testing.assert_array_equal(ours_label, np.array(Image.open(theirs / "SegmentationClassContext" / name)))
 
 
 def test_pascal_context_json_without_detail_api(tmp_path, capsys):
