@@ -179,7 +179,6 @@ std::vector<torch::Tensor> symmetric_normalised_csr(torch::Tensor columns, torch
   const int64_t N = columns.size(0), k = columns.size(1);
   const int64_t* col = columns.data_ptr<int64_t>();
   const float* w = weights.data_ptr<float>();
-  // W^T by counting sort: row j of W^T lists the rows i of W that hold j, in ascending i.
   // int32 indices: CSR products read them on every CG step, and half the bytes make those products faster.
   TORCH_CHECK(2 * N * k < INT32_MAX, "symmetric_normalised_csr: too many entries for int32 indices");
   // Scratch buffers, uninitialised (every entry read is written first).
@@ -187,6 +186,7 @@ std::vector<torch::Tensor> symmetric_normalised_csr(torch::Tensor columns, torch
   std::unique_ptr<float[]> t_val(new float[N * k]), m_val(new float[2 * N * k]);
   std::vector<int64_t> t_start(N + 1, 0);
   std::vector<float> inv_sqrt(N);
+  // W^T by counting sort: row j of W^T lists the rows i of W that hold j, in ascending i.
   for (int64_t e = 0; e < N * k; ++e) ++t_start[col[e] + 1];
   for (int64_t j = 0; j < N; ++j) t_start[j + 1] += t_start[j];
   // Each thread fills the rows of W^T in its own range of j, scanning all of W (reads are cheap, writes not).
