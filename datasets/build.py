@@ -33,20 +33,26 @@ def dataset_config(key: str) -> mmcv.Config:
 
 
 def class_names(key: str, aliases: bool = True) -> list[str]:
-    """Class names of dataset ``key`` in label order: mmseg's names for that dataset.
+    """Class names of dataset ``key`` in label order.
 
     Args:
         key: one of ``DATASET_KEYS``.
-        aliases: if True, the background row of ``voc`` / ``coco_object`` is the paper's alias string
-            (``'sky;wall;...'``, aliases separated by ``;``); if False it is mmseg's ``'background'``
-            (handy for printing tables).
+        aliases: if True, the text prompts exactly as the paper's code writes them: the background row of
+            ``voc`` / ``coco_object`` is its alias string (``'sky;wall;...'``, aliases separated by ``;``) and
+            the few names the paper spells differently from mmseg are renamed (``prompt_renames`` in the
+            dataset config: ``dining table``, ``potted plant``, ``aeroplane``). If False, mmseg's names as they
+            are (``'background'``, ``'diningtable'``; handy for printing tables).
 
     Returns:
         ``num_classes`` strings (21, 20, 60, 59, 81, 171, 19 or 150).
     """
     cfg = dataset_config(key)
     names = list(DATASETS.get(cfg.dataset_type).CLASSES)
-    if aliases and cfg.get("background_aliases"):
+    if not aliases:
+        return names
+    renames = cfg.get("prompt_renames") or {}
+    names = [renames.get(name, name) for name in names]  # the prompts change the text tokens, so the scores
+    if cfg.get("background_aliases"):
         names[0] = cfg.background_aliases
     return names
 

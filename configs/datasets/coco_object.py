@@ -6,4 +6,7 @@ dataset_name = "COCO-Object"
 dataset_type = "COCOObjectDataset"
 # Reference quirk: the background row is described by stuff names (aliases separated by ';').
 background_aliases = "sky;wall;tree;wood;grass;road;sea;river;mountain;sands;desk;bed;building;cloud;floor;hill;rail"
+# Reference quirk: the paper's COCO-Object prompts say aeroplane (mmseg's COCO names, and COCO-Stuff's prompts,
+# say airplane).
+prompt_renames = {"airplane": "aeroplane"}
 data = dict(test=dict(type=dataset_type))

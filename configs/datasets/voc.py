@@ -8,6 +8,8 @@ background_aliases = (
     "sky;wall;tree;wood;grass;road;sea;river;mountain;sands;desk;bed;building;cloud;lamp;"
     "door;window;wardrobe;ceiling;shelf;curtain;stair;floor;hill;rail;fence"
 )
+# Reference quirk: the paper's prompts spell these two VOC names as words (mmseg: diningtable, pottedplant).
+prompt_renames = {"diningtable": "dining table", "pottedplant": "potted plant"}
 data = dict(
     test=dict(
         type=dataset_type,
