@@ -1,4 +1,4 @@
-"""Image resizing, the sliding-window grid and merging window outputs (SPEC steps 2, 3, 8 and 9)."""
+"""Image resizing, the sliding-window grid and merging window outputs (docs/method.md steps 2, 3, 8 and 9)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def resized_size(height: int, width: int, short_side: int = 448, long_side: int 
 
 
 def resize_to_fit(image: np.ndarray, short_side: int = 448, long_side: int = 2048) -> np.ndarray:
-    """Resize an image bilinearly so that it fits ``(long_side, short_side)`` (SPEC step 2).
+    """Resize an image bilinearly so that it fits ``(long_side, short_side)`` (docs/method.md step 2).
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
@@ -42,7 +42,7 @@ def _axis_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 
 def window_boxes(height: int, width: int, crop: int = 224, stride: int = 112) -> list[tuple[int, int, int, int]]:
-    """The sliding-window grid of SPEC step 3, row-major.
+    """The sliding-window grid of docs/method.md step 3, row-major.
 
     Returns:
         ``[(y1, y2, x1, x2), ...]``; every window has size ``min(crop, height) x min(crop, width)``.
@@ -57,7 +57,7 @@ def window_boxes(height: int, width: int, crop: int = 224, stride: int = 112) ->
 def patch_centres(
     boxes: list[tuple[int, int, int, int]], grid: tuple[int, int], device: torch.device | None = None
 ) -> torch.Tensor:
-    """Centres of the ``16 x 16`` patches of every window, in resized-image pixels (SPEC step 8).
+    """Centres of the ``16 x 16`` patches of every window, in resized-image pixels (docs/method.md step 8).
 
     Args:
         boxes: windows as from :func:`window_boxes`.
@@ -78,7 +78,7 @@ def patch_centres(
 def merge_windows(
     window_scores: torch.Tensor, boxes: list[tuple[int, int, int, int]], height: int, width: int
 ) -> torch.Tensor:
-    """Resize each window's patch scores to the window and average overlapping windows (SPEC step 9).
+    """Resize each window's patch scores to the window and average overlapping windows (docs/method.md step 9).
 
     Args:
         window_scores: ``[B, C, gh, gw]``, one entry per box.
