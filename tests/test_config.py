@@ -3,6 +3,7 @@
 import itertools
 import logging
 import os
+import shutil
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -11,6 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+import segmentation.config
 from segmentation import SegmentorSettings
 from segmentation.config import (
     _RULES,
@@ -172,7 +174,7 @@ def test_unparsable_overrides_and_sweeps_in_a_single_config(override, message):
 
 
 def test_config_by_path_outside_configs(tmp_path, monkeypatch):
-    folder = tmp_path / "my 'configs"  # a space and a quote: the search path override must be quoted
+    folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "mine.yaml").write_text("defaults: [lposs_plus, _self_]\nk: 7\n")
     config = load_config(folder / "mine.yaml", ["alpha=0.5"])
@@ -184,6 +186,15 @@ def test_config_by_path_outside_configs(tmp_path, monkeypatch):
     assert load_config("copy.yaml") == load_config("lposs.yaml")
     with pytest.raises(ConfigError, match="k='abc' is invalid"):
         load_config("copy.yaml", ["k=abc"])
+
+
+def test_repository_in_a_folder_with_a_space_and_a_quote(tmp_path, monkeypatch):
+    clone = tmp_path / "it's my clone" / "configs"  # the search path override that adds configs/ must quote it
+    shutil.copytree(CONFIG_DIR, clone, ignore=shutil.ignore_patterns("datasets"))
+    monkeypatch.setattr(segmentation.config, "CONFIG_DIR", clone)
+    (clone / "lposs.yaml").write_text((CONFIG_DIR / "lposs.yaml").read_text().replace("k: 400", "k: 9"))
+    (tmp_path / "mine.yaml").write_text("defaults: [lposs_plus, _self_]\n")
+    assert load_config(tmp_path / "mine.yaml").k == 9 and load_config("maskclip.yaml").k == 9
 
 
 @pytest.mark.parametrize(
