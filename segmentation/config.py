@@ -27,7 +27,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+)
 
 from .config_schema import LPOSSConfig
 
@@ -145,6 +150,7 @@ def _compose_typed(path: Path, overrides: Sequence[str]) -> DictConfig:
         schema = OmegaConf.structured(LPOSSConfig)
         _check_sections(schema, composed)
         config = OmegaConf.merge(schema, composed)
+        OmegaConf.resolve(config)  # interpolations (stride=${crop}) become values: the saved config is what ran
     except yaml.YAMLError as error:
         raise ConfigError(f"cannot parse a YAML file of config {str(path)!r}: {' '.join(str(error).split())}") from None
     except RecursionError:  # Hydra does not detect a cycle in defaults lists
@@ -177,6 +183,8 @@ def _explain(error: Exception, path: Path) -> str:
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
         return f"unknown config key {key!r}; valid keys here: {_valid_keys_near(key)}"
+    if isinstance(cause, InterpolationResolutionError) and key:
+        return f"config value {key} cannot be resolved: {str(cause).splitlines()[0]}"
     if isinstance(cause, OmegaConfBaseException) and key:
         value = cause.value.input_line if isinstance(cause.value, Override) else cause.value
         return f"config value {key}={value!r} is invalid: expected {_expected(key)}"

@@ -68,6 +68,14 @@ def test_overrides_are_typed_and_nested():
     assert type(config.gamma) is float and config.gamma == 2.0  # the schema's type, not YAML's int
     config = load_config("lposs.yaml", ["model.dino.pretrained=false", "++k=5", "stride=${crop}"])
     assert config.model.dino.pretrained is False and config.k == 5 and config.stride == 224
+    assert OmegaConf.to_container(config)["stride"] == 224  # resolved: the saved config holds the value that ran
+
+
+@pytest.mark.parametrize("override", ["k=${nothere}", "k=${data_root}"])
+def test_interpolations_that_cannot_resolve(override):
+    with pytest.raises(ConfigError, match="config value k cannot be resolved: ") as error:
+        load_config("lposs.yaml", [override])
+    assert "\n" not in str(error.value)
 
 
 def test_quoting_and_null():
