@@ -138,26 +138,15 @@ def _compose_typed(path: Path, overrides: Sequence[str]) -> DictConfig:
                 f"override {override.input_line!r} is a sweep over several values; a single config takes one value "
                 "per key (expand the grid with expand_sweep; quote a string that contains commas: key='a,b')"
             )
-    search = [] if path.parent == CONFIG_DIR else [f"hydra.searchpath=[{_quoted(f'file://{CONFIG_DIR}')}]"]
     try:
-        with _hydra_config_dir(path.parent):
-            composed = compose(config_name=path.stem, overrides=[*search, *overrides])
-        if "_base_" in composed:
-            raise ConfigError(
-                f"config file {str(path)!r} uses _base_, which Hydra configs replace by a defaults list: "
-                "write `defaults: [lposs, _self_]`"
-            )
-        schema = OmegaConf.structured(LPOSSConfig)
-        _check_sections(schema, composed)
-        config = OmegaConf.merge(schema, composed)
-        OmegaConf.resolve(config)  # interpolations (stride=${crop}) become values: the saved config is what ran
+        config = _compose_onto_schema(path, overrides)
+    except ConfigError:
+        raise
     except yaml.YAMLError as error:
         raise ConfigError(f"cannot parse a YAML file of config {str(path)!r}: {' '.join(str(error).split())}") from None
     except RecursionError:  # Hydra does not detect a cycle in defaults lists
         raise ConfigError(f"config file {str(path)!r} includes itself through its defaults list") from None
     except (HydraException, OmegaConfBaseException, ValueError) as error:  # Hydra raises ValueError for some input
-        if isinstance(error, ConfigError):
-            raise
         raise ConfigError(_explain(error, path)) from None
     missing = sorted(OmegaConf.missing_keys(config))
     if missing:
@@ -165,6 +154,23 @@ def _compose_typed(path: Path, overrides: Sequence[str]) -> DictConfig:
             f"config key {missing[0]!r} has no value in {str(path)!r}: set it, or start the file with "
             "`defaults: [lposs, _self_]` to take lposs.yaml's values"
         )
+    return config
+
+
+def _compose_onto_schema(path: Path, overrides: Sequence[str]) -> DictConfig:
+    """Hydra's composition of ``path`` and ``overrides``, merged onto ``LPOSSConfig``, interpolations resolved."""
+    search = [] if path.parent == CONFIG_DIR else [f"hydra.searchpath=[{_quoted(f'file://{CONFIG_DIR}')}]"]
+    with _hydra_config_dir(path.parent):
+        composed = compose(config_name=path.stem, overrides=[*search, *overrides])
+    if "_base_" in composed:
+        raise ConfigError(
+            f"config file {str(path)!r} uses _base_, which Hydra configs replace by a defaults list: "
+            "write `defaults: [lposs, _self_]`"
+        )
+    schema = OmegaConf.structured(LPOSSConfig)
+    _check_sections(schema, composed)
+    config = OmegaConf.merge(schema, composed)
+    OmegaConf.resolve(config)  # interpolations (stride=${crop}) become values: the saved config is what ran
     return config
 
 
@@ -186,8 +192,7 @@ def _explain(error: Exception, path: Path) -> str:
     if isinstance(cause, InterpolationResolutionError) and key:
         return f"config value {key} cannot be resolved: {str(cause).splitlines()[0]}"
     if isinstance(cause, OmegaConfBaseException) and key:
-        value = cause.value.input_line if isinstance(cause.value, Override) else cause.value
-        return f"config value {key}={value!r} is invalid: expected {_expected(key)}"
+        return f"config value {key}={cause.value!r} is invalid: expected {_expected(key)}"
     first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
     if isinstance(error, MissingConfigException):  # a defaults list entry that is no file
         first_line += f" (looked in {path.parent} and {CONFIG_DIR})"
@@ -206,18 +211,15 @@ def _valid_keys_near(full_key: str) -> str:
 
 
 def _expected(full_key: str) -> str:
-    """What a key accepts, in words: the range rule's text, else the schema's type."""
+    """What a key accepts, in words: the range rule's text, else its type in the schema."""
     if full_key in _RULES:
         return _RULES[full_key][1]
-    node = OmegaConf.select(OmegaConf.structured(LPOSSConfig), full_key, throw_on_missing=False)
-    if isinstance(node, DictConfig):
-        return f"a section with keys {_valid_keys_near(full_key + '.x')}"
     return {
         "model.clip.pretrained": "a pretrained tag, a local path or null",
         "model.dino.pretrained": "true, a local path or null",
         "wandb.project": "a W&B project name",
         "wandb.entity": "a W&B entity name or null",
-    }.get(full_key, "a value of the schema's type")
+    }.get(full_key, "a value of the type in segmentation/config_schema.py")
 
 
 def _is_int(v: Any) -> bool:
