@@ -276,7 +276,7 @@ def test_expand_sweep_points_load_as_written():
 def test_expand_sweep_without_sweeps_and_quoted_commas():
     assert expand_sweep(["data_root='a,b'", "k=5"]) == [["data_root='a,b'", "k=5"]]
     assert expand_sweep([]) == [[]]
-    assert sweep_parameters(["data_root='a,b'", "k=5", "r=13,13"]) == []
+    assert sweep_parameters(["data_root='a,b'", "k=5", "r=13,13", "k=[1,2]"]) == []  # a list is one value
 
 
 def test_expand_sweep_checks_every_point_first():
