@@ -34,6 +34,11 @@ def _check_vit_layout(vit: nn.Module) -> None:
         raise _layout_error(f"expected patch size {PATCH_SIZE}, got {tuple(vit.patch_embed.patch_size)}")
     if vit.pos_embed is None:
         raise _layout_error("expected an absolute positional embedding (pos_embed)")
+    prefix = (vit.cls_token is not None) + (vit.reg_token.shape[1] if vit.reg_token is not None else 0)
+    if prefix != vit.num_prefix_tokens:  # e.g. DeiT's distillation token, which `_dino_tokens` does not build
+        raise _layout_error(
+            f"expected {vit.num_prefix_tokens} prefix tokens from cls_token and reg_token, got {prefix}"
+        )
     qkv = getattr(getattr(vit.blocks[-1], "attn", None), "qkv", None)
     if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * vit.embed_dim:
         raise _layout_error(f"blocks[-1].attn.qkv must be nn.Linear with out_features {3 * vit.embed_dim}")
