@@ -1,4 +1,4 @@
-"""DINO value features of the last block (SPEC step 6) from a timm VisionTransformer.
+"""DINO value features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
 
 The token embedding is computed here rather than by timm's `forward_features`, because for patch grids
 other than the pretraining one the DINO reference (facebookresearch/dino) resizes the positional
@@ -91,7 +91,9 @@ def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised value features of the last block's attention of a timm DINO ViT (SPEC step 6).
+    """L2-normalised value features of the last block's attention of a timm DINO ViT.
+
+    See docs/method.md, "Pipeline", step 6.
 
     Args:
         vit: timm VisionTransformer with patch size 16 (any dtype).

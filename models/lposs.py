@@ -1,4 +1,6 @@
-"""The two frozen backbones of LPOSS: DINO patch features and CLIP patch-to-text scores (SPEC steps 4-7).
+"""The two frozen backbones of LPOSS: DINO patch features and CLIP patch-to-text scores.
+
+See docs/method.md, "Pipeline", steps 4-7.
 
 No propagation here: the algorithm lives in `segmentation/label_propagation.py`.
 """
@@ -98,7 +100,7 @@ class LPOSSBackbones(nn.Module):
         Returns:
             features: [B, D, gh, gw] float32 DINO value features, unit L2 norm along D;
             scores: [B, A, gh, gw] float32 cosine similarities in [-1, 1] between the (L2-normalised) MaskCLIP
-                patch features and the alias embeddings, no softmax or temperature (SPEC step 7).
+                patch features and the alias embeddings, no softmax or temperature (docs/method.md, "Pipeline", step 7).
             gh, gw = ceil(h / 16), ceil(w / 16).
         """
         if self.text_embeddings is None:

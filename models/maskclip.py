@@ -1,4 +1,4 @@
-"""MaskCLIP dense patch features and the CLIP text classifier (SPEC steps 4 and 5).
+"""MaskCLIP dense patch features and the CLIP text classifier (docs/method.md, "Pipeline", steps 4 and 5).
 
 Works on open_clip ViT CLIP models (`open_clip.transformer.VisionTransformer` visual tower).
 The open_clip internals used here are checked by `_check_visual_layout`, so a layout change in a
@@ -66,7 +66,7 @@ def _clip_positional_embedding(visual: VisionTransformer, grid: Sequence[int]) -
     """Positional embedding [1 + gh * gw, width] for a patch grid (gh, gw), CLS row first.
 
     The patch part is resized bicubically (align_corners False) to `size=grid` when the grid differs
-    from the pretraining grid, as SPEC step 4 states; the CLS row is unchanged.
+    from the pretraining grid, as docs/method.md ("Pipeline", step 4) states; the CLS row is unchanged.
     """
     pos = visual.positional_embedding
     grid0 = tuple(visual.grid_size)
@@ -100,7 +100,7 @@ def _maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def dense_clip_features(clip_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP dense features of an open_clip ViT (SPEC step 4), not normalised.
+    """MaskCLIP dense features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
     Args:
         clip_model: open_clip CLIP model with a ViT visual tower of patch size 16 (any dtype).
@@ -222,7 +222,7 @@ def text_classifier(
     precision: torch.dtype | None = None,
     model_id: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP text embeddings, one row per alias (SPEC step 5); cached in memory and on disk.
+    """CLIP text embeddings, one row per alias (docs/method.md, "Pipeline", step 5); cached in memory and on disk.
 
     Args:
         clip_model: open_clip CLIP model (`encode_text`).
