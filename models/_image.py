@@ -27,7 +27,7 @@ def pad_and_normalize(
     """Zero-pad bottom/right to a multiple of `multiple`, then normalise with mean/std.
 
     Padding happens in [0, 1] space *before* normalising, so the padded pixels are black
-    (SPEC steps 4 and 6), not the mean colour.
+    (docs/method.md, "Pipeline", steps 4 and 6), not the mean colour.
 
     Args:
         images: [B, 3, H, W] float in [0, 1].

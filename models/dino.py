@@ -1,4 +1,4 @@
-"""DINO value features of the last block (SPEC step 6) from a timm VisionTransformer.
+"""DINO value features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
 
 The token embedding is computed here rather than by timm's `forward_features`, because for patch grids
 other than the pretraining one the DINO reference (facebookresearch/dino) resizes the positional
@@ -34,6 +34,11 @@ def _check_vit_layout(vit: nn.Module) -> None:
         raise _layout_error(f"expected patch size {PATCH_SIZE}, got {tuple(vit.patch_embed.patch_size)}")
     if vit.pos_embed is None:
         raise _layout_error("expected an absolute positional embedding (pos_embed)")
+    prefix = (vit.cls_token is not None) + (vit.reg_token.shape[1] if vit.reg_token is not None else 0)
+    if prefix != vit.num_prefix_tokens:  # e.g. DeiT's distillation token, which `_dino_tokens` does not build
+        raise _layout_error(
+            f"expected {vit.num_prefix_tokens} prefix tokens from cls_token and reg_token, got {prefix}"
+        )
     qkv = getattr(getattr(vit.blocks[-1], "attn", None), "qkv", None)
     if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * vit.embed_dim:
         raise _layout_error(f"blocks[-1].attn.qkv must be nn.Linear with out_features {3 * vit.embed_dim}")
@@ -86,7 +91,9 @@ def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised value features of the last block's attention of a timm DINO ViT (SPEC step 6).
+    """L2-normalised value features of the last block's attention of a timm DINO ViT.
+
+    See docs/method.md, "Pipeline", step 6.
 
     Args:
         vit: timm VisionTransformer with patch size 16 (any dtype).

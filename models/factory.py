@@ -15,59 +15,25 @@ from urllib.parse import urlparse
 import open_clip
 import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ._image import PATCH_SIZE
+from .checks import (
+    Device,
+    Pretrained,
+    check_clip_name,
+    check_clip_pretrained,
+    check_dino_name,
+    check_dino_pretrained,
+    local_checkpoint,
+    normalize_pretrained,
+    resolve_dtype,
+)
 
-Pretrained = str | bool | None
-Device = str | torch.device
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors", ".ckpt", ".npz")
 _TRUE = {"1", "true", "yes", "on"}
-_DINO_EXAMPLES = ["vit_base_patch16_224.dino", "vit_small_patch16_224.dino", "vit_base_patch16_224.augreg_in21k"]
-_NULL = {"", "null", "none", "false", "0", "no", "off"}
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither cached locally nor downloadable (offline)."""
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """'float32' | 'float16' | 'bfloat16' (or the torch dtype itself) -> torch.dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"model.dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
-
-
-def _normalize_pretrained(pretrained: Pretrained) -> Pretrained:
-    """Map config spellings to True (default hub weights), None (random init) or a string."""
-    if pretrained is None or pretrained is False:
-        return None
-    if pretrained is True:
-        return True
-    if not isinstance(pretrained, (str, os.PathLike)):
-        raise ValueError(f"pretrained: expected a tag, a path, true or null, got {pretrained!r}")
-    text = os.fspath(pretrained).strip()
-    if text.lower() in _NULL:
-        return None
-    return True if text.lower() in _TRUE else text
-
-
-def _local_checkpoint(pretrained: str, key: str, is_tag: bool = False) -> str | None:
-    """The file `pretrained` names, None if it is not path-like; FileNotFoundError if it is but is missing."""
-    if is_tag:
-        return None  # a known hub tag wins over a file of the same name, as in open_clip
-    path = os.path.expanduser(pretrained)
-    if os.path.isfile(path):
-        return path
-    path_like = "/" in pretrained or os.sep in pretrained or pretrained.startswith(("~", "."))
-    if path_like or pretrained.endswith(_CHECKPOINT_SUFFIXES):
-        raise FileNotFoundError(f"{key}={pretrained!r}: checkpoint file not found")
-    return None
 
 
 def _hf_cache_dir() -> Path:
@@ -143,11 +109,9 @@ def _clip_weights(name: str, pretrained: str) -> tuple[str | None, dict]:
     """(local checkpoint path or None, extra create_model kwargs) for an open_clip tag or path."""
     key = "model.clip.pretrained"
     tags = open_clip.list_pretrained_tags_by_model(name)
-    local = _local_checkpoint(pretrained, key, is_tag=pretrained in tags)
+    local = local_checkpoint(pretrained, key, is_tag=pretrained in tags)
     if local is not None:
         return local, {}
-    if pretrained not in tags:
-        raise ValueError(f"{key}={pretrained!r}: not a file and not an open_clip tag of {name}; tags: {tags}")
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     hint = f"download them on a connected machine or set {key}=/path/to/open_clip_pytorch_model.bin"
     what = f"CLIP {name} (pretrained={pretrained})"
@@ -166,24 +130,6 @@ def _clip_weights(name: str, pretrained: str) -> tuple[str | None, dict]:
             f"weights for {what} are not cached in {cached.parent} and the download URL is unreachable; {hint}"
         )
     return None, extra  # open_clip downloads from the URL itself
-
-
-def _is_native_vit16(name: str) -> bool:
-    vision = open_clip.get_model_config(name)["vision_cfg"]
-    return "timm_model_name" not in vision and vision.get("patch_size") == PATCH_SIZE
-
-
-def _check_clip_name(name: str) -> None:
-    """ValueError unless `name` is a built-in open_clip model with a native ViT-16 visual tower."""
-    if name not in open_clip.list_models():
-        examples = [m for m in open_clip.list_models() if m.startswith("ViT-") and _is_native_vit16(m)][:6]
-        raise ValueError(f"model.clip.name={name!r}: unknown open_clip model; e.g. {examples}")
-    if not _is_native_vit16(name):
-        vision = open_clip.get_model_config(name)["vision_cfg"]
-        raise ValueError(
-            f"model.clip.name={name!r}: need an open_clip ViT with patch size {PATCH_SIZE} "
-            f"(got patch_size={vision.get('patch_size')}, timm tower={'timm_model_name' in vision})"
-        )
 
 
 def _finish(model: nn.Module, device: Device, dtype: str | torch.dtype) -> nn.Module:
@@ -206,13 +152,9 @@ def build_clip(
         (model, tokenizer); tokenizer maps list[str] -> LongTensor [N, context_length].
     """
     resolve_dtype(dtype)
-    _check_clip_name(name)
-    pretrained = _normalize_pretrained(pretrained)
-    if pretrained is True:
-        raise ValueError(
-            f"model.clip.pretrained=true: give an open_clip tag, e.g. "
-            f"{open_clip.list_pretrained_tags_by_model(name)[:4]}, or a path"
-        )
+    check_clip_name(name)
+    check_clip_pretrained(name, pretrained)  # one-line errors before anything is read or downloaded
+    pretrained = normalize_pretrained(pretrained)
     checkpoint, extra = (None, {}) if pretrained is None else _clip_weights(name, pretrained)
     source = checkpoint if checkpoint is not None else pretrained
     try:
@@ -230,13 +172,8 @@ def _dino_weights(name: str, pretrained: str | bool) -> str:
     """Local checkpoint path for timm model `name`: the given path, or timm's hub weights."""
     key = "model.dino.pretrained"
     if pretrained is not True:
-        local = _local_checkpoint(pretrained, key)
-        if local is None:
-            raise ValueError(f"{key}={pretrained!r}: expected true (timm weights of the name), a path or null")
-        return local
+        return local_checkpoint(pretrained, key)  # check_dino_pretrained has made sure it exists
     cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ValueError(f"model.dino.name={name!r}: timm has no pretrained weights for it; e.g. {_DINO_EXAMPLES}")
     hint = f"download them on a connected machine or set {key}=/path/to/model.safetensors"
     what = f"DINO {name} (pretrained=true)"
     if cfg.hf_hub_id:
@@ -269,17 +206,15 @@ def build_dino(
         timm VisionTransformer with num_classes=0.
     """
     resolve_dtype(dtype)
-    if not timm.is_model(name):
-        raise ValueError(f"model.dino.name={name!r}: unknown timm model; e.g. {_DINO_EXAMPLES}")
-    pretrained = _normalize_pretrained(pretrained)
+    check_dino_name(name)
+    check_dino_pretrained(name, pretrained)  # one-line errors before anything is read or downloaded
+    pretrained = normalize_pretrained(pretrained)
     checkpoint = None if pretrained is None else _dino_weights(name, pretrained)
     kwargs = {} if checkpoint is None else {"pretrained_cfg_overlay": {"file": checkpoint}}
     try:
         model = timm.create_model(name, pretrained=checkpoint is not None, num_classes=0, **kwargs)
     except RuntimeError as error:
         raise ValueError(f"model.dino.pretrained={pretrained!r}: cannot load into {name}: {error}") from error
-    if not isinstance(model, VisionTransformer) or tuple(model.patch_embed.patch_size) != (PATCH_SIZE,) * 2:
-        raise ValueError(f"model.dino.name={name!r}: need a timm VisionTransformer with patch size {PATCH_SIZE}")
     return _finish(model, device, dtype)
 
 

@@ -1,4 +1,4 @@
-"""MaskCLIP dense patch features and the CLIP text classifier (SPEC steps 4 and 5).
+"""MaskCLIP dense patch features and the CLIP text classifier (docs/method.md, "Pipeline", steps 4 and 5).
 
 Works on open_clip ViT CLIP models (`open_clip.transformer.VisionTransformer` visual tower).
 The open_clip internals used here are checked by `_check_visual_layout`, so a layout change in a
@@ -6,15 +6,19 @@ future open_clip fails loudly instead of silently changing the features.
 """
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import LayerScale, VisionTransformer
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
+from tqdm import tqdm
 
+from . import text_cache
 from ._image import PATCH_SIZE, check_images, pad_and_normalize, tokens_to_map
+from ._precision import autocast_context
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,7 +32,7 @@ assert len(IMAGENET_TEMPLATES) == 80, "open_clip's OPENAI_IMAGENET_TEMPLATES no 
 # (faster text encoding for quick experiments and the CPU tests; not the paper's setting).
 TEMPLATE_SETS: dict[str, tuple] = {"imagenet80": IMAGENET_TEMPLATES, "single": ("a photo of a {}.",)}
 
-# (id(model), class names, device, dtype, templates) -> (weakref to model, embeddings, alias_to_class)
+# (id(model), class names, device, dtype, autocast dtype, templates) -> (weakref to model, embeddings, alias_to_class)
 _TEXT_CACHE: dict = {}
 
 
@@ -62,7 +66,7 @@ def _clip_positional_embedding(visual: VisionTransformer, grid: Sequence[int]) -
     """Positional embedding [1 + gh * gw, width] for a patch grid (gh, gw), CLS row first.
 
     The patch part is resized bicubically (align_corners False) to `size=grid` when the grid differs
-    from the pretraining grid, as SPEC step 4 states; the CLS row is unchanged.
+    from the pretraining grid, as docs/method.md ("Pipeline", step 4) states; the CLS row is unchanged.
     """
     pos = visual.positional_embedding
     grid0 = tuple(visual.grid_size)
@@ -96,7 +100,7 @@ def _maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def dense_clip_features(clip_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP dense features of an open_clip ViT (SPEC step 4), not normalised.
+    """MaskCLIP dense features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
     Args:
         clip_model: open_clip CLIP model with a ViT visual tower of patch size 16 (any dtype).
@@ -146,8 +150,16 @@ def _fill(template: Template, text: str) -> str:
 
 
 def clear_text_cache() -> None:
-    """Forget all cached text classifiers."""
+    """Forget all text classifiers cached in memory (the on-disk cache is left alone)."""
     _TEXT_CACHE.clear()
+
+
+def _show_progress(n_prompts: int, batch_size: int) -> bool:
+    """A progress bar when there is more than one batch to wait for, on the first process only."""
+    first_rank = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+    return first_rank and n_prompts > batch_size
 
 
 @torch.no_grad()
@@ -158,11 +170,47 @@ def _encode_aliases(
     device = next(clip_model.parameters()).device
     prompts = [_fill(t, alias) for alias in aliases for t in templates]  # alias-major
     chunks = []
-    for start in range(0, len(prompts), batch_size):
-        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
-        chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+    show = _show_progress(len(prompts), batch_size)
+    with tqdm(total=len(prompts), desc="CLIP text encoding", unit="prompt", disable=not show) as bar:
+        for start in range(0, len(prompts), batch_size):
+            tokens = tokenizer(prompts[start : start + batch_size]).to(device)
+            chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
+            bar.update(len(tokens))
     per_prompt = torch.cat(chunks).view(len(aliases), len(templates), -1)  # [A, T, E]
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def _cached_or_encoded(
+    clip_model: nn.Module,
+    tokenizer: Callable,
+    aliases: list[str],
+    templates: Sequence[Template],
+    batch_size: int,
+    precision: torch.dtype | None,
+    model_id: Mapping[str, Any] | None,
+) -> torch.Tensor:
+    """Embeddings [A, E] float32 on the model's device: from the on-disk cache when an entry matches, else encoded
+    (under autocast in `precision`, if given) and stored."""
+    param = next(clip_model.parameters())
+    key = None
+    if text_cache.text_cache_dir() is not None:
+        model_id = model_id if model_id is not None else {"class": type(clip_model).__qualname__}
+        key = text_cache.entry_key(
+            model_id,
+            text_cache.text_weights_fingerprint(clip_model),
+            aliases,
+            [_fill(t, "{}") for t in templates],
+            precision or param.dtype,
+            param.device,
+        )
+        cached = text_cache.load_embeddings(key)
+        if cached is not None:
+            return cached.to(param.device)
+    with autocast_context(param.device, precision):
+        embeddings = _encode_aliases(clip_model, tokenizer, aliases, templates, batch_size)
+    if key is not None:
+        text_cache.save_embeddings(key, embeddings)
+    return embeddings
 
 
 def text_classifier(
@@ -171,15 +219,20 @@ def text_classifier(
     class_names: Sequence[str],
     templates: Sequence[Template] = IMAGENET_TEMPLATES,
     batch_size: int = 256,
+    precision: torch.dtype | None = None,
+    model_id: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP text embeddings, one row per alias (SPEC step 5); cached per model/classes/device/dtype.
+    """CLIP text embeddings, one row per alias (docs/method.md, "Pipeline", step 5); cached in memory and on disk.
 
     Args:
         clip_model: open_clip CLIP model (`encode_text`).
         tokenizer: open_clip tokenizer, list[str] -> LongTensor [N, context_length].
         class_names: class names; a name may hold aliases separated by ';'.
         templates: prompt templates, callables or '{}' format strings; default the 80 of CLIP.
-        batch_size: prompts encoded per forward pass.
+        batch_size: prompts encoded per forward pass (a progress bar shows when there is more than one).
+        precision: bfloat16 / float16 to encode under torch.autocast; None or float32: the model's own dtype.
+        model_id: how the model was built, e.g. {'name': 'ViT-B-16', 'pretrained': 'laion2b_s34b_b88k'}; part of
+            the on-disk cache key (with a hash of the text weights, see `models.text_cache`).
 
     Returns:
         embeddings [A, E] float32, L2-normalised rows, on the model's device;
@@ -190,11 +243,12 @@ def text_classifier(
     if len(templates) == 0:
         raise ValueError("text_classifier: templates is empty")
     param = next(clip_model.parameters())
-    key = (id(clip_model), tuple(class_names), str(param.device), param.dtype, tuple(_fill(t, "{}") for t in templates))
+    filled = tuple(_fill(t, "{}") for t in templates)
+    key = (id(clip_model), tuple(class_names), str(param.device), param.dtype, precision, filled)
     hit = _TEXT_CACHE.get(key)
     if hit is not None and hit[0]() is clip_model:
         return hit[1], hit[2]
-    embeddings = _encode_aliases(clip_model, tokenizer, aliases, templates, batch_size)
+    embeddings = _cached_or_encoded(clip_model, tokenizer, aliases, templates, batch_size, precision, model_id)
     alias_to_class = torch.tensor(owners, dtype=torch.long, device=param.device)
     _TEXT_CACHE[key] = (weakref.ref(clip_model), embeddings, alias_to_class)
     return embeddings, alias_to_class

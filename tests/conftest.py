@@ -3,9 +3,19 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 for path in (REPO_ROOT, TESTS_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _text_cache_in_tmp(tmp_path_factory):
+    """The text-embedding cache of the whole session (subprocesses included) in a temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LPOSS_CACHE_DIR", str(tmp_path_factory.mktemp("lposs_cache")))
+        yield

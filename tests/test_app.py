@@ -1,13 +1,15 @@
 """tools/app.py: the Gradio app builds without launching or loading models; the service segments lazily."""
 
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from tiny_models import TINY_OVERRIDES
 
-from tools.app import SegmentationService, build_app
+from tools.app import SegmentationService, build_app, main, parse_args
 
 TINY = [*TINY_OVERRIDES, "short_side=112", "long_side=224", "crop=112", "stride=56"]
 
@@ -38,3 +40,23 @@ def test_service_builds_models_on_first_request():
         service.segment(Image.fromarray(rgba), "cat,cat", "lposs")
     with pytest.raises(ValueError, match="upload an image"):
         service.segment(None, "cat", "lposs")
+
+
+def test_bad_model_config_stops_the_app_at_start(monkeypatch, capsys):
+    import models
+
+    monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
+    with pytest.raises(models.ModelConfigError, match="model.dino.name='resnet50'"):
+        SegmentationService([*TINY, "model.dino.name=resnet50"])
+    pytest.importorskip("gradio")
+    assert main(parse_args([*TINY, "model.clip.name=ViT-B-32"])) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model.clip.name='ViT-B-32': patch size 32"), lines
+
+
+def test_gradio_is_said_to_come_with_requirements():
+    import tools.app
+
+    requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    assert re.search(r"^gradio\b", requirements, flags=re.MULTILINE)  # what the app's text now says
+    assert "not in requirements.txt" not in tools.app.__doc__ and "requirements.txt" in tools.app.__doc__

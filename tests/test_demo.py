@@ -15,6 +15,7 @@ from segmentation.config import load_config
 from tools.demo import (
     ClassListError,
     ImageSegmenter,
+    collect_images,
     main,
     method_settings,
     parse_args,
@@ -186,26 +187,76 @@ def test_unique_stems():
     assert unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.png"), Path("c/x.gif")]) == ["x", "x-2", "y", "x-3"]
 
 
-def test_end_to_end_missing_image_among_good(tmp_path):
+def test_collect_images_from_files_and_folders(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for name in ("b.png", "a.JPG", "nested/c.png"):
+        Image.fromarray(smooth_rgb()).save(folder / name, format="PNG" if name.endswith("png") else "JPEG")
+    (folder / "notes.txt").write_text("not an image")
+    single, _ = write_image(tmp_path, "rgb")
+    found = collect_images([single, folder, folder / "b.png"])
+    # the folder's images sorted by name, its sub-folder and other files left out, b.png once
+    assert found == [single, folder / "a.JPG", folder / "b.png"]
+
+
+def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkeypatch):
+    import models
+
+    monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
     good, _ = write_image(tmp_path, "rgb")
+    (broken := tmp_path / "broken.png").write_bytes(b"not a png")
+    (empty := tmp_path / "empty").mkdir()
+    missing = tmp_path / "missing.jpg"
+    inputs = [str(good), str(missing), str(broken), str(empty)]
+    code = main(parse_args([*inputs, "--classes", "cat,dog", "--output", str(tmp_path / "out"), *TINY]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert str(missing) in lines[0] and "no such file" in lines[0]
+    assert str(empty) in lines[1] and "no image files" in lines[1]
+    assert str(broken) in lines[2] and "not a readable image" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.clip.name=ViT-B-32", "error: model.clip.name='ViT-B-32': patch size 32"),
+        ("model.dino.name=resnet50", "error: model.dino.name='resnet50': a ResNet, not a ViT"),
+        ("model.dtype=float16", "error: model.dtype='float16' on the CPU"),
+    ],
+)
+def test_bad_model_config_exits_2_before_models(tmp_path, capsys, monkeypatch, override, expected):
+    import models
+
+    monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
+    good, _ = write_image(tmp_path, "rgb")
+    argv = [str(good), "--classes", "cat,dog", "--output", str(tmp_path / "out"), *TINY, "device=cpu", override]
+    code = main(parse_args(argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_end_to_end_folder_input(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed, name in enumerate(("b.png", "a.jpg")):
+        Image.fromarray(smooth_rgb(seed=seed)).save(folder / name)
     command = [
         sys.executable,
         str(REPO_ROOT / "tools" / "demo.py"),
-        str(good),
-        str(tmp_path / "missing.jpg"),
+        str(folder),
         "--classes",
         "cat,dog,sky;cloud",
         "--method",
         "lposs",
         "--output",
         str(tmp_path / "out"),
-        "--compare",
         "device=cpu",
         *TINY,
         *SMALL,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["rgb_compare.png", "rgb_labels.png", "rgb_overlay.png"]
-    assert "missing.jpg" in result.stderr and "Traceback" not in result.stderr
+    assert written == ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png"]
+    assert "Traceback" not in result.stderr

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from torch.testing import assert_close
 
 import models.lposs as lposs_module
-from models import LPOSSBackbones, dense_clip_features, text_classifier
+from models import LPOSSBackbones, dense_clip_features, dino_value_features, text_classifier
 
 CONFIG = {
     "clip": {"name": "ViT-S-16", "pretrained": None},
@@ -67,3 +67,37 @@ def test_errors(backbones):
     broken = {"clip": {"name": "ViT-S-16"}, "dino": CONFIG["dino"], "dtype": "float32"}
     with pytest.raises(ValueError, match="clip.pretrained"):
         LPOSSBackbones.from_config(broken)
+
+
+def test_float32_is_bit_identical_to_the_plain_extractors(backbones):
+    """No autocast for float32: the outputs are exactly those of the feature functions run on their own."""
+    windows = torch.rand(1, 3, 64, 96)  # small: bfloat16 is slow on most CPUs
+    features, scores = backbones(windows)
+    assert torch.equal(features, dino_value_features(backbones.dino, windows))
+    clip_patches = F.normalize(dense_clip_features(backbones.clip, windows), dim=1)
+    assert torch.equal(scores, torch.einsum("behw,ae->bahw", clip_patches, backbones.text_embeddings))
+
+
+def test_bfloat16_runs_under_autocast_with_float32_outputs(backbones):
+    half = LPOSSBackbones(backbones.clip, backbones.tokenizer, backbones.dino, TEMPLATES, precision=torch.bfloat16)
+    half.set_classes(CLASSES)
+    windows = torch.rand(1, 3, 64, 96)  # small: bfloat16 is slow on most CPUs
+    full_features, full_scores = backbones(windows)
+    features, scores = half(windows)
+    assert half.clip.visual.conv1.weight.dtype == torch.float32  # weights untouched: autocast casts per op
+    assert features.dtype == scores.dtype == half.text_embeddings.dtype == torch.float32
+    # bfloat16 really ran (results differ from float32) and stays close to float32
+    assert not torch.equal(features, full_features) and not torch.equal(scores, full_scores)
+    assert not torch.equal(half.text_embeddings, backbones.text_embeddings)
+    assert F.cosine_similarity(features, full_features, dim=1).min() > 0.97
+    assert F.cosine_similarity(half.text_embeddings, backbones.text_embeddings, dim=1).min() > 0.99
+    assert (scores - full_scores).abs().max() < 0.05
+
+
+def test_from_config_keeps_float32_weights_and_sets_autocast(backbones, monkeypatch):
+    built = []
+    monkeypatch.setattr(lposs_module, "build_clip", lambda *a: built.append(a) or (backbones.clip, backbones.tokenizer))
+    monkeypatch.setattr(lposs_module, "build_dino", lambda *a: built.append(a) or backbones.dino)
+    half = LPOSSBackbones.from_config({**CONFIG, "dtype": "bfloat16"}, "cpu")
+    assert half.precision is torch.bfloat16 and all(len(args) == 3 for args in built)  # no dtype: float32 weights
+    assert half.clip_id == {"name": "ViT-S-16", "pretrained": None}

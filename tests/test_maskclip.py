@@ -165,6 +165,8 @@ def test_full_80_templates(clip):
 
 
 def test_text_cache_hit(clip, monkeypatch):
+    """The in-memory cache (the on-disk one, off here, is tested in test_text_cache.py)."""
+    monkeypatch.setenv("LPOSS_CACHE_DIR", "off")
     model, tokenizer = clip
     calls = []
     original = model.encode_text

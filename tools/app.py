@@ -2,12 +2,13 @@
 
 Usage::
 
-    pip install gradio                                  # optional extra, not in requirements.txt
     python tools/app.py                                 # then open http://127.0.0.1:7860
     python tools/app.py --port 8080 device=cpu model.templates=single
 
 ``key=value`` overrides are those of ``main_eval.py``, applied to ``configs/lposs.yaml``; the method chosen in
-the app sets ``patch_propagation`` and ``pixel_refine``. The models are built on the first request.
+the app sets ``patch_propagation`` and ``pixel_refine``. Gradio is installed by ``requirements.txt``. The model
+config (names, patch sizes, tags, weight files, dtype) is checked at start-up, and a bad value stops the app with one
+line (exit code 2); the models themselves are built on the first request.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segmentation import SegmentorSettings  # noqa: E402
-from segmentation.config import ConfigError, load_config  # noqa: E402
+from segmentation.config import load_config  # noqa: E402
 from segmentation.visualise import palette  # noqa: E402
 from tools.demo import (  # noqa: E402
     METHODS,
@@ -50,8 +51,12 @@ class SegmentationService:
     """
 
     def __init__(self, config_overrides: Sequence[str] = ()) -> None:
+        from models import check_model_config
+
         self.config = load_config("lposs.yaml", config_overrides)  # bad overrides fail now, not on the first click
         self.settings = SegmentorSettings.from_config(self.config)
+        self.device = pick_device(self.config.device)
+        check_model_config(self.config.model, self.device)  # no weights are read here
         self.backbones = None
         self._lock = threading.Lock()
 
@@ -60,8 +65,7 @@ class SegmentationService:
             from models import LPOSSBackbones  # heavy: only once the first image arrives
 
             torch.manual_seed(self.config.seed)  # random-init backbones (pretrained=null) are then reproducible
-            device = pick_device(self.config.device)
-            self.backbones = LPOSSBackbones.from_config(self.config.model, device).eval()
+            self.backbones = LPOSSBackbones.from_config(self.config.model, self.device).eval()
         return self.backbones
 
     def segment(self, picture: Image.Image | None, classes_text: str, method: str) -> np.ndarray:
@@ -88,11 +92,14 @@ def build_app(config_overrides: Sequence[str] = ()) -> Any:
     Raises:
         ImportError: Gradio is not installed.
         ConfigError: a bad ``key=value`` override.
+        ModelConfigError: a model config value that cannot work (unknown model, patch size, tag, file, dtype).
     """
     try:
         import gradio as gr
     except ImportError as error:
-        raise ImportError("the LPOSS web app needs Gradio, an optional extra: pip install gradio") from error
+        raise ImportError(
+            "the LPOSS web app needs Gradio, which requirements.txt installs; install it with: pip install gradio"
+        ) from error
     service = SegmentationService(config_overrides)
 
     def run(picture: Image.Image | None, classes_text: str, method: str) -> np.ndarray:
@@ -127,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     try:
         app = build_app(args.overrides)
-    except (ImportError, ConfigError) as error:
+    except (ImportError, ValueError) as error:  # no Gradio; ConfigError or ModelConfigError (both ValueErrors)
         print(f"error: {error}", file=sys.stderr)
         return 2
     app.launch(server_name=args.host, server_port=args.port)

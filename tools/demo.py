@@ -4,6 +4,7 @@ Usage::
 
     python tools/demo.py photo.jpg --classes "cat,dog,grass,sky;cloud" --output out/
     python tools/demo.py a.jpg b.png --classes "person,bicycle,road,tree" --method lposs --output out/
+    python tools/demo.py photos/ --classes "person,dog,grass,sky" --output out/   # every image in the folder
     python tools/demo.py photo.jpg --classes "cat,grass,sky" --output out/ --compare
     python tools/demo.py photo.jpg --classes "cat,grass" --output out/ device=cpu model.templates=single
 
@@ -15,7 +16,10 @@ Per image ``<stem>`` it writes to ``--output``:
 - ``<stem>_overlay.png``: class colours over the image, with a legend of the classes found;
 - ``<stem>_compare.png`` (``--compare``): MaskCLIP | LPOSS | LPOSS+ overlays (backbones run once per image).
 
-A missing or unreadable image is reported on stderr and skipped; the exit code is then 1. Bad classes or config: 2.
+A folder stands for the image files directly in it (by extension: .jpg, .png, .webp, .tif, ...), sorted by name.
+Every input is checked before a model loads: missing files, folders without images and files that are not images
+are all reported on stderr, one line each, and nothing runs (exit code 2); so do a bad class list or config value.
+An image that passes this check but fails to decode later is reported and skipped (exit code 1).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +54,9 @@ from segmentation.visualise import (  # noqa: E402
 METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
 COMPARE_SIDE = 1024  # long side of each --compare panel, so that large photos give a viewable figure
+# Extensions a folder is searched for (kept to those this Pillow can open, see `image_suffixes`).
+COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff")
+COMMON_IMAGE_SUFFIXES += (".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".qoi")
 
 
 class ClassListError(ValueError):
@@ -59,13 +67,21 @@ class ImageReadError(ValueError):
     """An image file that exists but cannot be decoded."""
 
 
+class InputFilesError(ValueError):
+    """Inputs that cannot be used (missing, unreadable, a folder without images): one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "inputs",
         nargs="+",
-        metavar="IMAGE | key=value",
-        help="image files (JPEG, PNG, ...), then any key=value config overrides, e.g. device=cpu",
+        metavar="IMAGE | FOLDER | key=value",
+        help="image files (JPEG, PNG, ...) or folders of them, then any key=value config overrides, e.g. device=cpu",
     )
     parser.add_argument("--classes", required=True, help="comma-separated class names; ';' separates aliases")
     parser.add_argument(
@@ -78,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.overrides = [item for item in args.inputs if "=" in item and not Path(item).exists()]
     args.images = [Path(item) for item in args.inputs if item not in args.overrides]
     if not args.images:
-        parser.error("no IMAGE given")
+        parser.error("no IMAGE or FOLDER given")
     return args
 
 
@@ -155,6 +171,47 @@ def load_image(path: Path) -> np.ndarray:
             return to_rgb_array(picture)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
+
+
+def image_suffixes() -> set[str]:
+    """File extensions (lower case, with the dot) of images that a folder input contributes."""
+    Image.init()
+    openable = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
+    return {suffix for suffix in COMMON_IMAGE_SUFFIXES if suffix in openable}
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` is not an image Pillow can open (header and integrity check, no full decode); None if fine."""
+    try:
+        with Image.open(path) as picture:
+            picture.verify()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"{path}: not a readable image ({type(error).__name__}: {error})"
+    return None
+
+
+def collect_images(inputs: Sequence[Path]) -> list[Path]:
+    """The image files of ``inputs``: files as given, a folder's images sorted by name; each file once.
+
+    Raises:
+        InputFilesError: every missing input, folder without images and file that is not an image, one line each.
+    """
+    suffixes, images, problems = image_suffixes(), [], []
+    for item in inputs:
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                problems.append(f"{item}: folder holds no image files ({', '.join(sorted(suffixes))})")
+            images += found
+        elif item.is_file():
+            images.append(item)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    images = list(dict.fromkeys(images, None))  # a file named twice (or also through its folder) runs once
+    problems += [problem for problem in map(_unreadable, images) if problem is not None]
+    if problems:
+        raise InputFilesError(problems)
+    return images
 
 
 def method_settings(settings: SegmentorSettings, method: str) -> SegmentorSettings:
@@ -295,17 +352,36 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device, list[Path]]:
+    """Everything that can be checked before a model loads: classes, config, model config, input files.
+
+    Returns:
+        (classes, config, device, image files).
+
+    Raises:
+        ValueError: ClassListError, ConfigError, ModelConfigError or InputFilesError, with a one-line message
+            (InputFilesError: one line per input).
+    """
+    classes = parse_classes(args.classes)
+    config = load_config(f"{args.method}.yaml", args.overrides)
+    device = pick_device(config.device)
+    from models import check_model_config  # heavy imports once the command line is known good
+
+    check_model_config(config.model, device)  # names, patch sizes, tags, files, dtype: before any weights load
+    return classes, config, device, collect_images(args.images)
+
+
 def main(args: argparse.Namespace) -> int:
     # torch's notices about its sparse CSR tensors (used by the propagation) say nothing about the user's run
     warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
     try:
-        classes = parse_classes(args.classes)
-        config = load_config(f"{args.method}.yaml", args.overrides)
-        device = pick_device(config.device)
-        from models import LPOSSBackbones, WeightsUnavailableError  # heavy imports once the inputs are known good
-    except (ClassListError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        classes, config, device, images = check_inputs(args)
+    except ValueError as error:  # bad classes, config, model config or input files
+        problems = error.problems if isinstance(error, InputFilesError) else [str(error)]
+        print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
+    from models import LPOSSBackbones, WeightsUnavailableError
+
     try:
         torch.manual_seed(config.seed)  # random-init backbones (pretrained=null) are then reproducible
         backbones = LPOSSBackbones.from_config(config.model, device).eval()
@@ -314,7 +390,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        failed = segment_files(args.images, segment, segment.method, args.output, classes)
+        failed = segment_files(images, segment, segment.method, args.output, classes)
     except ImportError as error:  # an optional package the config asks for (knn_backend=faiss)
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -325,7 +401,7 @@ def main(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if failed:
-        print(f"{len(failed)} of {len(args.images)} images failed: {', '.join(map(str, failed))}", file=sys.stderr)
+        print(f"{len(failed)} of {len(images)} images failed: {', '.join(map(str, failed))}", file=sys.stderr)
         return 1
     return 0
 
