@@ -1,4 +1,4 @@
-"""Label propagation over patches (LPOSS) and over pixels (LPOSS+), SPEC steps 8 and 10.
+"""Label propagation over patches (LPOSS) and over pixels (LPOSS+): docs/method.md, "Label propagation".
 
 Everything here is a pure tensor function: inputs on any device, float32 maths on that device, no
 NumPy/SciPy round trips. Both levels solve ``(I - alpha S) Z = Y`` column by column with the batched
@@ -46,7 +46,7 @@ _SIMILARITY_BLOCK = 512
 # dense CG step is 3 GFLOP, microseconds on a GPU, and dense matmuls stay efficient up to here; a CSR product
 # reads 2 index arrays per entry and runs far below peak. Estimated from sizes, not measured yet.
 _DENSE_MAX_NODES = 16384
-# SPEC step 10: Lab divided by these so that L, a and b all span about one unit.
+# Lab is divided by these (docs/method.md, "Label propagation") so that L, a and b all span about one unit.
 _LAB_SCALE = (100.0, 128.0, 128.0)
 
 
@@ -299,7 +299,7 @@ def patch_affinity(
     knn_backend: str = "torch",
     dense: bool = False,
 ) -> torch.Tensor:
-    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of SPEC step 8.
+    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of LPOSS (docs/method.md, "Label propagation").
 
     ``W`` holds, for every patch, its ``k`` nearest neighbours by feature inner product ``s`` with weight
     ``max(s, 0) ** gamma * exp(-sigma * dist ** pix_dist_pow)``; then ``W <- W + W^T`` and the diagonal is
@@ -339,7 +339,7 @@ def propagate_patches(
     knn_backend: str = "torch",
     graph: str = "auto",
 ) -> torch.Tensor:
-    """LPOSS: propagate patch scores over the kNN graph of all patches of an image (SPEC step 8).
+    """LPOSS: propagate patch scores over the kNN graph of all patches of an image (pipeline step 8).
 
     Args:
         scores: ``Y [N, C]`` initial scores (raw cosine similarities, one column per alias).
@@ -416,7 +416,7 @@ def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
 
 
 def _scaled_lab(image: torch.Tensor) -> torch.Tensor:
-    """``[3, H, W]`` RGB in ``[0, 1]`` -> Lab divided by ``(100, 128, 128)``, float32 (SPEC step 10)."""
+    """``[3, H, W]`` RGB in ``[0, 1]`` -> Lab divided by ``(100, 128, 128)``, float32 (pixel graph, docs/method.md)."""
     return rgb_to_lab(image.float()) / torch.tensor(_LAB_SCALE, device=image.device)[:, None, None]
 
 
@@ -432,7 +432,7 @@ def _shifted(padded: torch.Tensor, half: int, dy: int, dx: int, height: int, wid
 
 
 def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> torch.Tensor:
-    """Normalised pixel graph of SPEC step 10 as stencil weights.
+    """Normalised pixel graph of LPOSS+ (docs/method.md, "Label propagation") as stencil weights.
 
     ``W[o, p] = exp(-||lab_p - lab_{p+o}|| / tau)`` for every offset ``o`` of the ``r x r`` square (centre
     excluded) whose neighbour lies inside the image, else 0; then ``S = D^-1/2 W D^-1/2``.
@@ -539,7 +539,7 @@ def propagate_pixels(
     backend: str = "auto",
     column_chunk: int | None = None,
 ) -> torch.Tensor:
-    """LPOSS+: propagate pixel scores over the colour graph of the image (SPEC step 10).
+    """LPOSS+: propagate pixel scores over the colour graph of the image (pipeline step 10).
 
     Memory is ``O(H W (C + r^2))`` with the torch backend (``r*r - 1`` weight planes, applied by shifted
     multiply-adds) and ``O(H W C)`` with Triton (weights recomputed inside one fused kernel).

@@ -57,8 +57,8 @@ def _tile_pixels(height, width, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
 def _edge_weights(lab_ptr, l0, l1, l2, ys, xs, dy, dx, height, width, tau, valid):
     """``exp(-||lab_p - lab_q|| / tau)`` for ``q = p + (dy, dx)``; 0 at the centre and outside the image.
 
-    Same arithmetic, in the same order, as ``pixel_affinity``: squares summed over L, a, b, square root, then
-    the division by ``tau`` (not a multiplication by ``1 / tau``, which rounds differently).
+    Same arithmetic, in the same order, as ``pixel_affinity``: squares summed over L, a, b, square root (correctly
+    rounded), then the division by ``tau`` (not a multiplication by ``1 / tau``, which rounds differently).
     """
     qy = ys + dy
     qx = xs + dx
@@ -69,7 +69,9 @@ def _edge_weights(lab_ptr, l0, l1, l2, ys, xs, dy, dx, height, width, tau, valid
     d1 = l1 - tl.load(lab_ptr + plane + q, mask=inside, other=0.0)
     d2 = l2 - tl.load(lab_ptr + 2 * plane + q, mask=inside, other=0.0)
     dist = tl.sqrt_rn(d0 * d0 + d1 * d1 + d2 * d2)
-    return tl.where(inside, tl.exp(-dist / tau), 0.0), q, inside
+    # IEEE division (a plain "/" is approximate on NVIDIA GPUs), with tau broadcast to the block shape first
+    exponent = tl.div_rn(-dist, tl.zeros_like(dist) + tau)
+    return tl.where(inside, tl.exp(exponent), 0.0), q, inside
 
 
 @triton.jit(do_not_specialize=_SIZES[1:])
