@@ -46,6 +46,35 @@ def test_triton_backend_on_cpu_without_the_interpreter_is_a_clear_error():
         propagate_pixels(torch.rand(2, 8, 8), torch.rand(3, 8, 8), backend="triton")
 
 
+def _signature(kernel) -> dict[str, str]:
+    """Triton types of a kernel's arguments, by this module's naming: ``*_ptr`` float32 pointers, upper-case
+    compile-time constants, ``tau``/``alpha`` float32, the rest int32 sizes."""
+    kinds = {"tau": "fp32", "alpha": "fp32"}
+    return {
+        name: "*fp32" if name.endswith("_ptr") else "constexpr" if name.isupper() else kinds.get(name, "i32")
+        for name in kernel.arg_names
+    }
+
+
+@pytest.mark.parametrize("kernel_name", ["_propagation_product_kernel", "_inverse_sqrt_degree_kernel"])
+def test_kernels_compile_for_an_nvidia_gpu_without_one(kernel_name):
+    # The interpreter runs some programs the GPU compiler refuses (a scalar/block mismatch, a non-power-of-two
+    # block): compile for an H100 (sm_90) with the ptxas that ships with triton, no GPU needed.
+    if triton_kernels.interpreted():
+        pytest.skip("this process runs Triton's interpreter (TRITON_INTERPRET=1)")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    kernel = getattr(triton_kernels, kernel_name)
+    sizes = {"TILE_H": triton_kernels.TILE_H, "TILE_W": triton_kernels.TILE_W, "BLOCK_C": triton_kernels.BLOCK_C}
+    constants = {name: value for name, value in sizes.items() if name in kernel.arg_names}
+    try:
+        compiled = triton.compile(ASTSource(kernel, _signature(kernel), constants), target=GPUTarget("cuda", 90, 32))
+    except FileNotFoundError as error:  # a triton build without its bundled ptxas
+        pytest.skip(f"no ptxas to compile for sm_90: {error}")
+    assert compiled.asm["cubin"]  # machine code: ptxas accepted it
+
+
 # ------------------------------------------------------------------------------------------ GPU
 
 
