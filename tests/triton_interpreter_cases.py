@@ -53,7 +53,7 @@ def test_kernels_are_interpreted():
 # blocks of 16 (the last partial); an image smaller than the stencil.
 @pytest.mark.parametrize(
     "height, width, r, channels",
-    [(11, 17, 3, 1), (23, 9, 5, 3), (9, 40, 3, 3), (11, 17, 13, 21), (6, 5, 7, 171), (5, 7, 13, 1)],
+    [(11, 17, 3, 1), (23, 9, 5, 3), (9, 40, 3, 21), (11, 17, 13, 3), (6, 5, 7, 171), (5, 7, 13, 1)],
 )
 def test_fused_product_equals_torch_path(height, width, r, channels):
     g = torch.Generator().manual_seed(height * width + r)
@@ -99,8 +99,8 @@ def test_propagate_pixels_triton_backend_equals_torch_backend():
     image, y = torch.rand(3, 9, 13, generator=g), torch.rand(3, 9, 13, generator=g)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the kernels pass their check: no fallback warning
-        out = propagate_pixels(y, image, tau=0.1, r=5, backend="triton")
-    assert_relative_close(out, propagate_pixels(y, image, tau=0.1, r=5, backend="torch"))
+        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    assert_relative_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
     assert triton_kernels._verdicts == {"cpu": True}
 
 
