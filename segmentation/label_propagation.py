@@ -6,10 +6,13 @@ conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the gr
 
 * patches: a symmetric kNN graph on DINO features, weighted by feature similarity and patch distance,
   held as a sparse CSR matrix (:func:`patch_affinity`; on the CPU the top-k selection and the CSR assembly
-  run in compiled loops when available, see :mod:`segmentation.cpu_kernels`);
+  run in compiled loops when available, see :mod:`segmentation.cpu_kernels`), or on a GPU as a dense matrix;
 * pixels: a fixed ``r x r`` stencil on Lab colour, held as a dense ``[r*r - 1, H, W]`` weight tensor
   and applied with shifted multiply-adds (:func:`pixel_affinity`, :func:`apply_stencil`; a compiled
-  CPU loop when available), never as a sparse matrix.
+  CPU loop when available), never as a sparse matrix. On CUDA, fused Triton kernels recompute the weights
+  instead (:mod:`segmentation.triton_kernels`, checked against this path on first use).
+
+On a GPU the CG loop never reads a value back to the host (see ``early_exit`` of :func:`conjugate_gradient`).
 """
 
 from __future__ import annotations
