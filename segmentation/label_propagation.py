@@ -139,7 +139,7 @@ def conjugate_gradient(
         rr_next = dots(r, r)
         active = active & (rr_next.sqrt() > threshold)
         beta = rr_next / torch.where(rr > 0, rr, torch.ones_like(rr))
-        p.mul_(beta.view(view)).add_(r)
+        torch.addcmul(r, beta.view(view), p, out=p)  # p = r + beta p in one pass over memory (two with mul_, add_)
         rr = rr_next
     return x
 
