@@ -1,4 +1,4 @@
-"""Label propagation over patches (LPOSS) and over pixels (LPOSS+), SPEC steps 8 and 10.
+"""Label propagation over patches (LPOSS) and over pixels (LPOSS+): docs/method.md, "Label propagation".
 
 Everything here is a pure tensor function: inputs on any device, float32 maths on that device, no
 NumPy/SciPy round trips. Both levels solve ``(I - alpha S) Z = Y`` column by column with the batched
@@ -6,10 +6,13 @@ conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the gr
 
 * patches: a symmetric kNN graph on DINO features, weighted by feature similarity and patch distance,
   held as a sparse CSR matrix (:func:`patch_affinity`; on the CPU the top-k selection and the CSR assembly
-  run in compiled loops when available, see :mod:`segmentation.cpu_kernels`);
+  run in compiled loops when available, see :mod:`segmentation.cpu_kernels`), or on a GPU as a dense matrix;
 * pixels: a fixed ``r x r`` stencil on Lab colour, held as a dense ``[r*r - 1, H, W]`` weight tensor
   and applied with shifted multiply-adds (:func:`pixel_affinity`, :func:`apply_stencil`; a compiled
-  CPU loop when available), never as a sparse matrix.
+  CPU loop when available), never as a sparse matrix. On CUDA, fused Triton kernels recompute the weights
+  instead (:mod:`segmentation.triton_kernels`, checked against this path on first use).
+
+On a GPU the CG loop never reads a value back to the host (see ``early_exit`` of :func:`conjugate_gradient`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ _D65_WHITE = (0.95047, 1.0, 1.08883)
 _CPU_CHUNK_BYTES = 32 * 2**20
 # Block side of the patch similarity matrix on the CPU (see _similarities).
 _SIMILARITY_BLOCK = 512
-# SPEC step 10: Lab divided by these so that L, a and b all span about one unit.
+# The dense patch graph is used on a GPU up to this many nodes (1 GB of float32). At N = 2940 and C = 171 a
+# dense CG step is 3 GFLOP, microseconds on a GPU, and dense matmuls stay efficient up to here; a CSR product
+# reads 2 index arrays per entry and runs far below peak. Estimated from sizes, not measured yet.
+_DENSE_MAX_NODES = 16384
+# Lab is divided by these (docs/method.md, "Label propagation") so that L, a and b all span about one unit.
 _LAB_SCALE = (100.0, 128.0, 128.0)
 
 
@@ -84,6 +91,7 @@ def conjugate_gradient(
     *,
     tol: float = 1e-6,
     maxiter: int = 10,
+    early_exit: bool | None = None,
 ) -> torch.Tensor:
     """Solve ``A x = b`` for every column of ``b`` with its own conjugate-gradient iteration.
 
@@ -97,6 +105,9 @@ def conjugate_gradient(
         b: right-hand sides ``[C, *]``: dimension 0 indexes the columns, the rest is one vector.
         tol: relative residual at which a column stops.
         maxiter: maximum number of iterations (matvecs) per column.
+        early_exit: leave the loop once every column has stopped. It reads a flag back from the device at
+            every step, a host synchronisation that stalls a GPU; without it all ``maxiter`` steps run and
+            stopped columns take steps of 0, which gives the same ``x``. None: early exit on the CPU only.
 
     Returns:
         ``x [C, *]``, same dtype, device and memory layout (strides) as ``b``.
@@ -114,8 +125,10 @@ def conjugate_gradient(
     threshold = tol * rr.sqrt()  # ||b|| with x0 = 0
     active = rr.sqrt() > threshold
     view = (columns,) + (1,) * (b.dim() - 1)
+    if early_exit is None:
+        early_exit = b.device.type == "cpu"
     for _ in range(maxiter):
-        if not bool(active.any()):
+        if early_exit and not bool(active.any()):
             break
         ap = matvec(p)
         pap = dots(p, ap)
@@ -126,7 +139,7 @@ def conjugate_gradient(
         rr_next = dots(r, r)
         active = active & (rr_next.sqrt() > threshold)
         beta = rr_next / torch.where(rr > 0, rr, torch.ones_like(rr))
-        p.mul_(beta.view(view)).add_(r)
+        torch.addcmul(r, beta.view(view), p, out=p)  # p = r + beta p in one pass over memory (two with mul_, add_)
         rr = rr_next
     return x
 
@@ -231,15 +244,30 @@ def _row_starts(row_counts: torch.Tensor) -> torch.Tensor:
     return row_starts
 
 
-def _symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _dense_symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``D^-1/2 (W + W^T) D^-1/2`` with a zero diagonal, as a dense ``[N, N]`` matrix (same inputs as below)."""
+    n = neighbours.shape[0]
+    w = weights.new_zeros(n, n).scatter_(1, neighbours, weights)
+    w.fill_diagonal_(0.0)  # a node is its own neighbour
+    w += w.T.clone()  # equal (i, j) entries of W and W^T add up, as in the sparse sum
+    degrees = w.sum(1)
+    inv_sqrt = torch.where(degrees > 0, degrees, torch.ones_like(degrees)).rsqrt()  # isolated node: degree 1
+    return w.mul_(inv_sqrt[:, None]).mul_(inv_sqrt[None, :])
+
+
+def _symmetric_normalised(
+    neighbours: torch.Tensor, weights: torch.Tensor, *, coo_sum: bool | None = None
+) -> torch.Tensor:
     """``D^-1/2 (W + W^T) D^-1/2`` with a zero diagonal, as a CSR matrix ``[N, N]``.
 
     Args:
         neighbours: ``[N, k]`` column of each entry of ``W``, distinct and ascending within a row.
         weights: ``[N, k]`` its weight.
+        coo_sum: add ``W`` and ``W^T`` as COO matrices (CSR + CSR is not implemented on every backend) instead
+            of as CSR. None: COO off the CPU. Both give the same matrix.
     """
     n, k = neighbours.shape
-    kernels = _cpu_kernels_for(weights)
+    kernels = _cpu_kernels_for(weights) if coo_sum is None else None
     if kernels is not None:
         return _csr(*kernels.symmetric_normalised_csr(neighbours.contiguous(), weights.contiguous()), n)
     rows = torch.arange(n, device=neighbours.device)
@@ -258,9 +286,8 @@ def _symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> to
         values.reshape(-1)[transposed],
         n,
     )
-    if w.device.type == "cpu":
+    if not (w.device.type != "cpu" if coo_sum is None else coo_sum):
         return w + w_t
-    # CSR + CSR is not implemented on every backend; the COO sum is, and gives the same matrix.
     return (w.to_sparse_coo() + w_t.to_sparse_coo()).coalesce().to_sparse_csr()
 
 
@@ -273,8 +300,9 @@ def patch_affinity(
     sigma: float = 0.01,
     pix_dist_pow: float = 1.0,
     knn_backend: str = "torch",
+    dense: bool = False,
 ) -> torch.Tensor:
-    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of SPEC step 8.
+    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of LPOSS (docs/method.md, "Label propagation").
 
     ``W`` holds, for every patch, its ``k`` nearest neighbours by feature inner product ``s`` with weight
     ``max(s, 0) ** gamma * exp(-sigma * dist ** pix_dist_pow)``; then ``W <- W + W^T`` and the diagonal is
@@ -284,9 +312,10 @@ def patch_affinity(
         features: ``[N, D]`` float32, L2-normalised.
         locations: ``[N, 2]`` patch centres in pixels (``y, x``).
         k: neighbours per node; ``k >= N`` means all nodes.
+        dense: return a dense matrix instead of a sparse one (same values).
 
     Returns:
-        Sparse CSR ``[N, N]`` float32, symmetric, zero diagonal.
+        ``[N, N]`` float32, symmetric, zero diagonal: sparse CSR, or dense with ``dense=True``.
     """
     n = features.shape[0]
     # Reference quirk: a node counts among its own k neighbours and is then dropped with the diagonal,
@@ -295,7 +324,7 @@ def patch_affinity(
     ys, xs = locations.unbind(1)
     dist = torch.hypot(ys[:, None] - ys[idx], xs[:, None] - xs[idx])  # [N, k] pixels
     weights = sims.clamp(min=0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
-    return _symmetric_normalised(idx, weights)
+    return _dense_symmetric_normalised(idx, weights) if dense else _symmetric_normalised(idx, weights)
 
 
 def propagate_patches(
@@ -311,8 +340,9 @@ def propagate_patches(
     tol: float = 1e-6,
     maxiter: int = 10,
     knn_backend: str = "torch",
+    graph: str = "auto",
 ) -> torch.Tensor:
-    """LPOSS: propagate patch scores over the kNN graph of all patches of an image (SPEC step 8).
+    """LPOSS: propagate patch scores over the kNN graph of all patches of an image (pipeline step 8).
 
     Args:
         scores: ``Y [N, C]`` initial scores (raw cosine similarities, one column per alias).
@@ -322,6 +352,8 @@ def propagate_patches(
         alpha: propagation strength in ``(0, 1)``.
         tol, maxiter: CG stopping rule per column.
         knn_backend: ``"torch"`` or ``"faiss"``.
+        graph: ``"sparse"`` (CSR), ``"dense"`` (``[N, N]``, 4 N^2 bytes) or ``"auto"``: dense on a GPU up to
+            ``N = 16384`` (1 GB), where a dense product beats a sparse one, sparse otherwise.
 
     Returns:
         ``Z [N, C]`` float32 solving ``(I - alpha S) Z = Y`` approximately (``maxiter`` CG steps).
@@ -341,16 +373,27 @@ def propagate_patches(
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     _check_positive("pix_dist_pow", pix_dist_pow)
     _check_solver_args(alpha, tol, maxiter)
+    if graph not in ("auto", "dense", "sparse"):
+        raise ValueError(f"graph must be 'auto', 'dense' or 'sparse', got {graph!r}")
     _check_finite("scores", scores)
     _check_finite("features", features)
     scores, features, locations = scores.float(), features.float(), locations.float()
+    if graph == "auto":
+        graph = "dense" if features.device.type == "cuda" and scores.shape[0] <= _DENSE_MAX_NODES else "sparse"
     s = patch_affinity(
-        features, locations, k=k, gamma=gamma, sigma=sigma, pix_dist_pow=pix_dist_pow, knn_backend=knn_backend
+        features,
+        locations,
+        k=k,
+        gamma=gamma,
+        sigma=sigma,
+        pix_dist_pow=pix_dist_pow,
+        knn_backend=knn_backend,
+        dense=graph == "dense",
     )
 
     # CG keeps the strides of b, so passing the transposed view keeps every CG vector in [N, C] memory: the
     # sparse product then reads and writes contiguous rows of C values.
-    def matvec(z: torch.Tensor) -> torch.Tensor:  # z [C, N], a view of [N, C] memory
+    def matvec(z: torch.Tensor) -> torch.Tensor:  # z [C, N], a view of [N, C] memory; s sparse or dense
         return (s @ z.T).T.mul_(-alpha).add_(z)
 
     return conjugate_gradient(matvec, scores.T, tol=tol, maxiter=maxiter).T
@@ -375,6 +418,11 @@ def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
 
 
+def _scaled_lab(image: torch.Tensor) -> torch.Tensor:
+    """``[3, H, W]`` RGB in ``[0, 1]`` -> Lab divided by ``(100, 128, 128)``, float32 (pixel graph, docs/method.md)."""
+    return rgb_to_lab(image.float()) / torch.tensor(_LAB_SCALE, device=image.device)[:, None, None]
+
+
 def stencil_offsets(r: int) -> list[tuple[int, int]]:
     """The ``r * r - 1`` offsets ``(dy, dx)`` of an ``r x r`` square, centre excluded, row-major."""
     half = r // 2
@@ -387,7 +435,7 @@ def _shifted(padded: torch.Tensor, half: int, dy: int, dx: int, height: int, wid
 
 
 def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> torch.Tensor:
-    """Normalised pixel graph of SPEC step 10 as stencil weights.
+    """Normalised pixel graph of LPOSS+ (docs/method.md, "Label propagation") as stencil weights.
 
     ``W[o, p] = exp(-||lab_p - lab_{p+o}|| / tau)`` for every offset ``o`` of the ``r x r`` square (centre
     excluded) whose neighbour lies inside the image, else 0; then ``S = D^-1/2 W D^-1/2``.
@@ -401,7 +449,7 @@ def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> to
     """
     _, height, width = image.shape
     half = r // 2
-    lab = rgb_to_lab(image.float()) / torch.tensor(_LAB_SCALE, device=image.device)[:, None, None]
+    lab = _scaled_lab(image)
     # Pad with NaN so that out-of-image neighbours give NaN distances, turned into weight 0 below.
     padded = F.pad(lab, (half, half, half, half), value=float("nan"))
     offsets = stencil_offsets(r)
@@ -442,6 +490,46 @@ def apply_stencil(affinity: torch.Tensor, z: torch.Tensor, r: int, *, compiled: 
     return out
 
 
+def _stencil_operator(image: torch.Tensor, tau: float, r: int, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z [C, H, W] -> z - alpha S z`` with ``S`` held as weight planes (the torch / compiled CPU path)."""
+    s = pixel_affinity(image, tau=tau, r=r)
+    return lambda z: apply_stencil(s, z, r).mul_(-alpha).add_(z)
+
+
+_warned_triton_fallback = False
+
+
+def _warn_triton_fallback(device: torch.device | str, error: BaseException) -> None:
+    """One warning per process: the Triton kernels failed on ``device``, the torch path is used instead."""
+    global _warned_triton_fallback
+    if not _warned_triton_fallback:
+        _warned_triton_fallback = True
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(
+            f"Triton pixel kernels unusable on {device} ({reason}); using the torch path (same result, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _pixel_operator(image: torch.Tensor, tau: float, r: int, alpha: float, backend: str) -> Callable:
+    """``z [C, H, W] -> z - alpha S z`` for the pixel graph of ``image``, by the backend of :func:`propagate_pixels`."""
+    if backend == "triton" or (backend == "auto" and image.device.type == "cuda"):
+        try:
+            from .triton_kernels import checked_pixel_operator
+        except ImportError as error:  # torch builds without Triton (CPU-only, Windows)
+            if backend == "triton":
+                raise ImportError(
+                    "pixel backend 'triton' needs the triton package (torch's CUDA wheels bring it)"
+                ) from error
+            _warn_triton_fallback(image.device, error)
+        else:
+            operator = checked_pixel_operator(image, tau, r, alpha)
+            if operator is not None:
+                return operator
+    return _stencil_operator(image, tau, r, alpha)
+
+
 def propagate_pixels(
     scores: torch.Tensor,
     image: torch.Tensor,
@@ -451,11 +539,13 @@ def propagate_pixels(
     alpha: float = 0.95,
     tol: float = 1e-6,
     maxiter: int = 10,
+    backend: str = "auto",
+    column_chunk: int | None = None,
 ) -> torch.Tensor:
-    """LPOSS+: propagate pixel scores over the colour graph of the image (SPEC step 10).
+    """LPOSS+: propagate pixel scores over the colour graph of the image (pipeline step 10).
 
-    Memory is ``O(H W (C + r^2))``: the graph is ``r*r - 1`` weight planes, applied by shifted
-    multiply-adds.
+    Memory is ``O(H W (C + r^2))`` with the torch backend (``r*r - 1`` weight planes, applied by shifted
+    multiply-adds) and ``O(H W C)`` with Triton (weights recomputed inside one fused kernel).
 
     Args:
         scores: ``Y [C, H, W]`` pixel scores (the window-averaged patch-level result).
@@ -463,6 +553,13 @@ def propagate_pixels(
         tau: colour bandwidth, > 0.
         r: odd stencil side, >= 3.
         alpha, tol, maxiter: as in :func:`propagate_patches`.
+        backend: ``"torch"`` (weight planes; on the CPU the compiled loop of :mod:`segmentation.cpu_kernels`
+            when available), ``"triton"`` (the fused kernels of :mod:`segmentation.triton_kernels`; CPU tensors
+            need ``TRITON_INTERPRET=1``) or ``"auto"`` (Triton on CUDA, torch elsewhere). The first Triton use
+            on a device checks the kernels against the torch path; on any failure the torch path is used, with
+            one warning per process.
+        column_chunk: CG runs on this many columns at a time (independent CGs: the result is the same).
+            None: all on a GPU; on the CPU as many as fit the cache (2-3x faster per column).
 
     Returns:
         ``Z [C, H, W]`` float32.
@@ -476,15 +573,13 @@ def propagate_pixels(
     if int(r) != r or r < 3 or r % 2 == 0:
         raise ValueError(f"r must be an odd integer >= 3, got {r}")
     _check_solver_args(alpha, tol, maxiter)
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
     _check_finite("scores", scores)
     _check_finite("image", image)
-    s = pixel_affinity(image, tau=tau, r=r)
-
-    def matvec(z: torch.Tensor) -> torch.Tensor:  # z [c, H, W]
-        return apply_stencil(s, z, r).mul_(-alpha).add_(z)
-
-    # Columns are independent CGs, so solving them in chunks changes nothing but the memory traffic: on the
-    # CPU a chunk small enough to stay in cache is 2-3x faster per column than all columns at once.
+    matvec = _pixel_operator(image, tau, r, alpha, backend)
     scores = scores.float()
-    chunk = scores.shape[0] if scores.is_cuda else max(1, _CPU_CHUNK_BYTES // (4 * scores[0].numel()))
-    return torch.cat([conjugate_gradient(matvec, part, tol=tol, maxiter=maxiter) for part in scores.split(chunk)])
+    if column_chunk is None:
+        column_chunk = scores.shape[0] if scores.is_cuda else max(1, _CPU_CHUNK_BYTES // (4 * scores[0].numel()))
+    parts = scores.split(column_chunk)
+    return torch.cat([conjugate_gradient(matvec, part, tol=tol, maxiter=maxiter) for part in parts])

@@ -61,6 +61,7 @@ class SegmentorSettings:
     knn_backend: str = "torch"
     tau: float = 0.01
     r: int = 13
+    pixel_backend: str = "auto"  # auto | triton | torch, see propagate_pixels
     tol: float = 1e-6
     maxiter: int = 10
 
@@ -172,7 +173,16 @@ class Segmentor:
         canvas = merge_windows(scores, boxes, image.shape[1], image.shape[2])
         if s.pixel_refine:
             with self._stage("pixel_lp"):
-                canvas = propagate_pixels(canvas, image, tau=s.tau, r=s.r, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
+                canvas = propagate_pixels(
+                    canvas,
+                    image,
+                    tau=s.tau,
+                    r=s.r,
+                    alpha=s.alpha,
+                    tol=s.tol,
+                    maxiter=s.maxiter,
+                    backend=s.pixel_backend,
+                )
         return canvas
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:

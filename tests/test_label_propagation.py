@@ -3,6 +3,7 @@
 import kornia
 import numpy as np
 import pytest
+import scipy.sparse.linalg as spla
 import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
@@ -122,6 +123,44 @@ def test_zero_column_stays_zero_and_does_not_disturb_others():
     torch.testing.assert_close(z[:, [0, 2]], alone)
 
 
+def test_dense_patch_graph_equals_reference(patch_engine):
+    scores, feats, locs = random_patches(seed=8)
+    s = patch_affinity(feats, locs, k=30, dense=True)
+    assert not s.is_sparse and s.layout == torch.strided
+    np.testing.assert_allclose(
+        s.double().numpy(), normalised(reference_patch_graph(feats, locs, 30)).toarray(), rtol=1e-5, atol=1e-7
+    )
+    z = propagate_patches(scores, feats, locs, k=30, graph="dense")
+    ref = scipy_cg(normalised(reference_patch_graph(feats, locs, 30)), scores.double().numpy())
+    np.testing.assert_allclose(z.numpy(), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z, propagate_patches(scores, feats, locs, k=30, graph="sparse"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("coo_sum", [True, False], ids=["coo-sum (CUDA's branch)", "csr-sum"])
+def test_symmetric_normalisation_branches_equal_dense_reference(coo_sum):
+    # Rows 0 and 3 name each other (their W + W^T entries add up); node 2 has weight 0 everywhere (degree 1).
+    neighbours = torch.tensor([[0, 1, 3], [1, 2, 4], [0, 2, 4], [0, 3, 4], [1, 3, 4]])
+    weights = torch.tensor([[9.0, 1.0, 2.0], [9.0, 0.5, 0.25], [0.0, 9.0, 0.0], [3.0, 9.0, 1.5], [0.75, 1.0, 9.0]])
+    w = np.zeros((5, 5))
+    for i in range(5):
+        for j, v in zip(neighbours[i].tolist(), weights[i].tolist()):
+            w[i, j] = v
+    w = w + w.T
+    np.fill_diagonal(w, 0.0)
+    d = w.sum(1)
+    d[d == 0] = 1
+    expected = w / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
+    s = label_propagation._symmetric_normalised(neighbours, weights, coo_sum=coo_sum)
+    assert s.layout == torch.sparse_csr
+    np.testing.assert_allclose(s.to_dense().double().numpy(), expected, rtol=1e-6)
+
+
+def test_bad_graph_layout_is_named():
+    scores, feats, locs = random_patches(n=20)
+    with pytest.raises(ValueError, match="graph must be .* got 'csr'"):
+        propagate_patches(scores, feats, locs, graph="csr")
+
+
 def test_faiss_backend_equals_torch_backend():
     pytest.importorskip("faiss", reason="faiss not installed (optional backend)")
     scores, feats, locs = random_patches()
@@ -147,6 +186,61 @@ def test_conjugate_gradient_columns_stop_on_their_own():
     x = conjugate_gradient(matvec, b, tol=1e-6, maxiter=10)
     torch.testing.assert_close(x, b / diag)
     assert len(calls) == 4  # column 1 needs 4 iterations, column 0 stopped after 1 and stayed put
+
+
+def spd_system(n=60, columns=4, seed=0):
+    """A dense SPD matrix with eigenvalues in [1, 12] (CG needs 10-20 steps for 1e-5) and right-hand sides of
+    very different norms, so that a stop rule that scales wrongly with ||b|| stops at a different step."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    a = q @ torch.diag(torch.linspace(1.0, 12.0, n, dtype=torch.float64)) @ q.T
+    b = torch.randn(columns, n, generator=g, dtype=torch.float64) * torch.tensor([0.01, 1.0, 30.0, 1000.0])[:, None]
+    return a, b
+
+
+def scipy_cg_iterations(a, b, tol, maxiter):
+    steps = []
+    x, _ = spla.cg(a.numpy(), b.numpy(), rtol=tol, atol=0.0, maxiter=maxiter, callback=lambda xk: steps.append(1))
+    return x, len(steps)
+
+
+def test_conjugate_gradient_stop_rule_equals_scipy_per_column():
+    a, b = spd_system()
+    tol, maxiter = 1e-5, 100
+    batched = conjugate_gradient(lambda x: x @ a, b, tol=tol, maxiter=maxiter)
+    for column in range(b.shape[0]):
+        calls = []
+
+        def matvec(x, calls=calls):
+            calls.append(1)
+            return x @ a
+
+        alone = conjugate_gradient(matvec, b[column : column + 1], tol=tol, maxiter=maxiter)
+        expected, iterations = scipy_cg_iterations(a, b[column], tol, maxiter)
+        assert 5 <= iterations < maxiter  # the stop rule, not maxiter, ends it
+        assert len(calls) == iterations
+        np.testing.assert_allclose(alone[0].numpy(), expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+        np.testing.assert_allclose(batched[column].numpy(), expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+
+
+def test_conjugate_gradient_without_early_exit_gives_the_same_x():
+    # Columns stop at different steps (eigenvalues in [1, 12]; tol 1e-3), all before maxiter.
+    a, b = spd_system(columns=4, seed=1)
+    b[1] = 0.0  # stopped from the start
+    counts = {}
+
+    def counting(name):
+        def matvec(x):
+            counts[name] = counts.get(name, 0) + 1
+            return x @ a
+
+        return matvec
+
+    early = conjugate_gradient(counting("early"), b, tol=1e-3, maxiter=40, early_exit=True)
+    full = conjugate_gradient(counting("full"), b, tol=1e-3, maxiter=40, early_exit=False)
+    assert counts["early"] < 40 and counts["full"] == 40
+    assert torch.equal(early, full)
+    assert torch.all(full[1] == 0)
 
 
 # ------------------------------------------------------------------------------------------ pixels
@@ -234,6 +328,15 @@ def test_stencil_product_equals_sparse_matrix_product(compiled):
     np.testing.assert_allclose(out.reshape(6, -1).T.numpy(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("column_chunk", [1, 2, 5], ids=["one-column-chunks", "uneven-chunks", "unchunked (CUDA)"])
+def test_column_chunks_do_not_change_the_result(column_chunk):
+    g = torch.Generator().manual_seed(9)
+    img, y = torch.rand(3, 10, 13, generator=g), torch.rand(5, 10, 13, generator=g)
+    z = propagate_pixels(y, img, tau=0.1, r=5, column_chunk=column_chunk)
+    ref = scipy_cg(normalised(reference_pixel_graph(img, 0.1, 5)), y.reshape(5, -1).T.double().numpy())
+    np.testing.assert_allclose(z.reshape(5, -1).T.numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_pixel_memory_is_stencil_sized():
     s = pixel_affinity(torch.rand(3, 20, 30), r=7)
     assert s.shape == (48, 20, 30) and s.dtype == torch.float32
@@ -253,6 +356,7 @@ def test_pixel_memory_is_stencil_sized():
         ({"r": 1}, "r"),
         ({"maxiter": 0}, "maxiter"),
         ({"tol": 0.0}, "tol"),
+        ({"backend": "cuda"}, "backend"),
     ],
 )
 def test_bad_pixel_arguments_name_the_argument(kwargs, name):

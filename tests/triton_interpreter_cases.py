@@ -1,0 +1,157 @@
+"""The Triton pixel kernels run by Triton's CPU interpreter, against the torch path and SciPy.
+
+Not collected by ``pytest`` itself (the name does not start with ``test_``): ``tests/test_triton_kernels.py`` runs
+this file in a child process with ``TRITON_INTERPRET=1``. The variable must be set before ``triton`` is first
+imported and then holds for the whole process, so it cannot be switched on for a few tests of the main run
+without also turning the GPU tests of that run into interpreter runs. By hand:
+``TRITON_INTERPRET=1 python -m pytest -q tests/triton_interpreter_cases.py``.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lp_reference import normalised, reference_pixel_graph
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)", allow_module_level=True)
+
+import segmentation.label_propagation as label_propagation  # noqa: E402
+from segmentation import triton_kernels  # noqa: E402
+from segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab  # noqa: E402
+
+ALPHA = 0.95
+
+
+def scaled_lab(image):
+    return rgb_to_lab(image) / torch.tensor([100.0, 128.0, 128.0])[:, None, None]
+
+
+def torch_product(image, z, tau, r):
+    """``z - alpha S z`` by the torch path: weight planes and shifted multiply-adds (not the compiled loop)."""
+    return apply_stencil(pixel_affinity(image, tau=tau, r=r), z, r, compiled=False).mul_(-ALPHA).add_(z)
+
+
+def assert_relative_close(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+@pytest.fixture(autouse=True)
+def fresh_fallback_state(monkeypatch):
+    """Each test sees a process where Triton has not been checked nor warned about yet."""
+    monkeypatch.setattr(triton_kernels, "_verdicts", {})
+    monkeypatch.setattr(label_propagation, "_warned_triton_fallback", False)
+
+
+def test_kernels_are_interpreted():
+    assert triton_kernels.interpreted()
+
+
+# (H, W, r, C): odd sizes; tiles of 8 x 32 pixels cut at every border; r = 3, 5, 7, 13; one and several channel
+# blocks of 16 (the last partial); an image smaller than the stencil.
+@pytest.mark.parametrize(
+    "height, width, r, channels",
+    [(11, 17, 3, 1), (23, 9, 5, 3), (9, 40, 3, 21), (11, 17, 13, 3), (6, 5, 7, 171), (5, 7, 13, 1)],
+)
+def test_fused_product_equals_torch_path(height, width, r, channels):
+    g = torch.Generator().manual_seed(height * width + r)
+    image = torch.rand(3, height, width, generator=g)
+    image[:, : height // 2] = 0.4  # a flat region: large weights, next to small ones
+    z = torch.rand(channels, height, width, generator=g) * 2 - 1
+    tau = 0.1
+    fused = triton_kernels.fused_pixel_operator(scaled_lab(image), tau, r, ALPHA)
+    assert_relative_close(fused(z), torch_product(image, z, tau, r))
+
+
+def test_fused_product_equals_scipy_graph_product():
+    g = torch.Generator().manual_seed(1)
+    image, z = torch.rand(3, 9, 11, generator=g), torch.rand(2, 9, 11, generator=g)
+    s = normalised(reference_pixel_graph(image, 0.2, 5))  # from explicit index lists, kornia's Lab
+    y = z.reshape(2, -1).T.double().numpy()
+    expected = (y - ALPHA * (s @ y)).T.reshape(2, 9, 11)
+    out = triton_kernels.fused_pixel_operator(scaled_lab(image), 0.2, 5, ALPHA)(z)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("r", [3, 13])
+def test_inverse_sqrt_degrees_equal_reference(r):
+    image = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(r))
+    image[:, :, 7:] = 0.0  # black half: Lab distance 0, weight 1
+    degrees = np.asarray(reference_pixel_graph(image, 0.05, r).sum(1)).reshape(10, 14)
+    out = triton_kernels.inverse_sqrt_degrees(scaled_lab(image), 0.05, r)
+    np.testing.assert_allclose(out.numpy(), 1 / np.sqrt(degrees), rtol=1e-5)
+
+
+def test_isolated_pixels_get_degree_one():
+    image = torch.zeros(3, 4, 5)
+    image[:, ::2, ::2] = 1.0  # white and black pixels in rows of their own: every weight exp(-47 or more) = 0
+    image[:, 1::2] = 0.5
+    out = triton_kernels.inverse_sqrt_degrees(scaled_lab(image), 0.001, 3)
+    assert torch.all(out[::2, ::2] == 1.0)
+    # grey rows: two grey neighbours of weight 1 (one at the row ends)
+    torch.testing.assert_close(out[1::2, 1:-1], torch.full((2, 3), 2**-0.5))
+
+
+def test_propagate_pixels_triton_backend_equals_torch_backend():
+    g = torch.Generator().manual_seed(3)
+    image, y = torch.rand(3, 9, 13, generator=g), torch.rand(3, 9, 13, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the kernels pass their check: no fallback warning
+        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    assert_relative_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
+    assert triton_kernels._verdicts == {"cpu": True}
+
+
+def test_auto_backend_on_cpu_does_not_use_triton(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "propagation_product", None)  # would raise TypeError if called
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        propagate_pixels(torch.rand(2, 6, 7), torch.rand(3, 6, 7), r=3)
+
+
+def failing_product(*args, **kwargs):
+    raise RuntimeError("out of resources: shared memory")
+
+
+def test_kernel_that_raises_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "propagation_product", failing_product)
+    g = torch.Generator().manual_seed(4)
+    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
+    with pytest.warns(RuntimeWarning) as caught:
+        first = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+        second = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    assert len(caught) == 1
+    assert "out of resources" in str(caught[0].message) and "torch path" in str(caught[0].message)
+    expected = propagate_pixels(y, image, tau=0.1, r=3, backend="torch")
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+
+
+def test_kernel_with_a_wrong_result_falls_back(monkeypatch):
+    real = triton_kernels.propagation_product
+    monkeypatch.setattr(triton_kernels, "propagation_product", lambda z, *args: real(z, *args) * 1.001)
+    g = torch.Generator().manual_seed(5)
+    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
+    with pytest.warns(RuntimeWarning, match="Mismatch|not close"):
+        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    torch.testing.assert_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
+    assert triton_kernels._verdicts == {"cpu": False}
+
+
+def test_launch_failing_after_the_check_falls_back_inside_the_solve(monkeypatch):
+    real = triton_kernels.propagation_product
+
+    def fails_at_other_sizes(z, *args):
+        if z.shape[1:] != (13, 37):  # the size of the first-use check passes, the real problem does not
+            failing_product()
+        return real(z, *args)
+
+    monkeypatch.setattr(triton_kernels, "propagation_product", fails_at_other_sizes)
+    g = torch.Generator().manual_seed(6)
+    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
+    with pytest.warns(RuntimeWarning) as caught:
+        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    assert len(caught) == 1
+    torch.testing.assert_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
