@@ -28,7 +28,10 @@ def _as_maps(pred: MapLike, label: MapLike) -> tuple[torch.Tensor, torch.Tensor]
             f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} must be [H, W] maps of the same size"
         )
     device = next((m.device for m in (pred, label) if isinstance(m, torch.Tensor)), torch.device("cpu"))
-    pred_t, label_t = (torch.as_tensor(np.asarray(m) if isinstance(m, np.ndarray) else m) for m in (pred, label))
+    # NumPy maps are copied as int64 (torch refuses to share read-only arrays, as decoded images often are).
+    pred_t, label_t = (
+        torch.from_numpy(np.array(m, np.int64)) if isinstance(m, np.ndarray) else m for m in (pred, label)
+    )
     return pred_t.to(device, torch.int64), label_t.to(device, torch.int64)
 
 
@@ -138,7 +141,7 @@ def mask_to_boundary(mask: MapLike, dilation_ratio: float = 0.02) -> MapLike:
     Returns:
         ``[H, W]`` uint8 in ``{0, 1}``, NumPy for a NumPy mask, else a tensor on the mask's device.
     """
-    mask_t = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).to(torch.int64)
+    mask_t = (torch.from_numpy(np.array(mask, np.int64)) if isinstance(mask, np.ndarray) else mask).to(torch.int64)
     inside = uniform_neighbourhoods(mask_t, boundary_width(*mask_t.shape, dilation_ratio))
     boundary = ((mask_t != 0) & ~inside).to(torch.uint8)
     return boundary if isinstance(mask, torch.Tensor) else boundary.cpu().numpy()
