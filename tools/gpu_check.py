@@ -41,7 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True, help="folder for report.md, report.json, logs/")
     parser.add_argument("--device", default="cuda", help="the device checked against the CPU (cpu: smoke test)")
-    parser.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data", help="holds voc_mini/")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=REPO_ROOT.parent / "shared" / "data",
+        help="folder holding voc_mini/ (default: shared/data beside the repository)",
+    )
     parser.add_argument("--tiny", action="store_true", help="ViT-S backbones and small sizes (quick)")
     parser.add_argument("--sections", nargs="+", default=None, help="only these sections, in this order")
     parser.add_argument("--budget", type=float, default=470.0, help="seconds for all sections together")
