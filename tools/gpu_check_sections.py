@@ -287,7 +287,8 @@ def section_end_to_end(ctx: Context) -> dict:
     bad = {
         k: v
         for k, v in details.items()
-        if isinstance(v, dict) and max(v["scores"], v["largest_margin_where_labels_differ"]) > TOLERANCE
+        # A label can flip where the margin is below twice the score difference: a near-tie.
+        if isinstance(v, dict) and (v["scores"] > TOLERANCE or v["largest_margin_where_labels_differ"] > 2 * TOLERANCE)
     }
     if bad:
         raise CheckFailed(f"CPU and {ctx.device} disagree beyond {TOLERANCE:g} (or away from ties): {bad}", details)
@@ -295,19 +296,19 @@ def section_end_to_end(ctx: Context) -> dict:
 
 
 def section_determinism(ctx: Context) -> dict:
-    from benchmark_eval import build_backbones, smooth_image
+    from benchmark_eval import smooth_image
 
     from datasets import class_names
     from segmentation import Segmentor
 
-    deterministic()
     try:
         image = voc_mini_images(ctx)[0][1]
     except Skipped:
         image = smooth_image(375, 500)
-    backbones = build_backbones(ctx.tiny, ctx.device)
+    _, backbones = backbone_pair(ctx)
     backbones.set_classes(class_names("voc"))
-    first, second = (Segmentor(backbones, settings(ctx)).predict_scores(image) for _ in range(2))
+    with deterministic():
+        first, second = (Segmentor(backbones, settings(ctx)).predict_scores(image) for _ in range(2))
     details = {"identical": bool(torch.equal(first, second)), "relative_difference": relative_difference(second, first)}
     if not details["identical"]:
         raise CheckFailed(f"two {ctx.device} runs differ (relative {details['relative_difference']:.1e})", details)
