@@ -54,11 +54,15 @@ def test_missing_data_skips_end_to_end_with_the_path(tmp_path):
 
 
 def test_a_failing_section_is_recorded_and_the_next_still_runs(tmp_path, monkeypatch):
+    seen_while_running = []
+
     def planted(ctx):
+        seen_while_running.append(report(tmp_path)["sections"]["metrics"]["status"])
         raise RuntimeError("planted failure")
 
     monkeypatch.setitem(gpu_check.SECTIONS, "metrics", (planted, 60))
     assert run(tmp_path, "--sections", "metrics", "environment") == 1
+    assert seen_while_running == ["running"]  # a run killed from outside still shows where it was
     sections = report(tmp_path)["sections"]
     assert sections["metrics"]["status"] == "failed" and "planted failure" in sections["metrics"]["message"]
     assert sections["environment"]["status"] == "passed"

@@ -128,7 +128,8 @@ def write_report(output: Path, header: dict, records: dict[str, dict]) -> None:
     bench = records.get("benchmark_eval", {}).get("details", {})
     peaks += [r["peak_gpu_memory_gb"] for r in bench.get("results", []) if r.get("peak_gpu_memory_gb") is not None]
     report = {**header, "peak_gpu_memory_gb": max(peaks) if peaks else None, "sections": records}
-    report["counts"] = {s: sum(r["status"] == s for r in records.values()) for s in ("passed", "failed", "skipped")}
+    statuses = ("passed", "failed", "skipped", "running")
+    report["counts"] = {s: sum(r["status"] == s for r in records.values()) for s in statuses}
     (output / "report.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"# GPU check: {header.get('device_name', header['device'])}", ""]
     lines += [f"- {key}: `{value}`" for key, value in header.items()]
@@ -165,6 +166,9 @@ def main(args: argparse.Namespace) -> int:
     for name in args.sections or list(SECTIONS):
         remaining = deadline - time.monotonic()
         print(f"[gpu_check] {name} ...", flush=True)
+        # Written first, so that a run killed from outside still shows which section it was in.
+        records[name] = {"status": "running", "message": "started, not finished", "details": {}, "seconds": 0.0}
+        write_report(args.output, header, records)
         if remaining < 5:
             records[name] = {"status": "skipped", "message": "time budget spent", "details": {}, "seconds": 0.0}
         elif args.in_process:

@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -154,8 +155,12 @@ def section_environment(ctx: Context) -> dict:
         details["triton"] = triton.__version__
     except ImportError:
         details["triton"] = None
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-    details["git_commit"] = commit.stdout.strip() or None
+    if shutil.which("git"):
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        details["git_commit"] = commit.stdout.strip() or None
+    if shutil.which("nvidia-smi"):
+        query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
+        details["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
     return details
 
 
