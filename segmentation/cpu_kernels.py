@@ -13,20 +13,23 @@ with ``torch.utils.cpp_extension.load_inline`` (about 30 s once, then cached by 
   counting-sort transpose and a row merge, instead of an argsort and a sparse add.
 
 Without a C++ compiler, or with ``LPOSS_CPU_KERNEL=0``, the engine keeps its pure-torch paths (same result up
-to float rounding), with one warning.
+to float rounding), with one warning. ``LPOSS_CPU_KERNEL=require`` turns a failed build into an error (the
+test suite sets it wherever a compiler exists).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
+import shutil
 import warnings
 from types import ModuleType
 
 import torch
 
-__all__ = ["cpu_kernels"]
+__all__ = ["KernelBuildError", "build_error", "compiler_available", "cpu_kernels"]
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -245,52 +248,91 @@ std::vector<torch::Tensor> symmetric_normalised_csr(torch::Tensor columns, torch
 """
 
 _module: ModuleType | None = None
+_build_error: str | None = None  # first line of the error of a failed build
 _tried = False
+_warned = False
 _FUNCTIONS = ["apply_stencil", "topk_sorted_columns", "symmetric_normalised_csr"]
 
 
+class KernelBuildError(RuntimeError):
+    """The CPU kernels failed to build while ``LPOSS_CPU_KERNEL=require`` (the test suite's setting)."""
+
+
 def _compile_flags() -> tuple[str, list[str]]:
-    """Module name and flags per CPU capability, so that a shared cache never serves a binary the CPU lacks."""
+    """Module name and flags per CPU capability, so that a shared cache never serves a binary the CPU lacks.
+
+    The name also carries a hash of the source and flags: a changed source is built under a new name (its own
+    folder in torch's cache) and never collides with a build of another version running at the same time.
+    """
     capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
     flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds: without it, one thread
     if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
-    return f"lposs_cpu_kernels_v9_{platform.machine()}_{capability}".lower(), flags
+    digest = hashlib.sha256("\0".join([_SOURCE, *flags]).encode()).hexdigest()[:12]
+    return f"lposs_cpu_kernels_{platform.machine()}_{capability}_{digest}".lower(), flags
+
+
+def compiler_available() -> bool:
+    """Whether the C++ compiler torch's extension builder uses (``$CXX``, else ``c++``) is on the PATH."""
+    compiler = os.environ.get("CXX", "c++").split()
+    return bool(compiler) and shutil.which(compiler[0]) is not None
+
+
+def build_error() -> str | None:
+    """First line of the error of the failed build, None when the kernels built or were not tried."""
+    return _build_error
+
+
+def _error_line(error: Exception) -> str:
+    """The compiler's first ``error:`` line when there is one (torch puts the build command first), else line 1."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "error:" in line), lines[0] if lines else type(error).__name__)
+
+
+def _build() -> ModuleType:
+    """Compile (or load from torch's cache) the extension; raises whatever the build raises."""
+    # On a machine without CUDA, importing cpp_extension logs "No CUDA runtime is found": true, and
+    # irrelevant to a CPU-only extension, so it is kept out of the user's log.
+    extension_log = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_log.level
+    extension_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load_inline
+    finally:
+        extension_log.setLevel(level)
+    name, flags = _compile_flags()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_inline(
+            name, cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=flags, extra_ldflags=["-fopenmp"]
+        )
 
 
 def cpu_kernels() -> ModuleType | None:
     """The compiled module (``apply_stencil``, ``topk_sorted_columns``, ``symmetric_normalised_csr``) or None.
 
-    None when ``LPOSS_CPU_KERNEL=0`` or when compiling fails (one ``RuntimeWarning`` then); the result is
-    cached for the process.
+    ``LPOSS_CPU_KERNEL``: ``0`` never builds (None); unset or ``1`` builds on first use and, when that fails
+    (no compiler, no headers, ...), returns None with one ``RuntimeWarning`` for the process, the engine
+    keeping its pure-torch paths; ``require`` raises ``KernelBuildError`` instead (the test suite sets it
+    where a compiler exists, so that a kernel that does not build fails the tests). The build is tried once
+    per process.
     """
-    global _module, _tried
-    if _tried:
-        return _module
-    _tried = True
-    if os.environ.get("LPOSS_CPU_KERNEL", "1") == "0":
+    global _module, _build_error, _tried, _warned
+    mode = os.environ.get("LPOSS_CPU_KERNEL", "1")
+    if mode == "0":
         return None
-    try:
-        # On a machine without CUDA, importing cpp_extension logs "No CUDA runtime is found": true, and
-        # irrelevant to a CPU-only extension, so it is kept out of the user's log.
-        extension_log = logging.getLogger("torch.utils.cpp_extension")
-        level = extension_log.level
-        extension_log.setLevel(logging.ERROR)
+    if not _tried:
+        _tried = True
         try:
-            from torch.utils.cpp_extension import load_inline
-        finally:
-            extension_log.setLevel(level)
-
-        name, flags = _compile_flags()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _module = load_inline(
-                name, cpp_sources=_SOURCE, functions=_FUNCTIONS, extra_cflags=flags, extra_ldflags=["-fopenmp"]
-            )
-    except Exception as error:  # no compiler, no headers, ...: the torch paths give the same result
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            _module = _build()
+        except Exception as error:  # the pure-torch paths give the same result
+            _build_error = _error_line(error)
+    if _module is None and mode == "require":
+        raise KernelBuildError(f"the compiled CPU kernels failed to build: {_build_error}")
+    if _module is None and not _warned:
+        _warned = True
         warnings.warn(
-            f"compiled CPU kernels for label propagation unavailable ({first_line}); using the pure-torch paths "
+            f"compiled CPU kernels for label propagation unavailable ({_build_error}); using the pure-torch paths "
             "(same result, 2-3x slower on CPU)",
             RuntimeWarning,
             stacklevel=2,

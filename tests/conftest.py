@@ -1,5 +1,6 @@
-"""Test configuration: the repository root on sys.path, and the location of ../shared."""
+"""Test configuration: the repository root on sys.path, the location of ../shared, strict CPU kernels."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,13 @@ SHARED = REPO_ROOT.parent / "shared"
 for path in (REPO_ROOT, TESTS_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+from segmentation.cpu_kernels import compiler_available  # noqa: E402 (needs the path above)
+
+# Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
+# of falling back to the torch paths with a warning, as they do for users.
+if compiler_available():
+    os.environ.setdefault("LPOSS_CPU_KERNEL", "require")
 
 
 @pytest.fixture(autouse=True, scope="session")

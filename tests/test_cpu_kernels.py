@@ -1,4 +1,7 @@
-"""The optional compiled CPU kernels, called directly, against torch and SciPy references."""
+"""The optional compiled CPU kernels, called directly, against torch and SciPy references; a kernel that does
+not build fails here wherever a C++ compiler exists (skipped only without one)."""
+
+import os
 
 import numpy as np
 import pytest
@@ -6,15 +9,66 @@ import scipy.sparse as sp
 import torch
 from lp_reference import normalised
 
-from segmentation.cpu_kernels import cpu_kernels
+import segmentation.cpu_kernels as cpu_kernels_module
+from segmentation.cpu_kernels import KernelBuildError, build_error, compiler_available, cpu_kernels
+
+
+def built_kernels():
+    """The compiled module; skips only without a compiler (or when switched off), fails on a build error."""
+    if os.environ.get("LPOSS_CPU_KERNEL") == "0":
+        pytest.skip("the CPU kernels are switched off by LPOSS_CPU_KERNEL=0")
+    if not compiler_available():
+        pytest.skip("no C++ compiler ($CXX or c++) for the optional CPU kernels")
+    try:
+        module = cpu_kernels()
+    except KernelBuildError as error:
+        pytest.fail(str(error))
+    assert module is not None, f"a C++ compiler exists but the CPU kernels failed to build: {build_error()}"
+    return module
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    module = cpu_kernels()
-    if module is None:
-        pytest.skip("no C++ compiler for the optional CPU kernels")
-    return module
+    return built_kernels()
+
+
+def test_kernels_build_where_a_compiler_exists():
+    module = built_kernels()
+    assert all(callable(getattr(module, name)) for name in ("apply_stencil", "topk_sorted_columns"))
+
+
+@pytest.fixture
+def failing_build(monkeypatch):
+    """A fresh module state whose build raises like a compile error."""
+
+    def broken_build():
+        raise RuntimeError("Error building extension 'lposs_cpu_kernels': main.cpp:12: error: expected ';'")
+
+    monkeypatch.setattr(cpu_kernels_module, "_build", broken_build)
+    for name, value in [("_module", None), ("_build_error", None), ("_tried", False), ("_warned", False)]:
+        monkeypatch.setattr(cpu_kernels_module, name, value)
+
+
+def test_failed_build_falls_back_with_one_warning_for_users(failing_build, monkeypatch, recwarn):
+    monkeypatch.setenv("LPOSS_CPU_KERNEL", "1")
+    assert cpu_kernels() is None and cpu_kernels() is None
+    messages = [str(w.message) for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "expected ';'" in messages[0] and "pure-torch" in messages[0]
+    assert "expected ';'" in build_error()
+
+
+def test_failed_build_raises_when_required(failing_build, monkeypatch):
+    monkeypatch.setenv("LPOSS_CPU_KERNEL", "require")
+    with pytest.raises(KernelBuildError, match="expected ';'"):
+        cpu_kernels()
+    with pytest.raises(KernelBuildError):  # every call, not only the first
+        cpu_kernels()
+
+
+def test_module_name_changes_with_the_source(monkeypatch):
+    name, _ = cpu_kernels_module._compile_flags()
+    monkeypatch.setattr(cpu_kernels_module, "_SOURCE", cpu_kernels_module._SOURCE + "// changed\n")
+    assert cpu_kernels_module._compile_flags()[0] != name
 
 
 def test_top_k_breaks_ties_by_lowest_column(kernels):

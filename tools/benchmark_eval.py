@@ -1,19 +1,28 @@
-"""Seconds per image by stage (backbones, patch LP, pixel LP) for a VOC-sized and a Cityscapes-sized image.
+"""Images per second and seconds per stage of LPOSS+ (backbones, patch LP, pixel LP, the rest) per image size.
 
-The backbones are the real architectures (ViT-B/16 CLIP and DINO) at random initialisation: the same
-compute as the released weights, without needing them. The image is a smooth random picture; the class
-list is VOC's (46 text rows with the background aliases) or Cityscapes' (19).
+The backbones are the real architectures (ViT-B/16 CLIP and DINO) at random initialisation: the same compute
+as the released weights, without needing them. Each case is a smooth random picture of a benchmark's typical
+size with that benchmark's class list (the text rows include the background aliases). After ``--warmup``
+images (1), ``--repeats`` images are timed; on CUDA the peak GPU memory of the case is reported too.
+
+Cases: ``voc`` 375 x 500, C = 21 (46 text rows); ``coco_stuff`` 480 x 640, C = 171; ``cityscapes``
+1024 x 2048, C = 19 (resized to 448 x 896); ``ade20k`` 512 x 2048, C = 150 (a wide image at the long-side cap,
+resized to 448 x 1792: the largest working size the resize allows for a 512 short side).
 
 Usage::
 
-    python tools/benchmark_eval.py                    # CPU
-    python tools/benchmark_eval.py --device cuda --repeats 3
-    python tools/benchmark_eval.py --small            # ViT-S backbones (quick check)
+    python tools/benchmark_eval.py                                  # every case, on CUDA when there is one
+    python tools/benchmark_eval.py --device cuda --repeats 5 --json bench.json
+    python tools/benchmark_eval.py --cases voc coco_stuff --pixel_backend torch
+    python tools/benchmark_eval.py --tiny --cases voc               # ViT-S, small image (smoke test)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,15 +36,23 @@ from datasets import class_names  # noqa: E402
 from models import LPOSSBackbones  # noqa: E402
 from segmentation import Segmentor, SegmentorSettings  # noqa: E402
 
-CASES = {"voc": ("voc", 375, 500), "cityscapes": ("cityscapes", 1024, 2048)}
+CASES = {"voc": (375, 500), "coco_stuff": (480, 640), "cityscapes": (1024, 2048), "ade20k": (512, 2048)}
+STAGES = ("backbones", "patch_lp", "pixel_lp", "other")
+TINY_SIZE = (240, 320)  # with short_side 224: resized to 224 x 299, two windows
+TINY_SETTINGS = {"short_side": 224, "long_side": 448}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=1, help="timed images per case (after one warm-up)")
-    parser.add_argument("--small", action="store_true", help="ViT-S-16 / vit_small backbones instead of ViT-B/16")
+    parser.add_argument("--repeats", type=int, default=1, help="timed images per case")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed images first (compilation, caches)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--tiny", action="store_true", help=f"ViT-S backbones and {TINY_SIZE} images (smoke test)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--pixel_backend", default=None, help="passed to SegmentorSettings.pixel_backend")
+    parser.add_argument("--seed", type=int, default=0, help="random backbone weights and image")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
 
@@ -47,36 +64,106 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return (big[0].permute(1, 2, 0) * 255).round().byte().numpy()
 
 
-def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
-    clip, dino = ("ViT-S-16", "vit_small_patch16_224.dino") if args.small else ("ViT-B-16", "vit_base_patch16_224.dino")
-    model_cfg = {
+def build_backbones(tiny: bool, device: torch.device, dtype: str = "float32", seed: int = 0) -> LPOSSBackbones:
+    """CLIP and DINO at random initialisation (ViT-B/16, or ViT-S/16 when ``tiny``), seeded."""
+    torch.manual_seed(seed)
+    clip, dino = ("ViT-S-16", "vit_small_patch16_224.dino") if tiny else ("ViT-B-16", "vit_base_patch16_224.dino")
+    config = {
         "clip": {"name": clip, "pretrained": None},
         "dino": {"name": dino, "pretrained": None},
-        "dtype": "float32",
-        "templates": "single",
+        "dtype": dtype,
+        "templates": "single",  # one prompt per alias: text encoding is not what is measured
     }
-    backbones = LPOSSBackbones.from_config(model_cfg, device).eval()
-    print(f"device {device} | backbones {clip} + {dino} (random init) | torch threads {torch.get_num_threads()}")
-    print(f"{'image':<22}{'classes':>8}{'backbones':>11}{'patch LP':>10}{'pixel LP':>10}{'other':>8}{'total s':>9}")
+    return LPOSSBackbones.from_config(config, device).eval()
+
+
+def segmentor_settings(tiny: bool, pixel_backend: str | None = None) -> SegmentorSettings:
+    """LPOSS+ with the paper's defaults (smaller resize when ``tiny``); ``pixel_backend`` if supported."""
+    options: dict = {"pixel_refine": True, **(TINY_SETTINGS if tiny else {})}
+    if pixel_backend is not None:
+        if "pixel_backend" not in {f.name for f in dataclasses.fields(SegmentorSettings)}:
+            raise ValueError("--pixel_backend: this version's SegmentorSettings has no pixel_backend setting")
+        options["pixel_backend"] = pixel_backend
+    return SegmentorSettings(**options)
+
+
+def prediction_digest(labels: np.ndarray) -> str:
+    """Short SHA-256 of an ``[H, W]`` label map (as int64), to compare runs."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def run_case(
+    backbones: LPOSSBackbones,
+    case: str,
+    settings: SegmentorSettings,
+    size: tuple[int, int],
+    repeats: int = 1,
+    warmup: int = 1,
+) -> dict:
+    """``warmup`` untimed, then ``repeats`` timed predictions of one smooth image; returns a JSON-ready dict."""
+    backbones.set_classes(class_names(case))
+    segmentor = Segmentor(backbones, settings, profile=True)
+    image = smooth_image(*size)
+    device = backbones.device
+    for _ in range(warmup):
+        segmentor.predict(image)  # kernel compilation, caches, allocator
+    segmentor.stage_seconds.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    repeats = max(repeats, 1)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        labels = segmentor.predict(image)  # ends with .cpu(): synchronised
+    total = (time.perf_counter() - start) / repeats
+    stages = {name: segmentor.stage_seconds.get(name, 0.0) / repeats for name in STAGES[:-1]}
+    stages["other"] = total - sum(stages.values())  # resize, merging windows, alias max, final resize, argmax
+    resized = segmentor.prepare(image).shape[1:]
+    return {
+        "case": case,
+        "image_size": list(size),
+        "resized_size": list(resized),
+        "classes": len(backbones.class_names),
+        "text_rows": len(backbones.alias_to_class),
+        "seconds_per_image": total,
+        "images_per_second": 1.0 / total,
+        "stage_seconds": stages,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "prediction_sha256": prediction_digest(labels),
+    }
+
+
+def _row(result: dict) -> str:
+    size = "x".join(map(str, result["image_size"]))
+    stages = "".join(f"{result['stage_seconds'][name]:>10.3f}" for name in STAGES)
+    memory = result["peak_gpu_memory_gb"]
+    return (
+        f"{result['case']:<11}{size:>10}{result['classes']:>5}{result['text_rows']:>6}{stages}"
+        f"{result['seconds_per_image']:>9.3f}{result['images_per_second']:>8.2f}"
+        f"{'-' if memory is None else f'{memory:.2f}':>8}  {result['prediction_sha256']}"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    try:
+        settings = segmentor_settings(args.tiny, args.pixel_backend)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    backbones = build_backbones(args.tiny, device, args.dtype, args.seed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device {device} ({name}) | {'ViT-S/16' if args.tiny else 'ViT-B/16'} random init | {args.dtype}")
+    header = f"{'case':<11}{'size':>10}{'C':>5}{'rows':>6}" + "".join(f"{s:>10}" for s in STAGES)
+    print(header + f"{'total s':>9}{'img/s':>8}{'peak GB':>8}  prediction")
+    results = []
     for case in args.cases:
-        key, height, width = CASES[case]
-        backbones.set_classes(class_names(key))
-        segmentor = Segmentor(backbones, SegmentorSettings(pixel_refine=True), profile=True)
-        image = smooth_image(height, width)
-        segmentor.predict(image)  # warm-up
-        segmentor.stage_seconds.clear()
-        start = time.perf_counter()
-        for _ in range(args.repeats):
-            segmentor.predict(image)
-        total = (time.perf_counter() - start) / args.repeats
-        stages = {k: v / args.repeats for k, v in segmentor.stage_seconds.items()}
-        other = total - sum(stages.values())
-        rows = len(backbones.alias_to_class)
-        print(
-            f"{f'{case} {height}x{width}':<22}{rows:>8}{stages['backbones']:>11.2f}{stages['patch_lp']:>10.2f}"
-            f"{stages['pixel_lp']:>10.2f}{other:>8.2f}{total:>9.2f}"
-        )
+        size = TINY_SIZE if args.tiny else CASES[case]
+        results.append(run_case(backbones, case, settings, size, args.repeats, args.warmup))
+        print(_row(results[-1]), flush=True)
+    if args.json is not None:
+        report = {"device": str(device), "device_name": name, "tiny": args.tiny, "dtype": args.dtype}
+        report["settings"] = dataclasses.asdict(settings)
+        args.json.write_text(json.dumps({**report, "results": results}, indent=2))
     return 0
 
 
