@@ -145,3 +145,26 @@ def validate_config(config: DictConfig) -> None:
         raise ConfigError(
             f"config value long_side={config.long_side} is invalid: expected >= short_side={config.short_side}"
         )
+
+
+# --- STAND-IN for the "config" branch's expand_sweep / sweep_parameters (replaced by theirs at merge) ---------
+def _sweep_values(item: str) -> tuple[str, list[str]]:
+    """``'k=100,200'`` -> ``('k', ['100', '200'])``; brackets, braces, quotes and calls are single values."""
+    key, _, value = item.partition("=")
+    if "," not in value or value[:1] in "[{'\"" or "(" in value:
+        return key, [value]
+    return key, [v.strip() for v in value.split(",")]
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra multirun comma syntax -> one plain override list per grid combination (last key varies fastest)."""
+    grid: list[list[str]] = [[]]
+    for item in overrides:
+        key, values = _sweep_values(item)
+        grid = [combo + [f"{key}={value}"] for combo in grid for value in values]
+    return grid
+
+
+def sweep_parameters(overrides: Sequence[str]) -> list[str]:
+    """The keys that take more than one value in a sweep, in command-line order."""
+    return [key for key, values in map(_sweep_values, overrides) if len(values) > 1]
