@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import tempfile
@@ -116,7 +117,12 @@ def _git_commit() -> str | None:
     return commit if result.returncode == 0 and len(commit) == 40 else None
 
 
-def _package_version(distribution: str) -> str | None:
+def _package_version(module: str, distribution: str) -> str | None:
+    """The module's own ``__version__`` (torch's includes its build, ``2.x+cu130``), else the installed metadata."""
+    try:
+        return str(importlib.import_module(module).__version__)
+    except (ImportError, AttributeError):
+        pass
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -125,7 +131,7 @@ def _package_version(distribution: str) -> str | None:
 
 def environment_record() -> dict:
     """Package versions (torch, open_clip, timm, mmseg; None when absent) and the git commit (None outside git)."""
-    versions = {name: _package_version(dist) for name, dist in _VERSIONED_PACKAGES.items()}
+    versions = {name: _package_version(name, dist) for name, dist in _VERSIONED_PACKAGES.items()}
     return {"versions": versions, "git_commit": _git_commit()}
 
 
