@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 import numpy as np
+import pytest
 from fake_datasets import SHAPES, make_dataset
 from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, run, shared_backbones  # noqa: F401
@@ -47,7 +47,7 @@ def data(tmp_path):
 
 
 def common(data, *extra):
-    return ["lposs_plus.yaml", "--dataset", "voc,voc20", "--measure_boundary", f"data_root={data}"] + [
+    return ["lposs_plus.yaml", "--dataset", "voc,voc20", "--measure_boundary", f"data_root={data}", "r=5"] + [
         *SMALL,
         *TINY,
         *extra,
