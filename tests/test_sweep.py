@@ -162,3 +162,14 @@ def test_two_process_sweep_equals_one(data, tmp_path):
         for key in ("voc", "voc20"):
             a, b = (read(tmp_path / d / name / key / "results.json") for d in ("one", "two"))
             assert {m: a[m] for m in METRICS} == {m: b[m] for m in METRICS}
+
+
+def test_benchmark_sweep_runs_and_labels_agree(capsys):
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark_sweep
+
+    argv = ["--small", "--images", "1", "--size", "32", "48", "--short_side", "32", "--k", "5", "--alpha", "0.9"]
+    assert benchmark_sweep.main(benchmark_sweep.parse_args(argv)) == 0
+    printed = capsys.readouterr().out
+    assert "2 settings x 1 images" in printed and "labels equal                    True" in printed
+    assert float(next(line for line in printed.splitlines() if line.startswith("ratio")).split()[-1]) > 0
