@@ -169,6 +169,26 @@ def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: np.ndar
         outputs.on_prediction(sample["index"], sample["image"], prediction, sample["label"])
 
 
+def _evaluate_batch(
+    segmentor: Segmentor,
+    batch: list[dict],
+    settings: Sequence[SegmentorSettings],
+    sums: _CountSums,
+    outputs: Sequence[PredictionOutputs],
+    palette: list | None,
+) -> None:
+    """Encode a batch of samples together, then propagate each image with every setting and count."""
+    errors = [sample["error"] for sample in batch if "error" in sample]
+    if errors:
+        raise SampleError(errors[0])
+    encodings = segmentor.encode_batch([x["resized"] for x in batch], [x["original_size"] for x in batch])
+    for sample, encoding in zip(batch, encodings):
+        for j, setting in enumerate(settings):
+            prediction = segmentor.propagate(encoding, setting).argmax(0).cpu().numpy()  # [H, W]
+            sums.add(j, prediction, sample["label"])
+            _write_outputs(outputs[j], sample, prediction, palette)
+
+
 def _reduction_device(segmentor: Segmentor) -> torch.device:
     nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
     return segmentor.backbones.device if nccl else torch.device("cpu")
@@ -222,15 +242,7 @@ def evaluate_settings(
     start = time.perf_counter()
     with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:
         for batch in loader:
-            errors = [sample["error"] for sample in batch if "error" in sample]
-            if errors:
-                raise SampleError(errors[0])
-            encodings = segmentor.encode_batch([x["resized"] for x in batch], [x["original_size"] for x in batch])
-            for sample, encoding in zip(batch, encodings):
-                for j, setting in enumerate(settings):
-                    prediction = segmentor.propagate(encoding, setting).argmax(0).cpu().numpy()
-                    sums.add(j, prediction, sample["label"])
-                    _write_outputs(outputs[j], sample, prediction, palette)
+            _evaluate_batch(segmentor, batch, settings, sums, outputs, palette)
             progress.update(len(batch))
     device = _reduction_device(segmentor)
     seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
