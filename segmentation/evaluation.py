@@ -217,7 +217,7 @@ def evaluate_settings(
         settings: propagation settings to evaluate; their ``short_side``, ``long_side``, ``crop`` and
             ``stride`` must equal the segmentor's.
         outputs: per setting, where its label maps go (default: nowhere).
-        measure_boundary: also sum Boundary IoU counts (SPEC §2).
+        measure_boundary: also sum Boundary IoU counts (docs/method.md, Metrics).
         num_workers: image-loading (decoding and resizing) processes of this rank (0: in this process).
         image_batch: images whose windows share the backbone forwards (results do not depend on it).
         limit: evaluate only the first ``limit`` images (quick checks).

@@ -1,4 +1,4 @@
-"""The sliding-window LPOSS / LPOSS+ segmentor: SPEC steps 2-3, 7-12 around the two backbones.
+"""The sliding-window LPOSS / LPOSS+ segmentor: steps 2-3, 7-12 (docs/method.md) around the backbones.
 
 Usage::
 
@@ -44,7 +44,7 @@ class Backbones(Protocol):
 
 @dataclass(frozen=True)
 class SegmentorSettings:
-    """Every setting of the method, with the paper's defaults (SPEC §4)."""
+    """Every setting of the method, with the paper's defaults (docs/method.md, Pipeline)."""
 
     patch_propagation: bool = True  # False: the MaskCLIP baseline (argmax of the initial scores)
     pixel_refine: bool = False  # True: LPOSS+
@@ -79,7 +79,7 @@ class SegmentorSettings:
 
 
 def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class score = max over its alias rows (SPEC step 11).
+    """Class score = max over its alias rows (step 11, docs/method.md).
 
     Args:
         scores: ``[A, H, W]``, one row per alias.
@@ -138,7 +138,7 @@ class Segmentor:
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
 
     def resize(self, image: np.ndarray) -> np.ndarray:
-        """``[H, W, 3]`` uint8 RGB -> ``[h, w, 3]`` uint8 fitted to ``(long_side, short_side)`` (SPEC step 2).
+        """``[H, W, 3]`` uint8 RGB -> ``[h, w, 3]`` uint8 fitted to ``(long_side, short_side)`` (step 2, docs/method.md).
 
         Pure numpy (cv2), so that data-loader workers can run it.
         """
@@ -147,7 +147,7 @@ class Segmentor:
         return resize_to_fit(image, self.settings.short_side, self.settings.long_side)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (SPEC step 2)."""
+        """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (step 2)."""
         return self._to_tensor(self.resize(image))
 
     def _to_tensor(self, resized: np.ndarray) -> torch.Tensor:
@@ -158,7 +158,7 @@ class Segmentor:
     def encode_batch(
         self, resized_images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]
     ) -> list[ImageEncoding]:
-        """Run the windows of several images through the backbones together (SPEC steps 3-7).
+        """Run the windows of several images through the backbones together (steps 3-7, docs/method.md).
 
         Windows of equal size (all of them once the short side reaches ``crop``) share forwards of at most
         ``window_batch`` windows, whichever image they come from.
@@ -197,7 +197,7 @@ class Segmentor:
         return encodings
 
     def encode(self, image: np.ndarray) -> ImageEncoding:
-        """One ``[H, W, 3]`` uint8 RGB image through resize, windows and backbones (SPEC steps 2-7)."""
+        """One ``[H, W, 3]`` uint8 RGB image through resize, windows and backbones (steps 2-7, docs/method.md)."""
         return self.encode_batch([self.resize(image)], [image.shape[:2]])[0]
 
     def _check_encoding_settings(self, settings: SegmentorSettings) -> None:
@@ -210,7 +210,7 @@ class Segmentor:
 
     @torch.no_grad()
     def alias_scores(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
-        """Per-alias scores at the resized resolution after the configured propagation (SPEC steps 8-10).
+        """Per-alias scores at the resized resolution after the configured propagation (steps 8-10, docs/method.md).
 
         Args:
             encoding: from :meth:`encode_batch`.
@@ -250,7 +250,7 @@ class Segmentor:
 
     @torch.no_grad()
     def propagate(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
-        """Class scores at the original size from an encoding (SPEC steps 8-12, before the argmax).
+        """Class scores at the original size from an encoding (steps 8-12, docs/method.md, before the argmax).
 
         Args:
             encoding: from :meth:`encode_batch` of this segmentor.
@@ -267,7 +267,7 @@ class Segmentor:
         return F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
 
     def predict_scores(self, image: np.ndarray) -> torch.Tensor:
-        """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (SPEC steps 2-12)."""
+        """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (steps 2-12)."""
         return self.propagate(self.encode(image))
 
     def predict(self, image: np.ndarray) -> np.ndarray:
