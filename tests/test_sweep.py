@@ -98,7 +98,7 @@ def test_sweep_over_windows_encodes_once_per_distinct_value(data, tmp_path, wind
         assert run([*args, f"crop={crop}"]) == 0
         expected += windows_seen[0]
     windows_seen[0] = 0
-    assert run([*args, "--sweep", "crop=48,64", "k=5,10"]) == 0
+    assert run([*args, "-m", "crop=48,64", "k=5,10"]) == 0  # -m: Hydra's spelling of --sweep
     assert windows_seen[0] == expected
 
 
@@ -107,6 +107,7 @@ def test_resume_skips_complete_results_only(data, tmp_path, windows_seen):
     args = [*common(data, "--output", str(out)), "--sweep", *GRID]
     assert run(args) == 0
     first = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("results.json")}
+    first_log = (out / "eval.log").read_text()
     deleted, corrupt = out / NAMES[1] / "voc20" / "results.json", out / NAMES[2] / "voc20" / "results.json"
     deleted.unlink()
     corrupt.write_text(first[corrupt][0].decode()[:-40])  # cut short, as by a crash without staging
@@ -119,6 +120,8 @@ def test_resume_skips_complete_results_only(data, tmp_path, windows_seen):
         else:
             assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content
     assert len(list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))) == 4
+    log = (out / "eval.log").read_text()
+    assert log.startswith(first_log) and "--resume: k=5,alpha=0.9 voc is complete, skipped" in log  # appended
     # a changed config is not the same result: nothing is skipped
     windows_seen[0] = 0
     assert run([*args, "--resume", "tol=1e-5"]) == 0
