@@ -307,7 +307,7 @@ def _grid_axes(overrides: Sequence[str]) -> dict[str, tuple[Override, list[str]]
     return axes
 
 
-def expand_sweep(overrides: Sequence[str], config: str | Path | None = None) -> list[list[str]]:
+def expand_sweep(overrides: Sequence[str], config: str | Path | None = None, *, check: bool = True) -> list[list[str]]:
     """Every point of the grid that Hydra's multirun syntax defines, each checked before it is returned.
 
     ``["k=100,200", "alpha=0.9,0.95", "device=cpu"]`` -> ``[["k=100", "alpha=0.9", "device=cpu"],
@@ -319,6 +319,7 @@ def expand_sweep(overrides: Sequence[str], config: str | Path | None = None) -> 
         overrides: Hydra overrides, some of them sweeps.
         config: the config the grid applies to; each point is then checked completely by ``load_config``. Without
             it each point is checked against ``lposs.yaml`` key by key (types, ranges), not across keys.
+        check: False skips the checks, for callers that load every point themselves.
 
     Returns:
         One plain override list per grid point (a single point when nothing sweeps).
@@ -328,7 +329,7 @@ def expand_sweep(overrides: Sequence[str], config: str | Path | None = None) -> 
     """
     axes = _grid_axes(overrides)
     grid = [list(point) for point in itertools.product(*(options for _, options in axes.values()))]
-    for point in grid:
+    for point in grid if check else []:
         try:
             if config is None:
                 _check_values(_compose_typed(CONFIG_DIR / "lposs.yaml", point))

@@ -2,7 +2,8 @@
 
 Every rank handles the images ``rank, rank + world, ...``; per image it adds the ``[4, C]`` IoU counts (and
 ``[2, C]`` Boundary IoU counts) to its sums, and the ranks add their sums with one ``all_reduce``. The counts
-are integers held in float64, so the result is identical to one process.
+are integers held in float64, so the result is identical to one process. Several propagation settings can be
+evaluated in one pass: the backbones then run once per image for all of them (parameter sweeps).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,19 +25,46 @@ from tqdm import tqdm
 from datasets import load_image, load_label
 
 from .metrics import boundary_iou_counts, iou_counts
-from .segmentor import Segmentor
+from .reporting import default_file_mode
+from .segmentor import Segmentor, SegmentorSettings
+from .windows import resize_to_fit
 
-__all__ = ["EvaluationResult", "all_reduce_sum", "evaluate", "is_main_process", "save_label_png"]
+__all__ = [
+    "EvaluationResult",
+    "PredictionOutputs",
+    "SampleError",
+    "all_reduce_sum",
+    "evaluate",
+    "evaluate_settings",
+    "is_main_process",
+    "save_label_png",
+]
 
 
 @dataclass
 class EvaluationResult:
-    """Summed counts over the whole dataset (all ranks) and timing of this rank."""
+    """Summed counts over the whole dataset (all ranks) and timing of the whole pass (all ranks)."""
 
     iou_sums: np.ndarray  # [4, C]: intersection, union, predicted area, label area
     boundary_sums: np.ndarray | None  # [2, C]: boundary intersection, boundary union
     num_images: int  # over all ranks
-    seconds_per_image: float  # wall time per image on this rank, loading included
+    seconds: float  # wall time of the pass, loading included: the slowest rank's
+    seconds_per_image: float  # wall time per image of one rank (seconds / the largest rank share)
+
+    @property
+    def images_per_second(self) -> float:
+        """Overall throughput: images of all ranks / the slowest rank's wall time."""
+        return self.num_images / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class PredictionOutputs:
+    """Where the label maps of one setting go (both optional)."""
+
+    save_dir: Path | None = None  # one label PNG per image, named after the image
+    on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = (
+        None  # (index, image, pred, label)
+    )
 
 
 def is_main_process() -> bool:
@@ -49,22 +78,31 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
-    """Sum a float64 array over all ranks (identity without torch.distributed)."""
+def _all_reduce(array: np.ndarray, device: torch.device, op: str) -> np.ndarray:
     if not (dist.is_available() and dist.is_initialized()):
         return array
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return tensor.cpu().numpy()
 
 
-class _Samples(Dataset):
-    """Images and labels of one rank's share; a bad file is returned as its error message, not raised,
-    so that the main process can report it in one line (DataLoader would wrap it in a traceback)."""
+def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
+    """Sum a float64 array over all ranks (identity without torch.distributed)."""
+    return _all_reduce(array, device, "sum")
 
-    def __init__(self, dataset, indices: list[int]) -> None:
+
+class _Samples(Dataset):
+    """Images (decoded and resized here, in the loader workers) and labels of one rank's share.
+
+    A bad file is returned as its error message, not raised, so that the main process can report it in one
+    line (DataLoader would wrap it in a traceback).
+    """
+
+    def __init__(self, dataset, indices: list[int], short_side: int, long_side: int, keep_original: bool) -> None:
         self.dataset = dataset
         self.indices = indices
+        self.sides = (short_side, long_side)
+        self.keep_original = keep_original  # the original image is shipped only when a callback needs it
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -76,7 +114,10 @@ class _Samples(Dataset):
             label = load_label(self.dataset, idx, image.shape)
         except (OSError, ValueError) as error:  # DatasetError is a ValueError, missing files are OSErrors
             return {"error": f"{type(error).__name__}: {error}"}
-        return {"index": idx, "image": image, "label": label, "info": info}
+        sample = {"index": idx, "resized": resize_to_fit(image, *self.sides), "label": label, "info": info}
+        sample["original_size"] = image.shape[:2]
+        sample["image"] = image if self.keep_original else None
+        return sample
 
 
 class SampleError(RuntimeError):
@@ -84,7 +125,7 @@ class SampleError(RuntimeError):
 
 
 def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) -> None:
-    """Write a ``[H, W]`` label map (values < 256) as a PNG, atomically (temp file, then rename)."""
+    """Write a ``[H, W]`` label map (values < 256) as a PNG, atomically (temp file, then rename), mode 0666 - umask."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(labels.astype(np.uint8), mode="P" if palette else "L")
     if palette:
@@ -93,10 +134,124 @@ def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) 
     os.close(fd)
     try:
         image.save(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class _CountSums:
+    """Per-setting running sums of IoU (and Boundary IoU) counts, and the per-setting outputs."""
+
+    def __init__(self, num_settings: int, num_classes: int, measure_boundary: bool) -> None:
+        self.num_classes = num_classes
+        self.iou = np.zeros((num_settings, 4, num_classes))
+        self.boundary = np.zeros((num_settings, 2, num_classes)) if measure_boundary else None
+
+    def add(self, setting: int, prediction: np.ndarray, label: np.ndarray) -> None:
+        self.iou[setting] += iou_counts(prediction, label, self.num_classes)
+        if self.boundary is not None:
+            self.boundary[setting] += boundary_iou_counts(prediction, label, self.num_classes)
+
+    def all_reduced(self, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+        """Both sums over all ranks, with one all-reduce."""
+        stacked = self.iou if self.boundary is None else np.concatenate([self.iou, self.boundary], axis=1)
+        total = all_reduce_sum(stacked, device)  # [S, 4 (+ 2), C]
+        return total[:, :4], None if self.boundary is None else total[:, 4:]
+
+
+def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: np.ndarray, palette: list | None) -> None:
+    if outputs.save_dir is not None:
+        name = Path(sample["info"]["ori_filename"]).with_suffix(".png")
+        save_label_png(prediction, outputs.save_dir / name, palette)
+    if outputs.on_prediction is not None:
+        outputs.on_prediction(sample["index"], sample["image"], prediction, sample["label"])
+
+
+def _evaluate_batch(
+    segmentor: Segmentor,
+    batch: list[dict],
+    settings: Sequence[SegmentorSettings],
+    sums: _CountSums,
+    outputs: Sequence[PredictionOutputs],
+    palette: list | None,
+) -> None:
+    """Encode a batch of samples together, then propagate each image with every setting and count."""
+    errors = [sample["error"] for sample in batch if "error" in sample]
+    if errors:
+        raise SampleError(errors[0])
+    encodings = segmentor.encode_batch([x["resized"] for x in batch], [x["original_size"] for x in batch])
+    for sample, encoding in zip(batch, encodings):
+        for j, setting in enumerate(settings):
+            prediction = segmentor.propagate(encoding, setting).argmax(0).cpu().numpy()  # [H, W]
+            sums.add(j, prediction, sample["label"])
+            _write_outputs(outputs[j], sample, prediction, palette)
+
+
+def _reduction_device(segmentor: Segmentor) -> torch.device:
+    nccl = dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl"
+    return segmentor.backbones.device if nccl else torch.device("cpu")
+
+
+def evaluate_settings(
+    segmentor: Segmentor,
+    dataset,
+    num_classes: int,
+    settings: Sequence[SegmentorSettings],
+    *,
+    outputs: Sequence[PredictionOutputs] | None = None,
+    measure_boundary: bool = False,
+    num_workers: int = 2,
+    image_batch: int = 1,
+    limit: int | None = None,
+    description: str = "eval",
+) -> list[EvaluationResult]:
+    """Segment every image of ``dataset`` once per setting, running the backbones once per image.
+
+    Args:
+        segmentor: ready, with the dataset's classes set on its backbones; its settings fix the resizing and
+            the windows.
+        dataset: from ``datasets.build_dataset``.
+        num_classes: C, length of the count arrays.
+        settings: propagation settings to evaluate; their ``short_side``, ``long_side``, ``crop`` and
+            ``stride`` must equal the segmentor's.
+        outputs: per setting, where its label maps go (default: nowhere).
+        measure_boundary: also sum Boundary IoU counts (docs/method.md, Metrics).
+        num_workers: image-loading (decoding and resizing) processes of this rank (0: in this process).
+        image_batch: images whose windows share the backbone forwards (results do not depend on it).
+        limit: evaluate only the first ``limit`` images (quick checks).
+
+    Returns:
+        One :class:`EvaluationResult` per setting, counts summed over all ranks (one all-reduce in all).
+
+    Raises:
+        SampleError: an image or label could not be read or does not fit (the message names the file).
+    """
+    outputs = list(outputs) if outputs is not None else [PredictionOutputs() for _ in settings]
+    if len(outputs) != len(settings):
+        raise ValueError(f"evaluate_settings: {len(outputs)} outputs for {len(settings)} settings")
+    rank, world = _rank_and_world()
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    keep_original = any(o.on_prediction is not None for o in outputs)
+    s = segmentor.settings
+    samples = _Samples(dataset, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
+    loader = DataLoader(samples, batch_size=image_batch, num_workers=num_workers, collate_fn=list)
+    sums = _CountSums(len(settings), num_classes, measure_boundary)
+    palette = getattr(dataset, "PALETTE", None)
+    start = time.perf_counter()
+    with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:
+        for batch in loader:
+            _evaluate_batch(segmentor, batch, settings, sums, outputs, palette)
+            progress.update(len(batch))
+    device = _reduction_device(segmentor)
+    seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
+    iou, boundary = sums.all_reduced(device)
+    per_image = seconds / max(-(-total // world), 1)  # the largest rank share has ceil(total / world) images
+    return [
+        EvaluationResult(iou[j], None if boundary is None else boundary[j], total, seconds, per_image)
+        for j in range(len(settings))
+    ]
 
 
 def evaluate(
@@ -106,51 +261,28 @@ def evaluate(
     *,
     measure_boundary: bool = False,
     num_workers: int = 2,
+    image_batch: int = 1,
     limit: int | None = None,
     save_predictions: Path | None = None,
-    on_prediction=None,
+    on_prediction: Callable[[int, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
     description: str = "eval",
 ) -> EvaluationResult:
-    """Segment every image of ``dataset`` and sum the metric counts over all ranks.
+    """:func:`evaluate_settings` with the segmentor's own settings only.
 
     Args:
-        segmentor: ready, with the dataset's classes set on its backbones.
-        dataset: from ``datasets.build_dataset``.
-        num_classes: C, length of the count arrays.
-        measure_boundary: also sum Boundary IoU counts (SPEC §2).
-        num_workers: image-loading processes of this rank (0: load in this process).
-        limit: evaluate only the first ``limit`` images (quick checks).
         save_predictions: folder for one label PNG per image, named after the image.
         on_prediction: optional ``f(index, image, prediction, label)`` called on every image (visualisations).
-
-    Raises:
-        SampleError: an image or label could not be read or does not fit (the message names the file).
+        others: as :func:`evaluate_settings`.
     """
-    rank, world = _rank_and_world()
-    total = len(dataset) if limit is None else min(limit, len(dataset))
-    samples = _Samples(dataset, list(range(rank, total, world)))
-    loader = DataLoader(samples, batch_size=None, num_workers=num_workers, collate_fn=lambda x: x)
-    iou_sums = np.zeros((4, num_classes))
-    boundary_sums = np.zeros((2, num_classes)) if measure_boundary else None
-    start = time.perf_counter()
-    progress = tqdm(loader, total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True)
-    for sample in progress:
-        if "error" in sample:
-            raise SampleError(sample["error"])
-        prediction = segmentor.predict(sample["image"])
-        iou_sums += iou_counts(prediction, sample["label"], num_classes)
-        if boundary_sums is not None:
-            boundary_sums += boundary_iou_counts(prediction, sample["label"], num_classes)
-        if save_predictions is not None:
-            name = Path(sample["info"]["ori_filename"]).with_suffix(".png")
-            save_label_png(prediction, save_predictions / name, getattr(dataset, "PALETTE", None))
-        if on_prediction is not None:
-            on_prediction(sample["index"], sample["image"], prediction, sample["label"])
-    seconds = (time.perf_counter() - start) / max(len(samples), 1)
-    device = (
-        segmentor.backbones.device if dist.is_initialized() and dist.get_backend() == "nccl" else torch.device("cpu")
-    )
-    iou_sums = all_reduce_sum(iou_sums, device)
-    if boundary_sums is not None:
-        boundary_sums = all_reduce_sum(boundary_sums, device)
-    return EvaluationResult(iou_sums, boundary_sums, total, seconds)
+    return evaluate_settings(
+        segmentor,
+        dataset,
+        num_classes,
+        [segmentor.settings],
+        outputs=[PredictionOutputs(save_predictions, on_prediction)],
+        measure_boundary=measure_boundary,
+        num_workers=num_workers,
+        image_batch=image_batch,
+        limit=limit,
+        description=description,
+    )[0]

@@ -1,4 +1,4 @@
-"""The sliding-window LPOSS / LPOSS+ segmentor: SPEC steps 2-3, 7-12 around the two backbones.
+"""The sliding-window LPOSS / LPOSS+ segmentor: steps 2-3, 7-12 (docs/method.md) around the backbones.
 
 Usage::
 
@@ -14,7 +14,7 @@ Usage::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .label_propagation import propagate_patches, propagate_pixels
 from .windows import merge_windows, patch_centres, resize_to_fit, window_boxes
 
-__all__ = ["Backbones", "Segmentor", "SegmentorSettings", "max_over_aliases"]
+__all__ = ["ENCODING_FIELDS", "Backbones", "ImageEncoding", "Segmentor", "SegmentorSettings", "max_over_aliases"]
 
 
 class Backbones(Protocol):
@@ -44,7 +44,7 @@ class Backbones(Protocol):
 
 @dataclass(frozen=True)
 class SegmentorSettings:
-    """Every setting of the method, with the paper's defaults (SPEC §4)."""
+    """Every setting of the method, with the paper's defaults (docs/method.md, Pipeline)."""
 
     patch_propagation: bool = True  # False: the MaskCLIP baseline (argmax of the initial scores)
     pixel_refine: bool = False  # True: LPOSS+
@@ -80,7 +80,7 @@ class SegmentorSettings:
 
 
 def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class score = max over its alias rows (SPEC step 11).
+    """Class score = max over its alias rows (step 11, docs/method.md).
 
     Args:
         scores: ``[A, H, W]``, one row per alias.
@@ -94,8 +94,27 @@ def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_cla
     return out.scatter_reduce(0, index, scores, reduce="amax")
 
 
+@dataclass
+class ImageEncoding:
+    """What the backbones saw of one image: everything propagation needs, reusable across LP settings."""
+
+    features: torch.Tensor  # [B, D, gh, gw] float32, B = windows of this image
+    scores: torch.Tensor  # [B, A, gh, gw] float32 initial alias scores
+    boxes: list[tuple[int, int, int, int]]  # the B windows (y1, y2, x1, x2) in resized pixels
+    image: torch.Tensor  # [3, h, w] float in [0, 1], the resized image (pixel-level graph)
+    original_size: tuple[int, int]  # (H, W) of the image before resizing
+
+
+# Settings that change what the backbones see: a grid over them needs new encodings (see docs/method.md, "Pipeline").
+ENCODING_FIELDS = ("short_side", "long_side", "crop", "stride")
+
+
 class Segmentor:
-    """Open-vocabulary segmentation of one image at a time with LPOSS, LPOSS+ or the MaskCLIP baseline."""
+    """Open-vocabulary segmentation with LPOSS, LPOSS+ or the MaskCLIP baseline.
+
+    Two public stages: :meth:`encode_batch` (resize, windows, backbones) and :meth:`propagate` (label propagation
+    with any settings, up to the class scores); :meth:`predict` runs both on one image.
+    """
 
     def __init__(
         self, backbones: Backbones, settings: SegmentorSettings | None = None, *, profile: bool = False
@@ -119,42 +138,96 @@ class Segmentor:
             torch.cuda.synchronize(device)
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
 
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``[H, W, 3]`` uint8 RGB -> ``[h, w, 3]`` uint8 fitted to ``(long_side, short_side)`` (step 2, docs/method.md).
+
+        Pure numpy (cv2), so that data-loader workers can run it.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+        return resize_to_fit(image, self.settings.short_side, self.settings.long_side)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (step 2)."""
+        return self._to_tensor(self.resize(image))
+
+    def _to_tensor(self, resized: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self.backbones.device)
+        return tensor.permute(2, 0, 1).float() / 255.0  # [3, h, w]
+
     @torch.no_grad()
-    def encode_windows(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, int, int]]]:
-        """Run all windows of an image through the backbones (SPEC steps 3-7).
+    def encode_batch(
+        self, resized_images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]
+    ) -> list[ImageEncoding]:
+        """Run the windows of several images through the backbones together (steps 3-7, docs/method.md).
+
+        Windows of equal size (all of them once the short side reaches ``crop``) share forwards of at most
+        ``window_batch`` windows, whichever image they come from.
 
         Args:
-            image: ``[3, h, w]`` float in ``[0, 1]`` (already resized), on the backbones' device.
+            resized_images: ``[h, w, 3]`` uint8 RGB each, already resized by :meth:`resize`.
+            original_sizes: ``(H, W)`` of each image before resizing.
 
         Returns:
-            ``(features [B, D, gh, gw], scores [B, A, gh, gw], boxes)``.
+            One :class:`ImageEncoding` per image, in order.
         """
         s = self.settings
-        boxes = window_boxes(image.shape[1], image.shape[2], s.crop, s.stride)
-        windows = torch.stack([image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])  # [B, 3, crop, crop]
-        outputs = [self.backbones(windows[i : i + s.window_batch]) for i in range(0, len(boxes), s.window_batch)]
-        features = torch.cat([f for f, _ in outputs]).float()
-        scores = torch.cat([c for _, c in outputs]).float()
-        return features, scores, boxes
+        images = [self._to_tensor(resized) for resized in resized_images]
+        boxes = [window_boxes(image.shape[1], image.shape[2], s.crop, s.stride) for image in images]
+        windows = [image[:, y1:y2, x1:x2] for image, bs in zip(images, boxes) for y1, y2, x1, x2 in bs]
+        outputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, window in enumerate(windows):
+            by_shape.setdefault(tuple(window.shape), []).append(index)
+        with self._stage("backbones"):
+            for indices in by_shape.values():
+                for start in range(0, len(indices), s.window_batch):
+                    chunk = indices[start : start + s.window_batch]
+                    features, scores = self.backbones(torch.stack([windows[i] for i in chunk]))  # [b, 3, h, w] in
+                    for row, index in enumerate(chunk):
+                        outputs[index] = (features[row].float(), scores[row].float())
+        encodings, first = [], 0
+        for image, bs, size in zip(images, boxes, original_sizes):
+            own = outputs[first : first + len(bs)]
+            first += len(bs)
+            encodings.append(
+                ImageEncoding(
+                    torch.stack([f for f, _ in own]), torch.stack([c for _, c in own]), bs, image, tuple(size)
+                )
+            )
+        return encodings
+
+    def encode(self, image: np.ndarray) -> ImageEncoding:
+        """One ``[H, W, 3]`` uint8 RGB image through resize, windows and backbones (steps 2-7, docs/method.md)."""
+        return self.encode_batch([self.resize(image)], [image.shape[:2]])[0]
+
+    def _check_encoding_settings(self, settings: SegmentorSettings) -> None:
+        for name in ENCODING_FIELDS:
+            if getattr(settings, name) != getattr(self.settings, name):
+                raise ValueError(
+                    f"propagate: settings.{name}={getattr(settings, name)} differs from the encoding's "
+                    f"{getattr(self.settings, name)}; encode again with a Segmentor of those settings"
+                )
 
     @torch.no_grad()
-    def alias_scores(self, image: torch.Tensor) -> torch.Tensor:
-        """Per-alias scores at the resized resolution after the configured propagation (SPEC steps 3-10).
+    def alias_scores(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
+        """Per-alias scores at the resized resolution after the configured propagation (steps 8-10, docs/method.md).
 
         Args:
-            image: ``[3, h, w]`` float in ``[0, 1]`` (already resized), on the backbones' device.
+            encoding: from :meth:`encode_batch`.
+            settings: propagation settings (default: this segmentor's); its encoding fields must match.
 
         Returns:
             ``[A, h, w]`` float32.
         """
-        s = self.settings
-        with self._stage("backbones"):
-            features, scores, boxes = self.encode_windows(image)
+        s = settings or self.settings
+        self._check_encoding_settings(s)
+        scores, image = encoding.scores, encoding.image
         if s.patch_propagation:
             b, a, gh, gw = scores.shape
             flat_scores = scores.permute(0, 2, 3, 1).reshape(-1, a)  # [B * gh * gw, A]
-            flat_features = features.permute(0, 2, 3, 1).reshape(b * gh * gw, -1)  # [N, D]
-            locations = patch_centres(boxes, (gh, gw), device=image.device)
+            flat_features = encoding.features.permute(0, 2, 3, 1).reshape(b * gh * gw, -1)  # [N, D]
+            locations = patch_centres(encoding.boxes, (gh, gw), device=image.device)
             with self._stage("patch_lp"):
                 flat_scores = propagate_patches(
                     flat_scores,
@@ -170,7 +243,7 @@ class Segmentor:
                     knn_backend=s.knn_backend,
                 )
             scores = flat_scores.reshape(b, gh, gw, a).permute(0, 3, 1, 2)  # back to [B, A, gh, gw]
-        canvas = merge_windows(scores, boxes, image.shape[1], image.shape[2])
+        canvas = merge_windows(scores, encoding.boxes, image.shape[1], image.shape[2])
         if s.pixel_refine:
             with self._stage("pixel_lp"):
                 canvas = propagate_pixels(
@@ -185,21 +258,14 @@ class Segmentor:
                 )
         return canvas
 
-    def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (SPEC step 2)."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
-        resized = resize_to_fit(image, self.settings.short_side, self.settings.long_side)
-        return (
-            torch.from_numpy(np.ascontiguousarray(resized)).to(self.backbones.device).permute(2, 0, 1).float() / 255.0
-        )
-
     @torch.no_grad()
-    def predict_scores(self, image: np.ndarray) -> torch.Tensor:
-        """Class scores at the original size (SPEC steps 2-12, before the argmax).
+    def propagate(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
+        """Class scores at the original size from an encoding (steps 8-12, docs/method.md, before the argmax).
 
         Args:
-            image: ``[H, W, 3]`` uint8 RGB.
+            encoding: from :meth:`encode_batch` of this segmentor.
+            settings: propagation settings (default: this segmentor's); ``short_side``, ``long_side``,
+                ``crop`` and ``stride`` must equal the segmentor's (they shaped the encoding).
 
         Returns:
             ``[K, H, W]`` float32, K = number of classes.
@@ -207,8 +273,12 @@ class Segmentor:
         alias_to_class = self.backbones.alias_to_class
         num_classes = int(alias_to_class.max()) + 1
         # As the reference: aliases are propagated as separate columns, the max over them comes after.
-        classes = max_over_aliases(self.alias_scores(self.prepare(image)), alias_to_class, num_classes)
-        return F.interpolate(classes[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
+        classes = max_over_aliases(self.alias_scores(encoding, settings), alias_to_class, num_classes)
+        return F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
+
+    def predict_scores(self, image: np.ndarray) -> torch.Tensor:
+        """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (steps 2-12)."""
+        return self.propagate(self.encode(image))
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Label map ``[H, W]`` int64 of class indices for an ``[H, W, 3]`` uint8 RGB image."""

@@ -1,6 +1,7 @@
 """End to end: main_eval.py with tiny random backbones on real VOC images and generated datasets."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -42,6 +43,10 @@ def shared_backbones(monkeypatch):
 
 
 def run(argv):
+    # mmseg's logger keeps the stderr of the test that created it (a closed capture by now): follow the current one
+    for handler in logging.getLogger("mmseg").handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.stream = sys.stderr  # not setStream: it flushes the closed one
     return main_eval.main(main_eval.parse_args(argv))
 
 
@@ -91,12 +96,37 @@ def test_voc_results_predictions_and_metric_equal_mmseg(tmp_path):
 
 @needs_voc
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
-    args = ["lposs.yaml", "--dataset", "voc20", f"data_root={VOC_MINI}", "short_side=112", *TINY]
-    assert run([*args, "--output", str(tmp_path / "a")]) == 0
-    # the second run loads images in two worker processes: the order and the metrics stay the same
-    assert run([*args, "--output", str(tmp_path / "b"), "num_workers=2"]) == 0
+    # k=10: a small graph smooths less, so the tiny models' label maps hold several classes
+    args = ["lposs.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "short_side=112", "k=10", *TINY]
+    first = ["--output", str(tmp_path / "a"), "--save_predictions", str(tmp_path / "pa"), "--image_batch", "1"]
+    assert run([*args, *first]) == 0
+    # the second run loads images in two worker processes and batches both images' windows together:
+    # the order, the label maps and the metrics stay the same
+    second = ["--output", str(tmp_path / "b"), "--save_predictions", str(tmp_path / "pb"), "--image_batch", "2"]
+    assert run([*args, *second, "num_workers=2"]) == 0
+    # the method itself draws no random numbers: another seed, with the same (cached) backbone weights, gives the
+    # same maps, so noise added to the scores fails this test even when it is seeded
+    assert run([*args, "--save_predictions", str(tmp_path / "pc"), "seed=1"]) == 0
     a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
-    assert a["IoU"] == b["IoU"] and a["mIoU"] == b["mIoU"]
+    assert a["IoU"] == b["IoU"] and a["mIoU"] == b["mIoU"] and a["aAcc"] == b["aAcc"]
+    assert a["mIoU"] > 0  # not all zero, as voc20 with the tiny models was
+    runs = ("pa", "pb", "pc")
+    maps = {d: {p.name: np.array(Image.open(p)) for p in sorted((tmp_path / d).glob("*.png"))} for d in runs}
+    assert len(maps["pa"]) == 2 and maps["pa"].keys() == maps["pb"].keys() == maps["pc"].keys()
+    assert len(np.unique(np.concatenate([m.ravel() for m in maps["pa"].values()]))) >= 3  # real label maps
+    dataset = build_dataset("voc", VOC_MINI)
+    correct = 0
+    for idx, info in enumerate(dataset.img_infos):
+        name = Path(info["filename"]).with_suffix(".png").name
+        np.testing.assert_array_equal(maps["pa"][name], maps["pb"][name])
+        np.testing.assert_array_equal(maps["pa"][name], maps["pc"][name])
+        # per-class counts of the saved maps (numpy bincount, independent of the code under test)
+        label = load_label(dataset, idx)
+        valid = label != 255
+        hits = [np.bincount(maps[d][name][valid & (maps[d][name] == label)], minlength=21) for d in ("pa", "pb")]
+        np.testing.assert_array_equal(hits[0], hits[1])
+        correct += hits[0].sum()
+    assert correct > 0
 
 
 def test_all_datasets_table_on_generated_layouts(tmp_path, capsys):
@@ -236,27 +266,145 @@ def test_unreadable_image_and_size_mismatch(tmp_path, capsys):
     assert_one_line_error(capsys, run(args), "img_a.png", "37x53", "10x12")
 
 
-def test_interrupted_run_leaves_no_results(tmp_path, capsys, monkeypatch):
-    make_dataset(tmp_path, "cityscapes")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "results.json").write_text("{}")  # from an earlier run
+def snapshot(*folders):
+    """Every file under the folders: bytes, mtime and mode; and every entry of their parent folder."""
+    files = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            stat = path.stat()
+            files[path] = (path.read_bytes() if path.is_file() else None, stat.st_mtime_ns, stat.st_mode)
+    return files, sorted(p.name for p in folders[0].parent.iterdir())
+
+
+def first_run_into(tmp_path):
+    """voc,voc20 into out (predictions into pred): the results a later, failing run must not touch."""
+    make_dataset(tmp_path, "voc")
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    common = [f"data_root={tmp_path}", "--output", str(out), "--save_predictions", str(pred), *SMALL, *TINY]
+    assert run(["lposs.yaml", "--dataset", "voc,voc20", "--measure_boundary", *common]) == 0
+    return out, pred, common
+
+
+def test_failed_run_leaves_earlier_results_untouched(tmp_path, capsys):
+    out, pred, common = first_run_into(tmp_path)
+    voc, voc20 = (json.loads((out / k / "results.json").read_text()) for k in ("voc", "voc20"))
+    summary = json.loads((out / "summary.json").read_text())  # the whole table
+    assert summary["mIoU"] == {"voc": voc["mIoU"], "voc20": voc20["mIoU"]}
+    assert summary["boundary_mIoU"] == {"voc": voc["boundary_mIoU"], "voc20": voc20["boundary_mIoU"]}
+    assert summary["average"]["mIoU"] == pytest.approx((voc["mIoU"] + voc20["mIoU"]) / 2)
+    assert summary["average"]["boundary_mIoU"] == pytest.approx((voc["boundary_mIoU"] + voc20["boundary_mIoU"]) / 2)
+    before = snapshot(out, pred)
+    assert (out / "eval.log").stat().st_size > 0 and len(list(pred.rglob("*.png"))) == 4
+    # the issue's scenario: ade20k is missing -> exit 2, nothing under out or pred changed, nothing left beside
+    assert_one_line_error(
+        capsys, run(["lposs.yaml", "--dataset", "voc,ade20k", "k=7", *common]), "ADEChallengeData2016"
+    )
+    assert snapshot(out, pred) == before
+    # a bad value in the grid of a sweep, too
+    code = run(["lposs.yaml", "--dataset", "voc", "--sweep", "k=5,0", *common])
+    assert_one_line_error(capsys, code, "k=0")
+    assert snapshot(out, pred) == before
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monkeypatch, error):
+    out, pred, common = first_run_into(tmp_path)
+    before = snapshot(out, pred)
     from segmentation import Segmentor
 
-    def interrupted(self, image):
-        raise KeyboardInterrupt
+    calls = []
+    original = Segmentor.propagate
 
-    monkeypatch.setattr(Segmentor, "predict", interrupted)
-    code = run(["lposs.yaml", "--dataset", "cityscapes", "--output", str(out), f"data_root={tmp_path}", *SMALL, *TINY])
-    assert code == 130
-    assert not (out / "results.json").exists()
-    assert not [p for p in out.iterdir() if "results" in p.name]
+    def fails_on_second_image(self, encoding, settings=None):
+        calls.append(1)
+        if len(calls) == 2:  # mid-dataset: the first image's prediction is already written (staged)
+            raise error("injected")
+        return original(self, encoding, settings)
+
+    monkeypatch.setattr(Segmentor, "propagate", fails_on_second_image)
+    args = ["lposs.yaml", "--dataset", "voc,voc20", "k=7", *common]
+    if error is KeyboardInterrupt:
+        assert run(args) == 130
+    else:
+        with pytest.raises(RuntimeError, match="injected"):
+            run(args)
+    assert len(calls) == 2
+    assert snapshot(out, pred) == before
+
+
+def test_output_files_are_0644_and_record_versions(tmp_path, monkeypatch):
+    old_umask = os.umask(0o022)
+    try:
+        out, pred, _ = first_run_into(tmp_path)
+    finally:
+        os.umask(old_umask)
+    for path in [*out.rglob("*.json"), out / "config.yaml", out / "eval.log", *pred.rglob("*.png")]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    record = json.loads((out / "voc" / "results.json").read_text())
+    import open_clip
+    import timm
+    import torch
+
+    assert record["versions"]["torch"] == torch.__version__ and record["versions"]["timm"] == timm.__version__
+    assert record["versions"]["open_clip"] == open_clip.__version__ and record["versions"]["mmseg"] == "0.30.0"
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert record["git_commit"] == (git.stdout.strip() if git.returncode == 0 else None)
+
+
+def test_every_missing_dataset_in_one_line(tmp_path, capsys):
+    make_dataset(tmp_path, "voc")  # voc and voc20 are there, the six others are not
+    code = run(["lposs.yaml", "--dataset", "all", f"data_root={tmp_path}", *TINY])
+    missing = ("context", "coco_object", "context59", "coco_stuff", "cityscapes", "ade20k")
+    assert_one_line_error(capsys, code, "6 datasets", *(f"dataset '{key}'" for key in missing))
+
+
+def refuse_model_loading(monkeypatch):
+    def load(cls, model_cfg, device="cpu"):
+        raise AssertionError("the models were loaded before the pre-flight check failed")
+
+    monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(load))
 
 
 def test_wandb_without_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
     make_dataset(tmp_path, "cityscapes")
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
+    refuse_model_loading(monkeypatch)
+    out = tmp_path / "out"
     code = run(
-        ["maskclip.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "wandb.mode=offline", *SMALL, *TINY]
+        [
+            "maskclip.yaml",
+            "--dataset",
+            "cityscapes",
+            f"data_root={tmp_path}",
+            "--output",
+            str(out),
+            "wandb.mode=offline",
+            *SMALL,
+            *TINY,
+        ]
     )
     assert_one_line_error(capsys, code, "wandb.mode=offline", "pip install wandb")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cityscapes"]
+
+
+def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    import models
+
+    class ModelConfigError(ValueError):
+        """Stands for models.ModelConfigError (the models package may not have it yet)."""
+
+    checked = []
+
+    def check_model_config(model_cfg, device):
+        checked.append((model_cfg.clip.name, str(device)))
+        if model_cfg.clip.name == "ViT-B-32":
+            raise ModelConfigError("config value model.clip.name='ViT-B-32' is invalid: patch size 32, expected 16")
+
+    monkeypatch.setattr(models, "check_model_config", check_model_config, raising=False)
+    refuse_model_loading(monkeypatch)
+    make_dataset(tmp_path, "cityscapes")
+    out = tmp_path / "out"
+    args = ["lposs.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "--output", str(out), *TINY]
+    assert_one_line_error(capsys, run([*args, "--sweep", "model.clip.name=ViT-S-16,ViT-B-32"]), "ViT-B-32", "patch")
+    assert checked == [("ViT-S-16", "cpu"), ("ViT-B-32", "cpu")]  # every model of the grid, before any loading
+    assert not out.exists()

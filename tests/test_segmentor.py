@@ -117,3 +117,17 @@ def test_segmentor_equals_spec_reimplementation(settings):
 def test_rejects_non_rgb_input():
     with pytest.raises(ValueError, match="uint8 RGB"):
         Segmentor(FakeBackbones()).predict(np.zeros((20, 20), np.uint8))
+
+
+def test_one_encoding_propagated_with_other_settings_equals_their_own_run():
+    image = np.random.default_rng(2).integers(0, 256, size=(90, 70, 3)).astype(np.uint8)
+    backbones = FakeBackbones()
+    base = SegmentorSettings(**SMALL)
+    segmentor = Segmentor(backbones, base)
+    encoding = segmentor.encode(image)
+    for changes in ({"k": 10}, {"alpha": 0.8, "pixel_refine": True}, {"patch_propagation": False}):
+        other = SegmentorSettings(**{**SMALL, **changes})
+        ours = segmentor.propagate(encoding, other)
+        torch.testing.assert_close(ours, Segmentor(backbones, other).predict_scores(image), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="crop"):
+        segmentor.propagate(encoding, SegmentorSettings(**{**SMALL, "crop": 48}))

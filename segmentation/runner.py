@@ -1,0 +1,349 @@
+"""The evaluation run behind ``main_eval.py``: pre-flight checks, then datasets x settings, then the tables.
+
+Order of a run:
+
+1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config and wandb are
+   checked; nothing under ``--output`` is touched before this passes;
+2. one pass over each dataset per group of settings that share backbone features (:mod:`segmentation.sweep`);
+   each pass evaluates all settings of its group and publishes their files whole
+   (:class:`segmentation.run_output.StagedFolder`);
+3. summary, tables, config and log published at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
+
+from .config import ConfigError
+from .evaluation import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
+from .metrics import format_table, summarize
+from .reporting import (
+    atomic_write_text,
+    check_wandb,
+    environment_record,
+    format_paper_table,
+    start_wandb,
+    summary_record,
+)
+from .run_output import StagedFolder
+from .segmentor import Segmentor, SegmentorSettings
+from .sweep import Combination, format_sweep_tables, group_by_encoding, is_complete, plan_combinations
+
+__all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "run"]
+
+logger = logging.getLogger("lposs")
+# The paper's column order (docs/method.md, "Datasets and prompts").
+PAPER_ORDER = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
+
+
+@dataclass
+class RunPlan:
+    """Everything a run needs, checked."""
+
+    combinations: list[Combination]
+    keys: list[str]  # dataset keys
+    datasets: dict[tuple[str, str], object]  # (data_root, key) -> dataset
+    device: torch.device
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.combinations[0].name)
+
+
+def dataset_keys(spec: str) -> list[str]:
+    """``'all'`` or a comma list -> dataset keys, checked."""
+    keys = list(PAPER_ORDER) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
+    for key in keys:
+        if key not in DATASET_KEYS:
+            raise DatasetError(
+                f"unknown dataset {key!r} in --dataset; expected one of {', '.join(DATASET_KEYS)} or 'all'"
+            )
+    if not keys:
+        raise DatasetError("--dataset is empty; expected a dataset key, a comma list or 'all'")
+    return keys
+
+
+def build_datasets(keys: list[str], data_roots: list[str]) -> dict[tuple[str, str], object]:
+    """Every dataset under every data root; all that are missing reported in one error."""
+    datasets, problems = {}, []
+    for root in data_roots:
+        for key in keys:
+            try:
+                datasets[(root, key)] = build_dataset(key, root)
+            except (DatasetError, FileNotFoundError) as error:
+                problems.append(str(error))
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        raise DatasetError(f"{len(problems)} datasets cannot be used: " + " | ".join(problems))
+    return datasets
+
+
+def setup_distributed(device_setting: str) -> torch.device:
+    """Join the torchrun process group when there is one; return this rank's device."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device_setting != "cpu"
+    if device_setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config value device={device_setting!r} is invalid: no CUDA device is available")
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        return torch.device("cpu")
+    if device_setting.startswith("cuda:"):
+        return torch.device(device_setting)
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def make_deterministic(seed: int, device: torch.device) -> None:
+    """Same config and seed -> bit-identical metrics (CPU always; CUDA with deterministic kernels)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _check_models(combinations: list[Combination], device: torch.device) -> None:
+    """``models.check_model_config`` on every distinct model config, when the models package has it."""
+    import models
+
+    check = getattr(models, "check_model_config", None)
+    if check is None:
+        return
+    seen = set()
+    for combination in combinations:
+        key = OmegaConf.to_yaml(combination.config.model)
+        if key not in seen:
+            seen.add(key)
+            check(combination.config.model, device)
+
+
+def preflight(args: argparse.Namespace) -> RunPlan:
+    """Check the whole run before any output is touched or any model loaded.
+
+    Raises:
+        ConfigError, DatasetError, ImportError, ValueError: one line naming the bad input.
+    """
+    combinations = plan_combinations(args.config, args.overrides, args.sweep)
+    keys = dataset_keys(args.dataset)
+    roots = list(dict.fromkeys(str(c.config.data_root) for c in combinations))
+    datasets = build_datasets(keys, roots)
+    for mode in dict.fromkeys(str(c.config.wandb.mode) for c in combinations):
+        check_wandb(mode)
+    device = setup_distributed(combinations[0].config.device)
+    _check_models(combinations, device)
+    return RunPlan(combinations, keys, datasets, device)
+
+
+def _setup_logging(log_file: str | None) -> None:
+    """Results to stdout (rank 0) and to the run's log file (staged, appended to ``eval.log`` at the end)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    for handler in logger.handlers:
+        handler.close()
+    logger.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if is_main_process() else logging.WARNING)
+    logger.propagate = False
+
+
+class _Run:
+    """State of one run: the plan, the staged output folders, the records gathered so far."""
+
+    def __init__(self, args: argparse.Namespace, plan: RunPlan) -> None:
+        self.args, self.plan = args, plan
+        main = is_main_process()
+        self.output = None if args.output is None else StagedFolder.create(args.output, main)
+        self.predictions = None if args.save_predictions is None else StagedFolder.create(args.save_predictions, main)
+        self.records: dict[str, dict[str, dict]] = {c.name: {} for c in plan.combinations}
+        self.environment = environment_record()
+
+    def relative(self, combination: Combination, key: str) -> str:
+        """Folder of one (setting, dataset) inside the output folders ("" = the folder itself)."""
+        parts = [combination.folder] if self.plan.is_sweep else []
+        if self.plan.is_sweep or len(self.plan.keys) > 1:
+            parts.append(key)
+        return "/".join(parts)
+
+    def done(self, combination: Combination, key: str) -> dict | None:
+        """The finished record of ``--resume``, or None."""
+        if not self.args.resume or self.output is None:
+            return None
+        path = self.output.final / self.relative(combination, key) / "results.json"
+        if not is_complete(path, combination.config, self.args.limit, self.args.measure_boundary):
+            return None
+        return json.loads(path.read_text())
+
+    def outputs(self, combination: Combination, key: str, dataset) -> PredictionOutputs:
+        rel = self.relative(combination, key)
+        save_dir = None if self.predictions is None else self.predictions.path(rel)
+        visualise = None
+        if self.args.save_visualisations and self.output is not None and is_main_process():
+            from .visualise import OverlayWriter
+
+            folder = self.output.path(rel, "visualisations")
+            visualise = OverlayWriter(folder, class_names(key, aliases=False), dataset, self.args.save_visualisations)
+        return PredictionOutputs(save_dir, visualise)
+
+    def record(self, combination: Combination, key: str, result: EvaluationResult) -> dict:
+        """Summarise one (setting, dataset), print it, stage its results.json."""
+        config = combination.config
+        summary = summarize(result.iou_sums, result.boundary_sums, class_names(key, aliases=False))
+        method = SegmentorSettings.from_config(config).method
+        record = {
+            "dataset": key,
+            "method": method,
+            "setting": combination.name or None,
+            **{name: summary[name] for name in ("mIoU", "IoU", "boundary_mIoU", "aAcc")},
+            "boundary_IoU": summary["boundary_IoU"] or None,
+            "num_images": result.num_images,
+            "limit": self.args.limit,
+            "seconds_per_image": result.seconds_per_image,
+            "images_per_second": result.images_per_second,
+            "config": OmegaConf.to_container(config, resolve=True),
+            **self.environment,
+        }
+        if is_main_process():
+            title = f"{combination.name} | {key}" if combination.name else key
+            logger.info(f"\n{title} ({method}, {result.num_images} images)")
+            logger.info(format_table(summary))
+            if self.output is not None:
+                atomic_write_text(self.output.path(self.relative(combination, key), "results.json"), _dumps(record))
+        return record
+
+    def publish(self, combination: Combination, key: str) -> None:
+        if is_main_process():
+            for folder in (self.predictions, self.output):
+                if folder is not None:
+                    folder.publish(self.relative(combination, key))
+
+    def discard(self) -> None:
+        if is_main_process():
+            for folder in (self.output, self.predictions):
+                if folder is not None:
+                    folder.discard()
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _evaluate_group(run: _Run, group: list[Combination], backbones) -> None:
+    """One pass per dataset for a group of settings that share the backbone features."""
+    args, plan = run.args, run.plan
+    first = group[0].config
+    segmentor = Segmentor(backbones, SegmentorSettings.from_config(first))
+    for key in plan.keys:
+        todo = []
+        for combination in group:
+            record = run.done(combination, key)
+            if record is None:
+                todo.append(combination)
+            else:
+                run.records[combination.name][key] = record
+                logger.info(f"--resume: {' '.join([combination.name, key]).strip()} is complete, skipped")
+        if not todo:
+            continue
+        make_deterministic(first.seed, plan.device)
+        dataset = plan.datasets[(str(first.data_root), key)]
+        backbones.set_classes(class_names(key))
+        results = evaluate_settings(
+            segmentor,
+            dataset,
+            len(class_names(key)),
+            [SegmentorSettings.from_config(c.config) for c in todo],
+            outputs=[run.outputs(c, key, dataset) for c in todo],
+            measure_boundary=args.measure_boundary,
+            num_workers=first.num_workers,
+            image_batch=args.image_batch,
+            limit=args.limit,
+            description=key,
+        )
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        logger.info(
+            f"{key}: {results[0].num_images} images x {len(todo)} setting(s) in {results[0].seconds:.1f} s, "
+            f"{results[0].images_per_second:.2f} images/s over {world} process(es)"
+        )
+        for combination, result in zip(todo, results):
+            run.records[combination.name][key] = run.record(combination, key, result)
+            run.publish(combination, key)
+
+
+def _finish(run: _Run) -> None:
+    """Tables on stdout; summary, tables, configs and the log published (rank 0)."""
+    plan, output = run.plan, run.output
+    if plan.is_sweep:
+        markdown, table_csv = format_sweep_tables(run.records, plan.keys, run.args.measure_boundary)
+        logger.info("\n" + markdown)
+        summary = {"settings": list(run.records), "datasets": plan.keys, "rows": {}}
+        for name, records in run.records.items():
+            method = next(iter(records.values()))["method"]
+            summary["rows"][name] = summary_record(method, records, PAPER_ORDER)
+        if output is not None:
+            atomic_write_text(output.path("sweep.md"), markdown)
+            atomic_write_text(output.path("sweep.csv"), table_csv)
+            for combination in plan.combinations:
+                atomic_write_text(output.path(combination.folder, "config.yaml"), OmegaConf.to_yaml(combination.config))
+    else:
+        records = run.records[""]
+        method = next(iter(records.values()))["method"]
+        for metric in ["mIoU"] + (["boundary_mIoU"] if run.args.measure_boundary else []):
+            logger.info(f"\n{metric}\n" + format_paper_table(method, records, PAPER_ORDER, metric))
+        summary = summary_record(method, records, PAPER_ORDER)
+        if output is not None:
+            atomic_write_text(output.path("config.yaml"), OmegaConf.to_yaml(plan.combinations[0].config))
+    if output is not None:
+        atomic_write_text(output.path("summary.json"), _dumps(summary))
+        output.publish()
+
+
+def run(args: argparse.Namespace, plan: RunPlan) -> None:
+    """Evaluate every (setting, dataset) of a checked plan; see the module docstring for the order."""
+    from models import LPOSSBackbones  # heavy imports only once the inputs are known to be fine
+
+    state = _Run(args, plan)
+    main = is_main_process()
+    _setup_logging(str(state.output.path("eval.log")) if state.output is not None and main else None)
+    try:
+        method = SegmentorSettings.from_config(plan.combinations[0].config).method
+        wandb_run = start_wandb(plan.combinations[0].config, method, plan.keys) if main else None
+        loaded: dict[str, object] = {}  # groups that differ only in windows or resizing share the models
+        for group in group_by_encoding(plan.combinations):
+            model_key = OmegaConf.to_yaml(group[0].config.model)
+            if model_key not in loaded:
+                loaded.clear()  # one set of models in memory at a time
+                make_deterministic(group[0].config.seed, plan.device)  # random-init weights too (tests, benchmarks)
+                loaded[model_key] = LPOSSBackbones.from_config(group[0].config.model, plan.device).eval()
+            _evaluate_group(state, group, loaded[model_key])
+        if main:
+            _finish(state)
+            if wandb_run is not None:
+                wandb_run.log(
+                    {f"{n or 'run'}/{k}/mIoU": r["mIoU"] for n, rs in state.records.items() for k, r in rs.items()}
+                )
+                wandb_run.finish()
+        _setup_logging(None)  # closes the staged log file
+        if main and state.output is not None:
+            state.output.append_to("eval.log")
+    finally:
+        _setup_logging(None)
+        state.discard()
