@@ -14,6 +14,7 @@ evaluated, and the backbones run once per image for all settings that only chang
 
 Config files are looked up in ``configs/`` when not given as a path; ``key=value`` overrides follow the flags.
 Datasets: voc, voc20, context, context59, coco_object, coco_stuff, cityscapes, ade20k (or ``all``).
+The method, its constants and the reproduced quirks of the paper's code: docs/method.md.
 """
 
 from __future__ import annotations
