@@ -108,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: earlier results under --output are unchanged", file=sys.stderr)
+        swept = "completed settings are in place (finish with --resume), " if args.sweep else ""
+        print(f"interrupted: {swept}earlier results under --output are otherwise unchanged", file=sys.stderr)
         return 130
     finally:
         if dist.is_available() and dist.is_initialized():

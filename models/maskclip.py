@@ -244,7 +244,9 @@ def text_classifier(
         raise ValueError("text_classifier: templates is empty")
     param = next(clip_model.parameters())
     filled = tuple(_fill(t, "{}") for t in templates)
-    key = (id(clip_model), tuple(class_names), str(param.device), param.dtype, precision, filled)
+    # Tensor versions change with every in-place update, so weights changed after a first call never hit.
+    versions = tuple(p._version for p in clip_model.parameters())
+    key = (id(clip_model), versions, tuple(class_names), str(param.device), param.dtype, precision, filled)
     hit = _TEXT_CACHE.get(key)
     if hit is not None and hit[0]() is clip_model:
         return hit[1], hit[2]

@@ -14,6 +14,7 @@ per grid point, in the order of Hydra's basic sweeper.
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -254,8 +255,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "data_root": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "device": (
-        lambda v: isinstance(v, str) and (v in ("auto", "cpu", "cuda") or v.startswith("cuda:")),
-        "auto, cpu, cuda or cuda:N",
+        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v) is not None,
+        "auto, cpu, cuda or cuda:N (N a GPU index)",
     ),
     "model.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "model.templates": (lambda v: v in ("imagenet80", "single"), "imagenet80 or single"),

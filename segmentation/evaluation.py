@@ -142,26 +142,35 @@ def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) 
 
 
 class _CountSums:
-    """Per-setting running sums of IoU (and Boundary IoU) counts, and the per-setting outputs."""
+    """Per-setting running sums of IoU (and Boundary IoU) counts, kept on the segmentation device.
 
-    def __init__(self, num_settings: int, num_classes: int, measure_boundary: bool) -> None:
+    The counts are exact integers (int64), so summing them on the GPU changes nothing but where the work runs.
+    """
+
+    def __init__(self, num_settings: int, num_classes: int, measure_boundary: bool, device: torch.device) -> None:
         self.num_classes = num_classes
-        self.iou = np.zeros((num_settings, 4, num_classes))
-        self.boundary = np.zeros((num_settings, 2, num_classes)) if measure_boundary else None
+        self.iou = torch.zeros(num_settings, 4, num_classes, dtype=torch.int64, device=device)
+        self.boundary = (
+            torch.zeros(num_settings, 2, num_classes, dtype=torch.int64, device=device) if measure_boundary else None
+        )
 
-    def add(self, setting: int, prediction: np.ndarray, label: np.ndarray) -> None:
+    def add(self, setting: int, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """Add one image's counts; ``prediction`` and ``label`` ``[H, W]`` int64 on the sums' device."""
         self.iou[setting] += iou_counts(prediction, label, self.num_classes)
         if self.boundary is not None:
             self.boundary[setting] += boundary_iou_counts(prediction, label, self.num_classes)
 
     def all_reduced(self, device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-        """Both sums over all ranks, with one all-reduce."""
-        stacked = self.iou if self.boundary is None else np.concatenate([self.iou, self.boundary], axis=1)
-        total = all_reduce_sum(stacked, device)  # [S, 4 (+ 2), C]
+        """Both sums over all ranks as float64 arrays, with one all-reduce."""
+        stacked = self.iou if self.boundary is None else torch.cat([self.iou, self.boundary], dim=1)
+        total = all_reduce_sum(stacked.cpu().double().numpy(), device)  # [S, 4 (+ 2), C]
         return total[:, :4], None if self.boundary is None else total[:, 4:]
 
 
-def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: np.ndarray, palette: list | None) -> None:
+def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: torch.Tensor, palette: list | None) -> None:
+    if outputs.save_dir is None and outputs.on_prediction is None:
+        return  # the label map stays on the device
+    prediction = prediction.cpu().numpy()
     if outputs.save_dir is not None:
         name = Path(sample["info"]["ori_filename"]).with_suffix(".png")
         save_label_png(prediction, outputs.save_dir / name, palette)
@@ -183,9 +192,10 @@ def _evaluate_batch(
         raise SampleError(errors[0])
     encodings = segmentor.encode_batch([x["resized"] for x in batch], [x["original_size"] for x in batch])
     for sample, encoding in zip(batch, encodings):
+        label = torch.from_numpy(sample["label"]).to(sums.iou.device)  # [H, W] int64, once for every setting
         for j, setting in enumerate(settings):
-            prediction = segmentor.propagate(encoding, setting).argmax(0).cpu().numpy()  # [H, W]
-            sums.add(j, prediction, sample["label"])
+            prediction = segmentor.propagate(encoding, setting).argmax(0)  # [H, W] int64, on the device
+            sums.add(j, prediction, label)
             _write_outputs(outputs[j], sample, prediction, palette)
 
 
@@ -237,7 +247,7 @@ def evaluate_settings(
     s = segmentor.settings
     samples = _Samples(dataset, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
     loader = DataLoader(samples, batch_size=image_batch, num_workers=num_workers, collate_fn=list)
-    sums = _CountSums(len(settings), num_classes, measure_boundary)
+    sums = _CountSums(len(settings), num_classes, measure_boundary, segmentor.backbones.device)
     palette = getattr(dataset, "PALETTE", None)
     start = time.perf_counter()
     with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:

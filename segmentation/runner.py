@@ -98,7 +98,17 @@ def setup_distributed(device_setting: str) -> torch.device:
     use_cuda = torch.cuda.is_available() and device_setting != "cpu"
     if device_setting.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config value device={device_setting!r} is invalid: no CUDA device is available")
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if device_setting.startswith("cuda:"):
+        index, count = int(device_setting.split(":")[1]), torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"config value device={device_setting!r} is invalid: this machine has {count} GPU(s)")
+        if world_size > 1:
+            raise ConfigError(
+                f"config value device={device_setting!r} is invalid under torchrun: use device=cuda "
+                "(each process takes the GPU of its LOCAL_RANK)"
+            )
+    if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if not use_cuda:
         return torch.device("cpu")
@@ -285,7 +295,8 @@ def _evaluate_group(run: _Run, group: list[Combination], backbones) -> None:
         )
         for combination, result in zip(todo, results):
             run.records[combination.name][key] = run.record(combination, key, result)
-            run.publish(combination, key)
+            if plan.is_sweep:  # each setting's results are a whole run of their own: --resume builds on them
+                run.publish(combination, key)
 
 
 def _finish(run: _Run) -> None:
@@ -311,6 +322,9 @@ def _finish(run: _Run) -> None:
         summary = summary_record(method, records, PAPER_ORDER)
         if output is not None:
             atomic_write_text(output.path("config.yaml"), OmegaConf.to_yaml(plan.combinations[0].config))
+    if not plan.is_sweep:  # a single run replaces earlier results all at once, or (failing) not at all
+        for key in plan.keys:
+            run.publish(plan.combinations[0], key)
     if output is not None:
         atomic_write_text(output.path("summary.json"), _dumps(summary))
         output.publish()

@@ -60,8 +60,11 @@ def plan_combinations(config_name: str | Path, overrides: Sequence[str], sweep: 
         raise ConfigError(
             f"override(s) {', '.join(varying)} list several values: add --sweep (or -m) to evaluate the grid"
         )
-    combinations = []
+    combinations, seen = [], set()
     for grid_overrides in expand_sweep(overrides, check=False):  # each point is loaded and checked below
+        if tuple(grid_overrides) in seen:  # k=10,10 lists one setting twice: evaluate it once
+            continue
+        seen.add(tuple(grid_overrides))
         values = dict(item.split("=", 1) for item in grid_overrides)
         name = ",".join(f"{key}={values[key]}" for key in varying)
         try:
@@ -136,7 +139,8 @@ def format_sweep_tables(
             cells += values + [_average(values)]
         table.append((name, cells))
     averages = [cells[len(dataset_keys)] for _, cells in table]
-    best = max(range(len(table)), key=lambda i: -1.0 if averages[i] is None else averages[i]) if table else -1
+    scored = [i for i, average in enumerate(averages) if average is not None]
+    best = max(scored, key=lambda i: averages[i]) if scored else -1  # no row is best when none has a value
     lines = ["| " + " | ".join(header) + " | best |", "|" + "---|" * (len(header) + 1)]
     for i, (name, cells) in enumerate(table):
         lines.append("| " + " | ".join([name] + [_cell(v) for v in cells]) + f" | {'*' if i == best else ''} |")

@@ -120,6 +120,7 @@ BAD_VALUES = [
     ("num_workers=-1", "num_workers=-1"),
     ("data_root=''", "data_root=''"),
     ("device=tpu", "device='tpu'"),
+    ("device=cuda:x", "device='cuda:x'"),
     ("model.dtype=float64", "model.dtype='float64'"),
     ("model.templates=all", "model.templates='all'"),
     ("model.clip.name=''", "model.clip.name=''"),

@@ -100,3 +100,24 @@ def test_windows_of_several_images_share_forwards(dataset):
         assert alone.boxes == encoding.boxes and alone.original_size == encoding.original_size
         torch.testing.assert_close(alone.features, encoding.features, rtol=0, atol=0)
         torch.testing.assert_close(alone.scores, encoding.scores, rtol=0, atol=0)
+
+
+def test_counts_are_taken_on_the_segmentation_device(dataset, monkeypatch):
+    """The label maps are counted where they were computed (a GPU's maps never go to the host for metrics)."""
+    import segmentation.evaluation as evaluation
+
+    seen = []
+
+    def recording(counts):
+        def wrapped(prediction, label, num_classes):
+            seen.append((type(prediction), type(label), prediction.device, label.device))
+            return counts(prediction, label, num_classes)
+
+        return wrapped
+
+    monkeypatch.setattr(evaluation, "iou_counts", recording(iou_counts))
+    monkeypatch.setattr(evaluation, "boundary_iou_counts", recording(boundary_iou_counts))
+    segmentor = Segmentor(FakeBackbones(), SETTINGS)
+    evaluate(segmentor, dataset, NUM_CLASSES, measure_boundary=True, num_workers=0)
+    device = segmentor.backbones.device
+    assert len(seen) == 4 and all(entry == (torch.Tensor, torch.Tensor, device, device) for entry in seen)

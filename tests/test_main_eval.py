@@ -306,8 +306,9 @@ def test_failed_run_leaves_earlier_results_untouched(tmp_path, capsys):
     assert snapshot(out, pred) == before
 
 
+@pytest.mark.parametrize("fail_at", [2, 3])  # mid first dataset; first image of the second (voc done by then)
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monkeypatch, error):
+def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monkeypatch, error, fail_at):
     out, pred, common = first_run_into(tmp_path)
     before = snapshot(out, pred)
     from segmentation import Segmentor
@@ -317,7 +318,7 @@ def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monk
 
     def fails_on_second_image(self, encoding, settings=None):
         calls.append(1)
-        if len(calls) == 2:  # mid-dataset: the first image's prediction is already written (staged)
+        if len(calls) == fail_at:  # earlier images' predictions (and at 3, voc's results) are already staged
             raise error("injected")
         return original(self, encoding, settings)
 
@@ -328,7 +329,7 @@ def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monk
     else:
         with pytest.raises(RuntimeError, match="injected"):
             run(args)
-    assert len(calls) == 2
+    assert len(calls) == fail_at
     assert snapshot(out, pred) == before
 
 
@@ -408,3 +409,19 @@ def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
     assert_one_line_error(capsys, run([*args, "--sweep", "model.clip.name=ViT-S-16,ViT-B-32"]), "ViT-B-32", "patch")
     assert checked == [("ViT-S-16", "cpu"), ("ViT-B-32", "cpu")]  # every model of the grid, before any loading
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "world_size", "expected"),
+    [("cuda:1", "1", "this machine has 1 GPU"), ("cuda:0", "2", "use device=cuda")],
+)
+def test_gpu_index_checked_before_any_work(monkeypatch, device, world_size, expected):
+    """A GPU index the machine lacks, or one index for every torchrun process, is one ConfigError line."""
+    from segmentation.config import ConfigError
+    from segmentation.runner import setup_distributed
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # the CUDA-only branch, forced on the CPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    with pytest.raises(ConfigError, match=expected):
+        setup_distributed(device)

@@ -182,3 +182,11 @@ def test_text_cache_hit(clip, monkeypatch):
     clear_text_cache()
     text_classifier(model, tokenizer, ["cat", "dog"], templates)
     assert len(calls) == 3
+    # Weights changed in place after a first call: recomputed, and the embeddings follow the weights.
+    with torch.no_grad():
+        model.text_projection.mul_(-1)
+    flipped = text_classifier(model, tokenizer, ["cat", "dog"], templates)
+    with torch.no_grad():
+        model.text_projection.mul_(-1)
+    assert len(calls) == 4
+    torch.testing.assert_close(flipped[0], -first[0])

@@ -146,6 +146,18 @@ def test_sweep_table_marks_the_best_average():
     assert markdown.splitlines()[0] == "| setting | VOC | ADE | avg | best |"
     assert markdown.splitlines()[3] == "| b | 40.0 | 30.0 | 35.0 | * |"
     assert table.splitlines()[1:] == ["a,50.0000,10.0000,30.0000,0", "b,40.0000,30.0000,35.0000,1"]
+    # No row is best when no row has a value (an empty dataset, say).
+    empty = {name: {"voc": {"mIoU": None}} for name in ("k=1", "k=2")}
+    markdown, table = format_sweep_tables(empty, ["voc"], measure_boundary=False)
+    assert "*" not in markdown and [line[-1] for line in table.splitlines()[1:]] == ["0", "0"]
+
+
+def test_a_setting_listed_twice_is_evaluated_once():
+    from segmentation.sweep import plan_combinations
+
+    combinations = plan_combinations("lposs.yaml", ["k=10,20,10", "alpha=0.9"], sweep=True)
+    assert [c.name for c in combinations] == ["k=10", "k=20"]
+    assert [c.config.k for c in combinations] == [10, 20]
 
 
 def test_two_process_sweep_equals_one(data, tmp_path):
