@@ -29,7 +29,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["KernelBuildError", "build_error", "compiler_available", "cpu_kernels"]
+__all__ = ["KernelBuildError", "build_error", "compiler_available", "cpu_kernels", "cpu_kernels_for"]
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -338,3 +338,10 @@ def cpu_kernels() -> ModuleType | None:
             stacklevel=2,
         )
     return _module
+
+
+def cpu_kernels_for(*tensors: torch.Tensor) -> ModuleType | None:
+    """The compiled CPU kernels if every tensor is a float32 CPU tensor and they are available, else None."""
+    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
+        return cpu_kernels()
+    return None

@@ -5,12 +5,11 @@ NumPy/SciPy round trips. Both levels solve ``(I - alpha S) Z = Y`` column by col
 conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the graph ``S``:
 
 * patches: a symmetric kNN graph on DINO features, weighted by feature similarity and patch distance,
-  held as a sparse CSR matrix (:func:`patch_affinity`; on the CPU the top-k selection and the CSR assembly
-  run in compiled loops when available, see :mod:`segmentation.cpu_kernels`), or on a GPU as a dense matrix;
-* pixels: a fixed ``r x r`` stencil on Lab colour, held as a dense ``[r*r - 1, H, W]`` weight tensor
-  and applied with shifted multiply-adds (:func:`pixel_affinity`, :func:`apply_stencil`; a compiled
-  CPU loop when available), never as a sparse matrix. On CUDA, fused Triton kernels recompute the weights
-  instead (:mod:`segmentation.triton_kernels`, checked against this path on first use).
+  held as a sparse CSR matrix, or on a GPU as a dense one (:mod:`segmentation.patch_graph`);
+* pixels: a fixed ``r x r`` stencil on Lab colour, held as ``[r*r - 1, H, W]`` weight planes and applied with
+  shifted multiply-adds, never as a sparse matrix (:mod:`segmentation.pixel_graph`). On CUDA, fused Triton
+  kernels recompute the weights instead (:mod:`segmentation.triton_kernels`, checked against the planes on
+  first use).
 
 On a GPU the CG loop never reads a value back to the host (see ``early_exit`` of :func:`conjugate_gradient`).
 """
@@ -19,12 +18,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
-from .cpu_kernels import cpu_kernels
+from .patch_graph import knn_search, patch_affinity
+from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator
 
 __all__ = [
     "apply_stencil",
@@ -38,19 +36,12 @@ __all__ = [
     "stencil_offsets",
 ]
 
-# CIE XYZ of linear sRGB and the D65 white point, as kornia.color.rgb_to_lab uses them.
-_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-_D65_WHITE = (0.95047, 1.0, 1.08883)
 # Pixel-level CG runs on chunks of columns of about this size on the CPU (fits a typical L3 cache).
 _CPU_CHUNK_BYTES = 32 * 2**20
-# Block side of the patch similarity matrix on the CPU (see _similarities).
-_SIMILARITY_BLOCK = 512
 # The dense patch graph is used on a GPU up to this many nodes (1 GB of float32). At N = 2940 and C = 171 a
 # dense CG step is 3 GFLOP, microseconds on a GPU, and dense matmuls stay efficient up to here; a CSR product
 # reads 2 index arrays per entry and runs far below peak. Estimated from sizes, not measured yet.
 _DENSE_MAX_NODES = 16384
-# Lab is divided by these (docs/method.md, "Label propagation") so that L, a and b all span about one unit.
-_LAB_SCALE = (100.0, 128.0, 128.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,185 +139,6 @@ def conjugate_gradient(
 # Patch level (LPOSS)
 
 
-def _cpu_kernels_for(*tensors: torch.Tensor) -> ModuleType | None:
-    """The compiled CPU kernels if every tensor is a float32 CPU tensor and they are available, else None."""
-    if all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors):
-        return cpu_kernels()
-    return None
-
-
-def _similarities(features: torch.Tensor) -> torch.Tensor:
-    """``features @ features.T`` ``[N, N]``; on the CPU from the blocks on and above the diagonal, mirrored.
-
-    The matrix is symmetric, so the CPU computes each off-diagonal block of ``_SIMILARITY_BLOCK`` rows once:
-    half the FLOPs, and blocks of this size also run faster through MKL than one large product (about 2x in
-    all, the same values bit for bit).
-    """
-    n, block = features.shape[0], _SIMILARITY_BLOCK
-    if features.device.type != "cpu" or n <= block:
-        return features @ features.T
-    out = features.new_empty(n, n)
-    for i in range(0, n, block):
-        for j in range(i, n, block):
-            torch.mm(features[i : i + block], features[j : j + block].T, out=out[i : i + block, j : j + block])
-            if j > i:
-                out[j : j + block, i : i + block] = out[i : i + block, j : j + block].T
-    return out
-
-
-def knn_search(
-    features: torch.Tensor, k: int, *, backend: str = "torch", chunk_size: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest neighbours by inner product, each node included (usually its own first neighbour).
-
-    Args:
-        features: ``[N, D]`` float32, L2-normalised rows.
-        k: neighbours per node, ``1 <= k <= N``.
-        backend: ``"torch"`` (exact, any device; on the CPU a compiled radix select when available) or
-            ``"faiss"`` (exact ``IndexFlatIP``, optional dependency).
-        chunk_size: with the torch backend, up to this many nodes the whole ``[N, N]`` similarity matrix is
-            formed; above it, blocks of this many rows (memory ``chunk_size * N`` floats).
-
-    Returns:
-        ``(similarities [N, k] float32, indices [N, k] int64)``: each row's k largest, indices ascending
-        within a row (the order CSR wants).
-    """
-    if backend == "faiss":
-        sims, idx = _knn_search_faiss(features, k)
-        idx, order = idx.sort(dim=1)
-        return sims.gather(1, order), idx
-    if backend != "torch":
-        raise ValueError(f"knn_backend must be 'torch' or 'faiss', got {backend!r}")
-    n = features.shape[0]
-    kernels = _cpu_kernels_for(features)
-    if n <= chunk_size:
-        blocks = [_similarities(features)]  # [N, N]
-    else:
-        blocks = (features[start : start + chunk_size] @ features.T for start in range(0, n, chunk_size))
-    sims, idx = [], []
-    for block in blocks:  # [rows, N]
-        if kernels is not None:
-            s, i = kernels.topk_sorted_columns(block, k)
-        else:
-            s, i = block.topk(k, dim=1, sorted=False)
-            i, order = i.sort(dim=1)
-            s = s.gather(1, order)
-        sims.append(s)
-        idx.append(i)
-    return torch.cat(sims), torch.cat(idx)
-
-
-def _knn_search_faiss(features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        import faiss
-    except ImportError as error:
-        raise ImportError(
-            "knn_backend='faiss' needs the faiss package: pip install faiss-cpu (or conda install faiss-gpu); "
-            "knn_backend='torch' gives the same exact result without it"
-        ) from error
-    data = features.detach().float().cpu().contiguous().numpy()
-    index = faiss.IndexFlatIP(data.shape[1])
-    index.add(data)
-    sims, idx = index.search(data, k)
-    return torch.from_numpy(sims).to(features.device), torch.from_numpy(idx).long().to(features.device)
-
-
-def _csr(row_starts: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
-    with warnings.catch_warnings():  # torch flags sparse CSR as beta on every construction
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        warnings.filterwarnings("ignore", message="Sparse invariant checks")
-        return torch.sparse_csr_tensor(row_starts, cols, values, (n, n))
-
-
-def _row_starts(row_counts: torch.Tensor) -> torch.Tensor:
-    row_starts = row_counts.new_zeros(row_counts.shape[0] + 1)
-    row_starts[1:] = row_counts.cumsum(0)
-    return row_starts
-
-
-def _dense_symmetric_normalised(neighbours: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``D^-1/2 (W + W^T) D^-1/2`` with a zero diagonal, as a dense ``[N, N]`` matrix (same inputs as below)."""
-    n = neighbours.shape[0]
-    w = weights.new_zeros(n, n).scatter_(1, neighbours, weights)
-    w.fill_diagonal_(0.0)  # a node is its own neighbour
-    w += w.T.clone()  # equal (i, j) entries of W and W^T add up, as in the sparse sum
-    degrees = w.sum(1)
-    inv_sqrt = torch.where(degrees > 0, degrees, torch.ones_like(degrees)).rsqrt()  # isolated node: degree 1
-    return w.mul_(inv_sqrt[:, None]).mul_(inv_sqrt[None, :])
-
-
-def _symmetric_normalised(
-    neighbours: torch.Tensor, weights: torch.Tensor, *, coo_sum: bool | None = None
-) -> torch.Tensor:
-    """``D^-1/2 (W + W^T) D^-1/2`` with a zero diagonal, as a CSR matrix ``[N, N]``.
-
-    Args:
-        neighbours: ``[N, k]`` column of each entry of ``W``, distinct and ascending within a row.
-        weights: ``[N, k]`` its weight.
-        coo_sum: add ``W`` and ``W^T`` as COO matrices (CSR + CSR is not implemented on every backend) instead
-            of as CSR. None: COO off the CPU. Both give the same matrix.
-    """
-    n, k = neighbours.shape
-    kernels = _cpu_kernels_for(weights) if coo_sum is None else None
-    if kernels is not None:
-        return _csr(*kernels.symmetric_normalised_csr(neighbours.contiguous(), weights.contiguous()), n)
-    rows = torch.arange(n, device=neighbours.device)
-    weights = torch.where(neighbours == rows[:, None], 0.0, weights)  # zero diagonal (a node is its own neighbour)
-    # W^T z_i = sum_j W_ji z_j, so the degrees of W + W^T are W's row sums plus its column sums.
-    degrees = weights.sum(1).index_add_(0, neighbours.reshape(-1), weights.reshape(-1))
-    degrees = torch.where(degrees > 0, degrees, torch.ones_like(degrees))  # isolated node: degree 1
-    inv_sqrt = degrees.rsqrt()
-    values = weights * inv_sqrt[:, None] * inv_sqrt[neighbours]  # [N, k], symmetric normalisation
-    w = _csr(_row_starts(torch.full((n,), k, device=rows.device)), neighbours.reshape(-1), values.reshape(-1), n)
-    # W^T in CSR: entries ordered by column of W; equal (i, j) entries of W and W^T are summed by the add.
-    transposed = (neighbours.reshape(-1) * n + rows.repeat_interleave(k)).argsort()
-    w_t = _csr(
-        _row_starts(torch.bincount(neighbours.reshape(-1), minlength=n)),
-        rows.repeat_interleave(k)[transposed],
-        values.reshape(-1)[transposed],
-        n,
-    )
-    if not (w.device.type != "cpu" if coo_sum is None else coo_sum):
-        return w + w_t
-    return (w.to_sparse_coo() + w_t.to_sparse_coo()).coalesce().to_sparse_csr()
-
-
-def patch_affinity(
-    features: torch.Tensor,
-    locations: torch.Tensor,
-    *,
-    k: int = 400,
-    gamma: float = 3.0,
-    sigma: float = 0.01,
-    pix_dist_pow: float = 1.0,
-    knn_backend: str = "torch",
-    dense: bool = False,
-) -> torch.Tensor:
-    """Normalised patch graph ``S = D^-1/2 W D^-1/2`` of LPOSS (docs/method.md, "Label propagation").
-
-    ``W`` holds, for every patch, its ``k`` nearest neighbours by feature inner product ``s`` with weight
-    ``max(s, 0) ** gamma * exp(-sigma * dist ** pix_dist_pow)``; then ``W <- W + W^T`` and the diagonal is
-    zeroed.
-
-    Args:
-        features: ``[N, D]`` float32, L2-normalised.
-        locations: ``[N, 2]`` patch centres in pixels (``y, x``).
-        k: neighbours per node; ``k >= N`` means all nodes.
-        dense: return a dense matrix instead of a sparse one (same values).
-
-    Returns:
-        ``[N, N]`` float32, symmetric, zero diagonal: sparse CSR, or dense with ``dense=True``.
-    """
-    n = features.shape[0]
-    # Reference quirk: a node counts among its own k neighbours and is then dropped with the diagonal,
-    # so every node keeps k - 1 others.
-    sims, idx = knn_search(features, min(k, n), backend=knn_backend)
-    ys, xs = locations.unbind(1)
-    dist = torch.hypot(ys[:, None] - ys[idx], xs[:, None] - xs[idx])  # [N, k] pixels
-    weights = sims.clamp(min=0) ** gamma * torch.exp(-sigma * dist**pix_dist_pow)
-    return _dense_symmetric_normalised(idx, weights) if dense else _symmetric_normalised(idx, weights)
-
-
 def propagate_patches(
     scores: torch.Tensor,
     features: torch.Tensor,
@@ -403,99 +215,6 @@ def propagate_patches(
 # Pixel level (LPOSS+)
 
 
-def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
-    """sRGB ``[3, H, W]`` (or ``[B, 3, H, W]``) in ``[0, 1]`` to CIE Lab, D65, kornia's conventions.
-
-    Returns:
-        Same shape; L in ``[0, 100]``, a and b in about ``[-128, 127]``.
-    """
-    linear = torch.where(image > 0.04045, ((image + 0.055).clamp(min=0) / 1.055) ** 2.4, image / 12.92)
-    matrix = torch.tensor(_RGB_TO_XYZ, dtype=image.dtype, device=image.device)
-    white = torch.tensor(_D65_WHITE, dtype=image.dtype, device=image.device)
-    xyz = torch.einsum("ij,...jhw->...ihw", matrix, linear) / white[:, None, None]
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 4.0 / 29.0)
-    fx, fy, fz = f.unbind(-3)
-    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-3)
-
-
-def _scaled_lab(image: torch.Tensor) -> torch.Tensor:
-    """``[3, H, W]`` RGB in ``[0, 1]`` -> Lab divided by ``(100, 128, 128)``, float32 (pixel graph, docs/method.md)."""
-    return rgb_to_lab(image.float()) / torch.tensor(_LAB_SCALE, device=image.device)[:, None, None]
-
-
-def stencil_offsets(r: int) -> list[tuple[int, int]]:
-    """The ``r * r - 1`` offsets ``(dy, dx)`` of an ``r x r`` square, centre excluded, row-major."""
-    half = r // 2
-    return [(dy, dx) for dy in range(-half, half + 1) for dx in range(-half, half + 1) if (dy, dx) != (0, 0)]
-
-
-def _shifted(padded: torch.Tensor, half: int, dy: int, dx: int, height: int, width: int) -> torch.Tensor:
-    """View of ``padded [..., H + 2h, W + 2h]`` holding, at each pixel ``p``, the value at ``p + (dy, dx)``."""
-    return padded[..., half + dy : half + dy + height, half + dx : half + dx + width]
-
-
-def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> torch.Tensor:
-    """Normalised pixel graph of LPOSS+ (docs/method.md, "Label propagation") as stencil weights.
-
-    ``W[o, p] = exp(-||lab_p - lab_{p+o}|| / tau)`` for every offset ``o`` of the ``r x r`` square (centre
-    excluded) whose neighbour lies inside the image, else 0; then ``S = D^-1/2 W D^-1/2``.
-
-    Args:
-        image: ``[3, H, W]`` RGB in ``[0, 1]``.
-
-    Returns:
-        ``S [r*r - 1, H, W]`` float32: ``S[o, y, x]`` is the edge weight from ``(y, x)`` to
-        ``(y, x) + offsets[o]``, offsets as in :func:`stencil_offsets`.
-    """
-    _, height, width = image.shape
-    half = r // 2
-    lab = _scaled_lab(image)
-    # Pad with NaN so that out-of-image neighbours give NaN distances, turned into weight 0 below.
-    padded = F.pad(lab, (half, half, half, half), value=float("nan"))
-    offsets = stencil_offsets(r)
-    count = len(offsets)
-    weights = torch.empty(count, height, width, dtype=torch.float32, device=image.device)
-    for o, (dy, dx) in enumerate(offsets[: count // 2]):
-        # .square().sum(0).sqrt() is 20x faster than .norm(dim=0) on the CPU
-        dist = (lab - _shifted(padded, half, dy, dx, height, width)).square().sum(0).sqrt()
-        torch.exp(-dist / tau, out=weights[o])
-    weights[: count // 2].nan_to_num_(nan=0.0)
-    # The graph is symmetric: offset count-1-o is -offsets[o] and W[-o](p) = W[o](p - o), so shift, don't recompute.
-    padded_half = F.pad(weights[: count // 2], (half, half, half, half))
-    for o, (dy, dx) in enumerate(offsets[: count // 2]):
-        weights[count - 1 - o] = _shifted(padded_half[o], half, -dy, -dx, height, width)
-    degrees = weights.sum(0)
-    inv_sqrt = torch.where(degrees > 0, degrees, torch.ones_like(degrees)).rsqrt()  # isolated pixel: degree 1
-    inv_sqrt_padded = F.pad(inv_sqrt, (half, half, half, half))
-    for o, (dy, dx) in enumerate(offsets):
-        weights[o] *= inv_sqrt * _shifted(inv_sqrt_padded, half, dy, dx, height, width)
-    return weights
-
-
-def apply_stencil(affinity: torch.Tensor, z: torch.Tensor, r: int, *, compiled: bool = True) -> torch.Tensor:
-    """``S z`` for stencil weights ``affinity [r*r - 1, H, W]`` and values ``z [C, H, W]`` -> ``[C, H, W]``.
-
-    On the CPU (float32) the compiled kernel of :mod:`segmentation.cpu_kernels` is used when it is
-    available and ``compiled`` is True; otherwise ``r*r - 1`` shifted multiply-adds.
-    """
-    kernels = _cpu_kernels_for(z, affinity) if compiled else None
-    if kernels is not None:
-        return kernels.apply_stencil(affinity.contiguous(), z.contiguous(), r)
-    _, height, width = z.shape
-    half = r // 2
-    padded = F.pad(z, (half, half, half, half))
-    out = torch.zeros_like(z)
-    for o, (dy, dx) in enumerate(stencil_offsets(r)):
-        out.addcmul_(affinity[o], _shifted(padded, half, dy, dx, height, width))
-    return out
-
-
-def _stencil_operator(image: torch.Tensor, tau: float, r: int, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``z [C, H, W] -> z - alpha S z`` with ``S`` held as weight planes (the torch / compiled CPU path)."""
-    s = pixel_affinity(image, tau=tau, r=r)
-    return lambda z: apply_stencil(s, z, r).mul_(-alpha).add_(z)
-
-
 _warned_triton_fallback = False
 
 
@@ -527,7 +246,7 @@ def _pixel_operator(image: torch.Tensor, tau: float, r: int, alpha: float, backe
             operator = checked_pixel_operator(image, tau, r, alpha)
             if operator is not None:
                 return operator
-    return _stencil_operator(image, tau, r, alpha)
+    return stencil_operator(image, tau, r, alpha)
 
 
 def propagate_pixels(

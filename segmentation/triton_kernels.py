@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .label_propagation import _scaled_lab, _stencil_operator, _warn_triton_fallback
+from .label_propagation import _warn_triton_fallback
+from .pixel_graph import scaled_lab, stencil_operator
 
 __all__ = [
     "checked_pixel_operator",
@@ -220,10 +221,8 @@ def _check_against_torch_path(device: torch.device) -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, 13, 37, generator=g).to(device)  # 2 x 2 tiles, the last ones partial: every border
     z = torch.rand(19, 13, 37, generator=g).to(device)  # two channel blocks, the second partial
-    expected = _stencil_operator(image, 0.1, 5, 0.95)(z)
-    torch.testing.assert_close(
-        fused_pixel_operator(_scaled_lab(image), 0.1, 5, 0.95)(z), expected, rtol=1e-5, atol=1e-6
-    )
+    expected = stencil_operator(image, 0.1, 5, 0.95)(z)
+    torch.testing.assert_close(fused_pixel_operator(scaled_lab(image), 0.1, 5, 0.95)(z), expected, rtol=1e-5, atol=1e-6)
 
 
 def checked_pixel_operator(
@@ -244,7 +243,7 @@ def checked_pixel_operator(
         if device not in _verdicts:
             _check_against_torch_path(image.device)
             _verdicts[device] = True
-        fused = fused_pixel_operator(_scaled_lab(image), tau, r, alpha)
+        fused = fused_pixel_operator(scaled_lab(image), tau, r, alpha)
     except Exception as error:  # compiler, launch or mismatch: any of them means "do not use Triton here"
         _verdicts[device] = False
         _warn_triton_fallback(device, error)
@@ -258,7 +257,7 @@ def checked_pixel_operator(
             except Exception as error:  # e.g. a launch that fails only at this size
                 _verdicts[device] = False
                 _warn_triton_fallback(device, error)
-                fallback.append(_stencil_operator(image, tau, r, alpha))
+                fallback.append(stencil_operator(image, tau, r, alpha))
         return fallback[0](z)
 
     return matvec

@@ -7,7 +7,8 @@ import scipy.sparse.linalg as spla
 import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
-import segmentation.label_propagation as label_propagation
+import segmentation.cpu_kernels as cpu_kernels_module
+import segmentation.patch_graph as patch_graph
 from segmentation.cpu_kernels import cpu_kernels
 from segmentation.label_propagation import (
     apply_stencil,
@@ -37,7 +38,7 @@ def patch_engine(request, monkeypatch):
         if cpu_kernels() is None:
             pytest.skip("no C++ compiler for the optional CPU kernels")
     else:
-        monkeypatch.setattr(label_propagation, "cpu_kernels", lambda: None)
+        monkeypatch.setattr(cpu_kernels_module, "cpu_kernels", lambda: None)
     return request.param
 
 
@@ -150,7 +151,7 @@ def test_symmetric_normalisation_branches_equal_dense_reference(coo_sum):
     d = w.sum(1)
     d[d == 0] = 1
     expected = w / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
-    s = label_propagation._symmetric_normalised(neighbours, weights, coo_sum=coo_sum)
+    s = patch_graph._symmetric_normalised(neighbours, weights, coo_sum=coo_sum)
     assert s.layout == torch.sparse_csr
     np.testing.assert_allclose(s.to_dense().double().numpy(), expected, rtol=1e-6)
 
