@@ -41,8 +41,12 @@ _COLUMN_NAMES = {
 
 def default_file_mode() -> int:
     """The mode ``open()`` gives a new file: ``0o666`` minus the process umask (0644 with the usual umask 022)."""
-    umask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
+    try:  # Linux tells the umask without changing it (loader threads may be creating files meanwhile)
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0)  # elsewhere reading the umask means setting it: put it straight back
+        os.umask(umask)
     return 0o666 & ~umask
 
 
