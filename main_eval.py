@@ -27,9 +27,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from datasets import DATASET_KEYS, DatasetError
-from segmentation.config import ConfigError
-from segmentation.evaluation import SampleError, is_main_process
-from segmentation.runner import PAPER_ORDER, dataset_keys, preflight, run
+from evaluation.config import ConfigError
+from evaluation.loop import SampleError, is_main_process
+from evaluation.runner import PAPER_ORDER, dataset_keys, preflight, run
 
 __all__ = ["PAPER_ORDER", "dataset_keys", "main", "parse_args"]
 

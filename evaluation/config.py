@@ -2,7 +2,7 @@
 
 ``load_config("lposs_plus.yaml", ["k=200", "model.clip.pretrained=null"])`` composes the file through Hydra's
 compose API (its ``defaults`` list: ``lposs_plus.yaml`` is ``lposs.yaml`` plus one line) with Hydra's override
-grammar, merges the result onto the typed schema of ``segmentation/config_schema.py`` and checks every value's
+grammar, merges the result onto the typed schema of ``evaluation/config_schema.py`` and checks every value's
 range. Hydra is only used as a library here: it does not change the working directory, create ``outputs/``
 folders or configure logging. Any bad key, type or value raises :class:`ConfigError` with one line naming the
 key, the value and what was expected.
@@ -220,7 +220,7 @@ def _expected(full_key: str) -> str:
         "model.dino.pretrained": "true, a local path or null",
         "wandb.project": "a W&B project name",
         "wandb.entity": "a W&B entity name or null",
-    }.get(full_key, "a value of the type in segmentation/config_schema.py")
+    }.get(full_key, "a value of the type in evaluation/config_schema.py")
 
 
 def _is_int(v: Any) -> bool:

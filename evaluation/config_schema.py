@@ -1,9 +1,9 @@
 """The typed schema of the configs in ``configs/``: every key and its type, no default values.
 
 The defaults live in ``configs/lposs.yaml`` only (one source of truth): every field here is ``MISSING``, and
-:func:`segmentation.config.load_config` merges the composed YAML onto this schema, so OmegaConf rejects an
+:func:`evaluation.config.load_config` merges the composed YAML onto this schema, so OmegaConf rejects an
 unknown key or a value of the wrong type. Value ranges (``k >= 1``, ``alpha`` in ``(0, 1)``...) are checked
-in ``segmentation/config.py``.
+in ``evaluation/config.py``.
 """
 
 from __future__ import annotations

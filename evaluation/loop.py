@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import load_image, load_label
+from segmentation import Segmentor, SegmentorSettings
+from segmentation.windows import resize_to_fit
 
 from .metrics import boundary_iou_counts, iou_counts
 from .reporting import default_file_mode
-from .segmentor import Segmentor, SegmentorSettings
-from .windows import resize_to_fit
 
 __all__ = [
     "EvaluationResult",

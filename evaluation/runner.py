@@ -4,9 +4,9 @@ Order of a run:
 
 1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config and wandb are
    checked; nothing under ``--output`` is touched before this passes;
-2. one pass over each dataset per group of settings that share backbone features (:mod:`segmentation.sweep`);
+2. one pass over each dataset per group of settings that share backbone features (:mod:`evaluation.sweep`);
    each pass evaluates all settings of its group and publishes their files whole
-   (:class:`segmentation.run_output.StagedFolder`);
+   (:class:`evaluation.run_output.StagedFolder`);
 3. summary, tables, config and log published at the end.
 """
 
@@ -26,9 +26,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
+from segmentation import Segmentor, SegmentorSettings
 
 from .config import ConfigError
-from .evaluation import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
+from .loop import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
 from .metrics import format_table, summarize
 from .reporting import (
     atomic_write_text,
@@ -39,7 +40,6 @@ from .reporting import (
     summary_record,
 )
 from .run_output import StagedFolder
-from .segmentor import Segmentor, SegmentorSettings
 from .sweep import Combination, format_sweep_tables, group_by_encoding, is_complete, plan_combinations
 
 __all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "run"]

@@ -221,7 +221,7 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
 class OverlayWriter:
     """Writes ``folder/<image stem>.png``: prediction and label overlays side by side, plus a legend.
 
-    Called as ``writer(index, image, prediction, label)`` by ``segmentation.evaluation.evaluate``; only the
+    Called as ``writer(index, image, prediction, label)`` by ``evaluation.loop.evaluate``; only the
     first ``limit`` calls write a file. Colours come from ``dataset.PALETTE`` when it has one.
     """
 

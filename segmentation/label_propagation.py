@@ -8,7 +8,7 @@ conjugate-gradient solver :func:`conjugate_gradient`; they differ only in the gr
   held as a sparse CSR matrix, or on a GPU as a dense one (:mod:`segmentation.patch_graph`);
 * pixels: a fixed ``r x r`` stencil on Lab colour, held as ``[r*r - 1, H, W]`` weight planes and applied with
   shifted multiply-adds, never as a sparse matrix (:mod:`segmentation.pixel_graph`). On CUDA, fused Triton
-  kernels recompute the weights instead (:mod:`segmentation.triton_kernels`, checked against the planes on
+  kernels recompute the weights instead (:mod:`segmentation.kernels.triton_pixel`, checked against the planes on
   first use).
 
 On a GPU the CG loop never reads a value back to the host (see ``early_exit`` of :func:`conjugate_gradient`).
@@ -16,11 +16,11 @@ On a GPU the CG loop never reads a value back to the host (see ``early_exit`` of
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 
+from .kernels import warn_triton_fallback
 from .patch_graph import knn_search, patch_affinity
 from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator
 
@@ -215,33 +215,17 @@ def propagate_patches(
 # Pixel level (LPOSS+)
 
 
-_warned_triton_fallback = False
-
-
-def _warn_triton_fallback(device: torch.device | str, error: BaseException) -> None:
-    """One warning per process: the Triton kernels failed on ``device``, the torch path is used instead."""
-    global _warned_triton_fallback
-    if not _warned_triton_fallback:
-        _warned_triton_fallback = True
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(
-            f"Triton pixel kernels unusable on {device} ({reason}); using the torch path (same result, slower)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
 def _pixel_operator(image: torch.Tensor, tau: float, r: int, alpha: float, backend: str) -> Callable:
     """``z [C, H, W] -> z - alpha S z`` for the pixel graph of ``image``, by the backend of :func:`propagate_pixels`."""
     if backend == "triton" or (backend == "auto" and image.device.type == "cuda"):
         try:
-            from .triton_kernels import checked_pixel_operator
+            from .kernels.triton_pixel import checked_pixel_operator
         except ImportError as error:  # torch builds without Triton (CPU-only, Windows)
             if backend == "triton":
                 raise ImportError(
                     "pixel backend 'triton' needs the triton package (torch's CUDA wheels bring it)"
                 ) from error
-            _warn_triton_fallback(image.device, error)
+            warn_triton_fallback(image.device, error)
         else:
             operator = checked_pixel_operator(image, tau, r, alpha)
             if operator is not None:
@@ -272,8 +256,8 @@ def propagate_pixels(
         tau: colour bandwidth, > 0.
         r: odd stencil side, >= 3.
         alpha, tol, maxiter: as in :func:`propagate_patches`.
-        backend: ``"torch"`` (weight planes; on the CPU the compiled loop of :mod:`segmentation.cpu_kernels`
-            when available), ``"triton"`` (the fused kernels of :mod:`segmentation.triton_kernels`; CPU tensors
+        backend: ``"torch"`` (weight planes; on the CPU the compiled loop of :mod:`segmentation.kernels.cpu`
+            when available), ``"triton"`` (the fused kernels of :mod:`segmentation.kernels.triton_pixel`; CPU tensors
             need ``TRITON_INTERPRET=1``) or ``"auto"`` (Triton on CUDA, torch elsewhere). The first Triton use
             on a device checks the kernels against the torch path; on any failure the torch path is used, with
             one warning per process.

@@ -1,7 +1,7 @@
 """The patch graph of LPOSS (docs/method.md, "Label propagation"): exact kNN, ``D^-1/2 (W + W^T) D^-1/2``.
 
 Pure tensor functions. On the CPU the top-k selection and the CSR assembly run in compiled loops when available
-(:mod:`segmentation.cpu_kernels`); elsewhere, and as the fallback, in torch. Used by
+(:mod:`segmentation.kernels.cpu`); elsewhere, and as the fallback, in torch. Used by
 :func:`segmentation.label_propagation.propagate_patches`.
 """
 
@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from .cpu_kernels import cpu_kernels_for
+from .kernels.cpu import cpu_kernels_for
 
 __all__ = ["knn_search", "patch_affinity"]
 

@@ -1,9 +1,9 @@
 """The pixel graph of LPOSS+ (docs/method.md, "Label propagation"): an ``r x r`` stencil on Lab colour.
 
 The graph is held as ``r*r - 1`` dense weight planes ``[r*r - 1, H, W]`` and applied with shifted multiply-adds
-(a compiled CPU loop when available, :mod:`segmentation.cpu_kernels`), never as a sparse matrix. This is the
+(a compiled CPU loop when available, :mod:`segmentation.kernels.cpu`), never as a sparse matrix. This is the
 torch path of :func:`segmentation.label_propagation.propagate_pixels` and the reference the Triton kernels
-(:mod:`segmentation.triton_kernels`) are checked against.
+(:mod:`segmentation.kernels.triton_pixel`) are checked against.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import cpu_kernels_for
+from .kernels.cpu import cpu_kernels_for
 
 __all__ = ["apply_stencil", "pixel_affinity", "rgb_to_lab", "scaled_lab", "stencil_offsets", "stencil_operator"]
 
@@ -96,7 +96,7 @@ def pixel_affinity(image: torch.Tensor, *, tau: float = 0.01, r: int = 13) -> to
 def apply_stencil(affinity: torch.Tensor, z: torch.Tensor, r: int, *, compiled: bool = True) -> torch.Tensor:
     """``S z`` for stencil weights ``affinity [r*r - 1, H, W]`` and values ``z [C, H, W]`` -> ``[C, H, W]``.
 
-    On the CPU (float32) the compiled kernel of :mod:`segmentation.cpu_kernels` is used when it is
+    On the CPU (float32) the compiled kernel of :mod:`segmentation.kernels.cpu` is used when it is
     available and ``compiled`` is True; otherwise ``r*r - 1`` shifted multiply-adds.
     """
     kernels = cpu_kernels_for(z, affinity) if compiled else None

@@ -13,7 +13,7 @@ for path in (REPO_ROOT, TESTS_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from segmentation.cpu_kernels import compiler_available  # noqa: E402 (needs the path above)
+from segmentation.kernels.cpu import compiler_available  # noqa: E402 (needs the path above)
 
 # Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
 # of falling back to the torch paths with a warning, as they do for users.

@@ -12,9 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-import segmentation.config
-from segmentation import SegmentorSettings
-from segmentation.config import (
+import evaluation.config
+from evaluation.config import (
     _RULES,
     CONFIG_DIR,
     ConfigError,
@@ -22,6 +21,7 @@ from segmentation.config import (
     load_config,
     sweep_parameters,
 )
+from segmentation import SegmentorSettings
 
 
 def test_defaults_are_the_papers():
@@ -200,7 +200,7 @@ def test_config_by_path_outside_configs(tmp_path, monkeypatch):
 def test_repository_in_a_folder_with_a_space_and_a_quote(tmp_path, monkeypatch):
     clone = tmp_path / "it's my clone" / "configs"  # the search path override that adds configs/ must quote it
     shutil.copytree(CONFIG_DIR, clone, ignore=shutil.ignore_patterns("datasets"))
-    monkeypatch.setattr(segmentation.config, "CONFIG_DIR", clone)
+    monkeypatch.setattr(evaluation.config, "CONFIG_DIR", clone)
     (clone / "lposs.yaml").write_text((CONFIG_DIR / "lposs.yaml").read_text().replace("k: 400", "k: 9"))
     (tmp_path / "mine.yaml").write_text("defaults: [lposs_plus, _self_]\n")
     assert load_config(tmp_path / "mine.yaml").k == 9 and load_config("maskclip.yaml").k == 9

@@ -9,8 +9,8 @@ import scipy.sparse as sp
 import torch
 from lp_reference import normalised
 
-import segmentation.cpu_kernels as cpu_kernels_module
-from segmentation.cpu_kernels import KernelBuildError, build_error, compiler_available, cpu_kernels
+import segmentation.kernels.cpu as cpu_kernels_module
+from segmentation.kernels.cpu import KernelBuildError, build_error, compiler_available, cpu_kernels
 
 
 def built_kernels():
@@ -65,9 +65,11 @@ def test_failed_build_raises_when_required(failing_build, monkeypatch):
         cpu_kernels()
 
 
-def test_module_name_changes_with_the_source(monkeypatch):
+def test_module_name_changes_with_the_source(monkeypatch, tmp_path):
     name, _ = cpu_kernels_module._compile_flags()
-    monkeypatch.setattr(cpu_kernels_module, "_SOURCE", cpu_kernels_module._SOURCE + "// changed\n")
+    changed = tmp_path / "cpu.cpp"
+    changed.write_text(cpu_kernels_module._SOURCE_FILE.read_text() + "// changed\n")
+    monkeypatch.setattr(cpu_kernels_module, "_SOURCE_FILE", changed)
     assert cpu_kernels_module._compile_flags()[0] != name
 
 

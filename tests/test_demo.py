@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from tiny_models import TINY_OVERRIDES
 
+from evaluation.config import load_config
 from segmentation import Segmentor
-from segmentation.config import load_config
 from tools.demo import (
     ClassListError,
     ImageSegmenter,

@@ -7,9 +7,9 @@ import scipy.sparse.linalg as spla
 import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
-import segmentation.cpu_kernels as cpu_kernels_module
+import segmentation.kernels.cpu as cpu_kernels_module
 import segmentation.patch_graph as patch_graph
-from segmentation.cpu_kernels import cpu_kernels
+from segmentation.kernels.cpu import cpu_kernels
 from segmentation.label_propagation import (
     apply_stencil,
     conjugate_gradient,

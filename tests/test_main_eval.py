@@ -417,8 +417,8 @@ def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
 )
 def test_gpu_index_checked_before_any_work(monkeypatch, device, world_size, expected):
     """A GPU index the machine lacks, or one index for every torchrun process, is one ConfigError line."""
-    from segmentation.config import ConfigError
-    from segmentation.runner import setup_distributed
+    from evaluation.config import ConfigError
+    from evaluation.runner import setup_distributed
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # the CUDA-only branch, forced on the CPU
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)

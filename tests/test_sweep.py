@@ -12,8 +12,8 @@ from fake_datasets import SHAPES, make_dataset
 from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, run, shared_backbones  # noqa: F401
 
+from evaluation.sweep import PROPAGATION_KEYS, format_sweep_tables
 from models import LPOSSBackbones
-from segmentation.sweep import PROPAGATION_KEYS, format_sweep_tables
 
 GRID = ["k=5,10", "alpha=0.9,0.95"]
 NAMES = ["k=5,alpha=0.9", "k=5,alpha=0.95", "k=10,alpha=0.9", "k=10,alpha=0.95"]
@@ -153,7 +153,7 @@ def test_sweep_table_marks_the_best_average():
 
 
 def test_a_setting_listed_twice_is_evaluated_once():
-    from segmentation.sweep import plan_combinations
+    from evaluation.sweep import plan_combinations
 
     combinations = plan_combinations("lposs.yaml", ["k=10,20,10", "alpha=0.9"], sweep=True)
     assert [c.name for c in combinations] == ["k=10", "k=20"]

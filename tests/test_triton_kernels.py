@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import segmentation.label_propagation as label_propagation
+import segmentation.kernels as kernels
 from segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab
 
 triton = pytest.importorskip("triton", reason="triton is not installed (it comes with torch's CUDA wheels)")
-triton_kernels = pytest.importorskip("segmentation.triton_kernels")
+triton_kernels = pytest.importorskip("segmentation.kernels.triton_pixel")
 
 TESTS = Path(__file__).resolve().parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -94,7 +94,7 @@ def test_compiled_product_equals_torch_path_on_cuda(height, width, r, channels):
 @pytest.mark.gpu
 @cuda
 def test_auto_backend_uses_the_kernels_on_cuda_without_warning(monkeypatch, recwarn):
-    monkeypatch.setattr(label_propagation, "_warned_triton_fallback", False)
+    monkeypatch.setattr(kernels, "_warned", False)
     image, y = torch.rand(3, 45, 61).cuda(), torch.rand(21, 45, 61).cuda()
     auto = propagate_pixels(y, image)
     assert triton_kernels._verdicts.get(str(image.device)) is True

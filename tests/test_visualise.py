@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmentation.visualise import (
+from evaluation.visualise import (
     IGNORE_COLOUR,
     OverlayWriter,
     colourise,

@@ -18,8 +18,8 @@ from lp_reference import normalised, reference_pixel_graph
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)", allow_module_level=True)
 
-import segmentation.label_propagation as label_propagation  # noqa: E402
-from segmentation import triton_kernels  # noqa: E402
+import segmentation.kernels as kernels  # noqa: E402
+from segmentation.kernels import triton_pixel as triton_kernels  # noqa: E402
 from segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab  # noqa: E402
 
 ALPHA = 0.95
@@ -42,7 +42,7 @@ def assert_relative_close(actual, expected, rtol=1e-5):
 def fresh_fallback_state(monkeypatch):
     """Each test sees a process where Triton has not been checked nor warned about yet."""
     monkeypatch.setattr(triton_kernels, "_verdicts", {})
-    monkeypatch.setattr(label_propagation, "_warned_triton_fallback", False)
+    monkeypatch.setattr(kernels, "_warned", False)
 
 
 def test_kernels_are_interpreted():

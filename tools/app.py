@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.config import load_config  # noqa: E402
+from evaluation.visualise import palette  # noqa: E402
 from segmentation import SegmentorSettings  # noqa: E402
-from segmentation.config import load_config  # noqa: E402
-from segmentation.visualise import palette  # noqa: E402
 from tools.demo import (  # noqa: E402
     METHODS,
     TITLES,

@@ -39,9 +39,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segmentation import Segmentor, SegmentorSettings  # noqa: E402
-from segmentation.config import ConfigError, load_config  # noqa: E402
-from segmentation.visualise import (  # noqa: E402
+from evaluation.config import ConfigError, load_config  # noqa: E402
+from evaluation.visualise import (  # noqa: E402
     Colour,
     draw_legend,
     overlay,
@@ -50,6 +49,7 @@ from segmentation.visualise import (  # noqa: E402
     save_png,
     side_by_side,
 )
+from segmentation import Segmentor, SegmentorSettings  # noqa: E402
 
 METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}

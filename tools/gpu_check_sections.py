@@ -181,7 +181,7 @@ def section_gpu_tests(ctx: Context) -> dict:
 
 
 def section_metrics(ctx: Context) -> dict:
-    from segmentation.metrics import boundary_iou_counts, iou_counts
+    from evaluation.metrics import boundary_iou_counts, iou_counts
 
     rng = np.random.default_rng(0)
     details: dict = {}
@@ -264,8 +264,8 @@ def _near_ties(scores: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Ten
 
 def section_end_to_end(ctx: Context) -> dict:
     from datasets import class_names
+    from evaluation.metrics import iou_counts, summarize
     from segmentation import Segmentor
-    from segmentation.metrics import iou_counts, summarize
 
     images = voc_mini_images(ctx)
     cpu, dev = backbone_pair(ctx)

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .label_propagation import _warn_triton_fallback
-from .pixel_graph import scaled_lab, stencil_operator
+from ..pixel_graph import scaled_lab, stencil_operator
+from . import warn_triton_fallback
 
 __all__ = [
     "checked_pixel_operator",
@@ -246,7 +246,7 @@ def checked_pixel_operator(
         fused = fused_pixel_operator(scaled_lab(image), tau, r, alpha)
     except Exception as error:  # compiler, launch or mismatch: any of them means "do not use Triton here"
         _verdicts[device] = False
-        _warn_triton_fallback(device, error)
+        warn_triton_fallback(device, error)
         return None
     fallback: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
@@ -256,7 +256,7 @@ def checked_pixel_operator(
                 return fused(z)
             except Exception as error:  # e.g. a launch that fails only at this size
                 _verdicts[device] = False
-                _warn_triton_fallback(device, error)
+                warn_triton_fallback(device, error)
                 fallback.append(stencil_operator(image, tau, r, alpha))
         return fallback[0](z)
 
