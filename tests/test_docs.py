@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+from pathlib import Path
 
 from conftest import REPO_ROOT
 
@@ -25,11 +26,81 @@ def test_no_user_facing_file_points_outside_the_repository():
     assert not offenders, "user-facing text refers to files users do not have:\n" + "\n".join(offenders)
 
 
-def test_readme_links_resolve():
-    readme = (REPO_ROOT / "README.md").read_text()
-    for target in re.findall(r"\]\(([^)#][^)]*)\)", readme):
-        if not target.startswith("http"):
-            assert (REPO_ROOT / target).exists(), f"README links to missing {target}"
+MAX_README_LINES = 250
+
+
+def _doc_pages() -> list[Path]:
+    return sorted((REPO_ROOT / "docs").glob("*.md"))
+
+
+def _link_targets(markdown: str) -> list[str]:
+    """The targets of the Markdown links and images of a page, outside code (``[text](target)``)."""
+    prose = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    prose = re.sub(r"`[^`\n]*`", "", prose)
+    return re.findall(r"\]\(([^)\s]+)\)", prose)
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a page: lower case, punctuation dropped, spaces to hyphens."""
+    prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", prose, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchor, repeat = slug, 0
+        while anchor in anchors:
+            repeat += 1
+            anchor = f"{slug}-{repeat}"
+        anchors.add(anchor)
+    return anchors
+
+
+def _broken_links(page: Path) -> list[str]:
+    """Relative links of ``page`` to a missing file or heading; a link resolves relative to the page holding it."""
+    broken = []
+    for target in _link_targets(page.read_text()):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path) if path else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+            broken.append(target)
+    return broken
+
+
+def test_links_in_the_readme_and_the_docs_resolve():
+    pages = [REPO_ROOT / "README.md", *_doc_pages()]
+    offenders = [f"{page.relative_to(REPO_ROOT)} -> {target}" for page in pages for target in _broken_links(page)]
+    assert not offenders, "links to missing files or headings:\n" + "\n".join(offenders)
+
+
+def test_a_broken_link_is_found(tmp_path):
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    (tmp_path / "docs" / "there.md").write_text("# There\n\n## The paper's `table` (VOC)\n")
+    page.write_text(
+        "## Here\n[ok](there.md#the-papers-table-voc) [up](../docs/there.md) [web](https://example.org) [in](#here)"
+        " [bad](missing.md#x) [bad anchor](there.md#nowhere) [bad in-page](#nowhere)\n```\n[code](skipped.md)\n```"
+    )
+    assert _broken_links(page) == ["missing.md#x", "there.md#nowhere", "#nowhere"]
+
+
+def _linked_from_readme() -> set[Path]:
+    readme = REPO_ROOT / "README.md"
+    return {(readme.parent / target.split("#", 1)[0]).resolve() for target in _link_targets(readme.read_text())}
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    assert _doc_pages(), "docs/ has no pages"
+    linked = _linked_from_readme()
+    unlinked = [str(page.relative_to(REPO_ROOT)) for page in _doc_pages() if page.resolve() not in linked]
+    assert not unlinked, "docs pages the README does not link to: " + ", ".join(unlinked)
+
+
+def test_readme_is_short():
+    lines = len((REPO_ROOT / "README.md").read_text().splitlines())
+    assert lines <= MAX_README_LINES, f"README.md has {lines} lines; move reference material to docs/"
 
 
 def test_ci_runs_the_readme_test_command():
