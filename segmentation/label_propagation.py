@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .kernels import warn_triton_fallback
+from .linear_operator import InPlaceOperator
 from .patch_graph import knn_search, patch_affinity
 from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator
 
@@ -76,8 +77,27 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
 # Solver
 
 
+def _squared_norms(u: torch.Tensor) -> torch.Tensor:
+    """``||u_c||^2`` per column of ``u [C, *]`` -> ``[C]``: one read of ``u``, no ``[C, M]`` temporary (a reduction)."""
+    return torch.linalg.vector_norm(u.reshape(u.shape[0], -1), dim=1).square()
+
+
+def _dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``u_c . v_c`` per column of ``u, v [C, *]`` -> ``[C]``.
+
+    ``torch.linalg.vecdot`` multiplies into a ``[C, M]`` temporary and then sums it (4 passes over memory); a
+    batched ``[C, 1, M] x [C, M, 1]`` product reads ``u`` and ``v`` once and writes ``[C]``. It needs rows of unit
+    stride: the patch level's ``[N, C]`` memory (``u`` a transposed view, a few MB) keeps ``vecdot``, which on
+    those strides is several times faster than ``bmm`` on the CPU.
+    """
+    columns = u.shape[0]
+    if u.is_contiguous() and v.is_contiguous():
+        return torch.bmm(u.view(columns, 1, -1), v.view(columns, -1, 1)).view(columns)
+    return torch.linalg.vecdot(u.reshape(columns, -1), v.reshape(columns, -1))
+
+
 def conjugate_gradient(
-    matvec: Callable[[torch.Tensor], torch.Tensor],
+    matvec: Callable[[torch.Tensor], torch.Tensor] | InPlaceOperator,
     b: torch.Tensor,
     *,
     tol: float = 1e-6,
@@ -92,7 +112,10 @@ def conjugate_gradient(
     block-CG).
 
     Args:
-        matvec: ``X [C, *] -> A X [C, *]``, applying ``A`` to every column at once.
+        matvec: ``X [C, *] -> A X [C, *]``, applying ``A`` to every column at once; or an
+            :class:`~segmentation.linear_operator.InPlaceOperator`, which writes ``A X`` into a buffer the solver
+            owns (4 ``[C, *]`` tensors in all: ``x``, ``r``, ``p``, ``A p``) and may return the dot products and
+            do the vector updates in fused passes.
         b: right-hand sides ``[C, *]``: dimension 0 indexes the columns, the rest is one vector.
         tol: relative residual at which a column stops.
         maxiter: maximum number of iterations (matvecs) per column.
@@ -104,15 +127,12 @@ def conjugate_gradient(
         ``x [C, *]``, same dtype, device and memory layout (strides) as ``b``.
     """
     columns = b.shape[0]
-    flat = (columns, -1)  # [C, M]: the norms and dot products run over M
-
-    def dots(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # [C], without a [C, M] temporary
-        return torch.linalg.vecdot(u.reshape(flat), v.reshape(flat))
-
+    in_place = isinstance(matvec, InPlaceOperator)
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
-    rr = dots(r, r)  # [C]
+    ap = torch.empty_like(b) if in_place else None  # the one buffer an in-place operator writes A p into
+    rr = _squared_norms(r)  # [C]
     threshold = tol * rr.sqrt()  # ||b|| with x0 = 0
     active = rr.sqrt() > threshold
     view = (columns,) + (1,) * (b.dim() - 1)
@@ -121,13 +141,19 @@ def conjugate_gradient(
     for _ in range(maxiter):
         if early_exit and not bool(active.any()):
             break
-        ap = matvec(p)
-        pap = dots(p, ap)
+        if in_place:
+            pap = matvec.apply(p, ap)  # p . Ap too, when the operator computes it on the way
+        else:
+            ap, pap = matvec(p), None
+        if pap is None:
+            pap = _dots(p, ap)
         # A stopped column gets step 0, so its x and r no longer change.
         step = torch.where(active, rr / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        x.addcmul_(step.view(view), p)
-        r.addcmul_(step.view(view), ap, value=-1)
-        rr_next = dots(r, r)
+        rr_next = matvec.update(x, r, p, ap, step) if in_place and matvec.update is not None else None
+        if rr_next is None:
+            x.addcmul_(step.view(view), p)
+            r.addcmul_(step.view(view), ap, value=-1)
+            rr_next = _squared_norms(r)
         active = active & (rr_next.sqrt() > threshold)
         beta = rr_next / torch.where(rr > 0, rr, torch.ones_like(rr))
         torch.addcmul(r, beta.view(view), p, out=p)  # p = r + beta p in one pass over memory (two with mul_, add_)
@@ -216,7 +242,11 @@ def propagate_patches(
 
 
 def _pixel_operator(image: torch.Tensor, tau: float, r: int, alpha: float, backend: str) -> Callable:
-    """``z [C, H, W] -> z - alpha S z`` for the pixel graph of ``image``, by the backend of :func:`propagate_pixels`."""
+    """``z [C, H, W] -> z - alpha S z`` for the pixel graph of ``image``, by the backend of :func:`propagate_pixels`.
+
+    An explicit ``"triton"`` raises :class:`~segmentation.kernels.TritonBackendError` when the kernels fail (so
+    that nothing labelled Triton ever runs the torch path); ``"auto"`` falls back to torch with one warning.
+    """
     if backend == "triton" or (backend == "auto" and image.device.type == "cuda"):
         try:
             from .kernels.triton_pixel import checked_pixel_operator
@@ -227,7 +257,7 @@ def _pixel_operator(image: torch.Tensor, tau: float, r: int, alpha: float, backe
                 ) from error
             warn_triton_fallback(image.device, error)
         else:
-            operator = checked_pixel_operator(image, tau, r, alpha)
+            operator = checked_pixel_operator(image, tau, r, alpha, strict=backend == "triton")
             if operator is not None:
                 return operator
     return stencil_operator(image, tau, r, alpha)
@@ -259,8 +289,8 @@ def propagate_pixels(
         backend: ``"torch"`` (weight planes; on the CPU the compiled loop of :mod:`segmentation.kernels.cpu`
             when available), ``"triton"`` (the fused kernels of :mod:`segmentation.kernels.triton_pixel`; CPU tensors
             need ``TRITON_INTERPRET=1``) or ``"auto"`` (Triton on CUDA, torch elsewhere). The first Triton use
-            on a device checks the kernels against the torch path; on any failure the torch path is used, with
-            one warning per process.
+            on a device checks the kernels against the torch path. On any failure ``"auto"`` uses the torch
+            path, with one warning per process; ``"triton"`` raises ``TritonBackendError`` naming the failure.
         column_chunk: CG runs on this many columns at a time (independent CGs: the result is the same).
             None: all on a GPU; on the CPU as many as fit the cache (2-3x faster per column).
 

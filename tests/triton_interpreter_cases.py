@@ -20,7 +20,13 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import segmentation.kernels as kernels  # noqa: E402
 from segmentation.kernels import triton_pixel as triton_kernels  # noqa: E402
-from segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab  # noqa: E402
+from segmentation.label_propagation import (  # noqa: E402
+    apply_stencil,
+    conjugate_gradient,
+    pixel_affinity,
+    propagate_pixels,
+    rgb_to_lab,
+)
 
 ALPHA = 0.95
 
@@ -43,6 +49,7 @@ def fresh_fallback_state(monkeypatch):
     """Each test sees a process where Triton has not been checked nor warned about yet."""
     monkeypatch.setattr(triton_kernels, "_verdicts", {})
     monkeypatch.setattr(kernels, "_warned", False)
+    monkeypatch.setattr(kernels, "_fallback_reasons", {})
 
 
 def test_kernels_are_interpreted():
@@ -105,7 +112,7 @@ def test_propagate_pixels_triton_backend_equals_torch_backend():
 
 
 def test_auto_backend_on_cpu_does_not_use_triton(monkeypatch):
-    monkeypatch.setattr(triton_kernels, "propagation_product", None)  # would raise TypeError if called
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", None)  # would raise TypeError if called
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         propagate_pixels(torch.rand(2, 6, 7), torch.rand(3, 6, 7), r=3)
@@ -115,43 +122,123 @@ def failing_product(*args, **kwargs):
     raise RuntimeError("out of resources: shared memory")
 
 
-def test_kernel_that_raises_falls_back_with_one_warning(monkeypatch):
-    monkeypatch.setattr(triton_kernels, "propagation_product", failing_product)
-    g = torch.Generator().manual_seed(4)
-    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
-    with pytest.warns(RuntimeWarning) as caught:
-        first = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
-        second = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
-    assert len(caught) == 1
-    assert "out of resources" in str(caught[0].message) and "torch path" in str(caught[0].message)
-    expected = propagate_pixels(y, image, tau=0.1, r=3, backend="torch")
-    torch.testing.assert_close(first, expected)
-    torch.testing.assert_close(second, expected)
+def _problem(seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
 
 
-def test_kernel_with_a_wrong_result_falls_back(monkeypatch):
-    real = triton_kernels.propagation_product
-    monkeypatch.setattr(triton_kernels, "propagation_product", lambda z, *args: real(z, *args) * 1.001)
-    g = torch.Generator().manual_seed(5)
-    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
-    with pytest.warns(RuntimeWarning, match="Mismatch|not close"):
-        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
-    torch.testing.assert_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
+def test_explicit_triton_backend_raises_naming_the_failure(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", failing_product)
+    image, y = _problem(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: an error instead
+        for _ in range(2):  # the second call names the recorded failure too
+            with pytest.raises(kernels.TritonBackendError, match="'triton' failed on cpu: out of resources"):
+                propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
     assert triton_kernels._verdicts == {"cpu": False}
 
 
-def test_launch_failing_after_the_check_falls_back_inside_the_solve(monkeypatch):
-    real = triton_kernels.propagation_product
+def test_auto_fallback_warns_once_and_records_what_ran(monkeypatch):
+    # "auto" takes Triton on CUDA only: on the interpreter its fallback is reached through the checked operator.
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", failing_product)
+    image, _ = _problem(4)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert triton_kernels.checked_pixel_operator(image, 0.1, 3, ALPHA) is None
+        assert triton_kernels.checked_pixel_operator(image, 0.1, 3, ALPHA) is None
+    assert len(caught) == 1
+    assert "out of resources" in str(caught[0].message) and "torch path" in str(caught[0].message)
+    assert kernels.fallback_reason("cpu") == "out of resources: shared memory"
+    assert kernels.pixel_backend_ran("cpu", "triton") == "triton"  # explicit: never a fallback (it raises)
 
-    def fails_at_other_sizes(z, *args):
+
+def test_kernel_with_a_wrong_result_fails_the_first_use_check(monkeypatch):
+    real = triton_kernels.propagation_product_into
+
+    def wrong(z, out, *args):
+        dots = real(z, out, *args)
+        out.mul_(1.001)
+        return dots
+
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", wrong)
+    image, y = _problem(5)
+    with pytest.raises(kernels.TritonBackendError, match="Mismatch|not close"):
+        propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+    assert triton_kernels._verdicts == {"cpu": False}
+
+
+def _fails_at_other_sizes(monkeypatch):
+    real = triton_kernels.propagation_product_into
+
+    def fails(z, *args):
         if z.shape[1:] != (13, 37):  # the size of the first-use check passes, the real problem does not
             failing_product()
         return real(z, *args)
 
-    monkeypatch.setattr(triton_kernels, "propagation_product", fails_at_other_sizes)
-    g = torch.Generator().manual_seed(6)
-    image, y = torch.rand(3, 8, 9, generator=g), torch.rand(2, 8, 9, generator=g)
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", fails)
+
+
+def test_launch_failing_after_the_check_falls_back_inside_the_solve_for_auto(monkeypatch):
+    _fails_at_other_sizes(monkeypatch)
+    image, y = _problem(6)
     with pytest.warns(RuntimeWarning) as caught:
-        out = propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+        operator = triton_kernels.checked_pixel_operator(image, 0.1, 3, ALPHA)
+        out = conjugate_gradient(operator, y)
     assert len(caught) == 1
     torch.testing.assert_close(out, propagate_pixels(y, image, tau=0.1, r=3, backend="torch"))
+
+
+def test_launch_failing_after_the_check_raises_for_explicit_triton(monkeypatch):
+    _fails_at_other_sizes(monkeypatch)
+    image, y = _problem(6)
+    with pytest.raises(kernels.TritonBackendError, match="out of resources"):
+        propagate_pixels(y, image, tau=0.1, r=3, backend="triton")
+
+
+def test_product_epilogue_gives_the_column_dot_products_deterministically():
+    g = torch.Generator().manual_seed(7)
+    image = torch.rand(3, 19, 45, generator=g)  # 3 x 2 tiles, partial at the right and bottom
+    z = torch.rand(19, 19, 45, generator=g) * 2 - 1  # two channel blocks, the second partial
+    lab = scaled_lab(image)
+    inv_sqrt = triton_kernels.inverse_sqrt_degrees(lab, 0.1, 5)
+    out = torch.empty_like(z)
+    dots = triton_kernels.propagation_product_into(z, out, lab, inv_sqrt, 0.1, 5, ALPHA)
+    expected = (z.double() * out.double()).sum((1, 2))
+    scale = float((z.double() * out.double()).abs().sum((1, 2)).max())
+    torch.testing.assert_close(dots.double(), expected, rtol=0, atol=1e-6 * scale)
+    again = triton_kernels.propagation_product_into(z, torch.empty_like(z), lab, inv_sqrt, 0.1, 5, ALPHA)
+    assert torch.equal(dots, again)  # fixed-order reduction
+
+
+def test_cg_update_kernel_equals_the_torch_update():
+    g = torch.Generator().manual_seed(8)
+    columns, size = 3, triton_kernels.UPDATE_BLOCK + 77  # two blocks per column, the second partial
+    x, r, p, ap = (torch.rand(columns, size, generator=g) * 2 - 1 for _ in range(4))
+    step = torch.tensor([0.5, 0.0, -1.25])  # 0: a stopped column stays put exactly
+    x_new, r_new = x.clone(), r.clone()
+    rr = triton_kernels.cg_update(x_new, r_new, p, ap, step)
+    torch.testing.assert_close(x_new, x + step[:, None] * p, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(r_new, r - step[:, None] * ap, rtol=1e-6, atol=1e-6)
+    assert torch.equal(x_new[1], x[1]) and torch.equal(r_new[1], r[1])
+    torch.testing.assert_close(rr.double(), r_new.double().square().sum(1), rtol=1e-5, atol=0)
+
+
+def test_fused_solve_uses_the_epilogue_and_the_update_kernel(monkeypatch):
+    calls = {"dots": 0, "update": 0}
+    real_product, real_update = triton_kernels.propagation_product_into, triton_kernels.cg_update
+
+    def product(*args):
+        calls["dots"] += 1
+        return real_product(*args)
+
+    def update(*args):
+        calls["update"] += 1
+        return real_update(*args)
+
+    monkeypatch.setattr(triton_kernels, "propagation_product_into", product)
+    monkeypatch.setattr(triton_kernels, "cg_update", update)
+    image, y = _problem(9)
+    operator = triton_kernels.fused_pixel_operator(scaled_lab(image), 0.1, 3, ALPHA)
+    out = conjugate_gradient(operator, y, tol=1e-12, maxiter=4, early_exit=False)
+    assert calls == {"dots": 4, "update": 4}
+    expected = conjugate_gradient(lambda z: torch_product(image, z, 0.1, 3), y, tol=1e-12, maxiter=4)
+    assert_relative_close(out, expected)

@@ -15,19 +15,73 @@ import warnings
 
 import torch
 
-__all__ = ["warn_triton_fallback"]
+__all__ = ["TritonBackendError", "fallback_reason", "pixel_backend_ran", "record_triton_failure", "warn_triton_fallback"]
 
 _warned = False
+# Devices on which the Triton kernels were given up, and the first line of why: {"cuda:1": "out of resources"}.
+_fallback_reasons: dict[str, str] = {}
+
+
+def _key(device: torch.device | str) -> str:
+    """``"cuda"`` names the current CUDA device: the key is the indexed name (``"cuda:0"``), as tensors give it."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def _first_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    if isinstance(error, str):
+        return text.splitlines()[0] if text else "unknown failure"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class TritonBackendError(RuntimeError):
+    """An explicit ``backend="triton"`` (config ``pixel_backend=triton``) whose kernels failed on a device."""
+
+    def __init__(self, device: torch.device | str, error: BaseException | str) -> None:
+        super().__init__(
+            f"pixel backend 'triton' failed on {device}: {_first_line(error)} "
+            "(pixel_backend=auto falls back to the torch path with a warning; pixel_backend=torch skips Triton)"
+        )
 
 
 def warn_triton_fallback(device: torch.device | str, error: BaseException) -> None:
-    """One warning per process: the Triton kernels failed on ``device``, the torch path is used instead."""
+    """One warning per process: the Triton kernels failed on ``device``, the torch path is used instead.
+
+    Every call records the reason for ``device`` (:func:`fallback_reason`), so that reports can say what ran.
+    """
     global _warned
+    reason = record_triton_failure(device, error)
     if not _warned:
         _warned = True
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
             f"Triton pixel kernels unusable on {device} ({reason}); using the torch path (same result, slower)",
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def record_triton_failure(device: torch.device | str, error: BaseException) -> str:
+    """Remember the first failure of the Triton kernels on ``device``; returns its first line."""
+    reason = _first_line(error)
+    _fallback_reasons.setdefault(_key(device), reason)
+    return reason
+
+
+def fallback_reason(device: torch.device | str) -> str | None:
+    """Why the Triton kernels were given up on ``device`` in this process, or None if they were not."""
+    return _fallback_reasons.get(_key(device))
+
+
+def pixel_backend_ran(device: torch.device | str, backend: str = "auto") -> str:
+    """The pixel backend that ``propagate_pixels(..., backend=backend)`` on ``device`` used in this process.
+
+    ``"triton"`` or ``"torch"``; after a fallback of ``"auto"``, ``"torch (Triton failed: <reason>)"``. An
+    explicit ``"triton"`` never falls back (it raises), so it reports ``"triton"``. Call it after the run.
+    """
+    if backend == "torch" or (backend == "auto" and torch.device(device).type != "cuda"):
+        return "torch"
+    reason = fallback_reason(device)
+    return "triton" if reason is None or backend == "triton" else f"torch (Triton failed: {reason})"
