@@ -244,6 +244,72 @@ def test_conjugate_gradient_without_early_exit_gives_the_same_x():
     assert torch.all(full[1] == 0)
 
 
+def _large_allocations(run, size_bytes):
+    """Allocations of exactly ``size_bytes`` made while ``run()`` executes, by the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    return [event.name for event in prof.events() if event.self_cpu_memory_usage == size_bytes]
+
+
+def test_conjugate_gradient_allocates_x_r_p_and_nothing_per_step():
+    # 10 steps at [C, M] = [3, 50000]: the old dot products (vecdot: a [C, M] product, then its sum) made 21
+    # [C, M] temporaries on top of x, r and p, 24 in all; now only x, r, p remain. The matvec writes into a
+    # buffer of its own here, so every [C, M] allocation seen is the solver's.
+    columns, size = 3, 50_000
+    diag = torch.linspace(1.0, 3.0, size)
+    buffer = torch.empty(columns, size)
+    b = torch.rand(columns, size, generator=torch.Generator().manual_seed(0))
+    run = lambda: conjugate_gradient(lambda x: torch.mul(x, diag, out=buffer), b, tol=1e-30, maxiter=10)  # noqa: E731
+    assert len(_large_allocations(run, columns * size * 4)) == 3
+
+
+def test_in_place_operator_gets_one_buffer_from_the_solver_and_gives_the_same_x():
+    from segmentation.linear_operator import InPlaceOperator
+
+    columns, size = 3, 50_000
+    diag = torch.linspace(1.0, 3.0, size)
+    b = torch.rand(columns, size, generator=torch.Generator().manual_seed(0))
+    buffers = []
+
+    def apply(x, out):
+        buffers.append(out.data_ptr())
+        torch.mul(x, diag, out=out)
+
+    operator = InPlaceOperator(apply)
+    allocations = _large_allocations(lambda: conjugate_gradient(operator, b, tol=1e-30, maxiter=10), columns * size * 4)
+    assert len(allocations) == 4 and len(set(buffers)) == 1  # x, r, p and the one A p buffer, reused each step
+    plain = conjugate_gradient(lambda x: x * diag, b, tol=1e-30, maxiter=10)
+    torch.testing.assert_close(conjugate_gradient(operator, b, tol=1e-30, maxiter=10), plain, rtol=1e-6, atol=0)
+
+
+def test_in_place_operator_dots_and_update_are_used_as_given():
+    # An operator may hand back p.Ap and do the vector update itself (the fused GPU kernels); the solver must use
+    # what it gets: here the operator's p.Ap and update are exact in float64, and the x equals SciPy's.
+    from segmentation.linear_operator import InPlaceOperator
+
+    a, b = spd_system(columns=4, seed=2)
+    used = {"dots": 0, "update": 0}
+
+    def apply(x, out):
+        torch.matmul(x, a, out=out)
+        used["dots"] += 1
+        return (x * out).sum(1)
+
+    def update(x, r, p, ap, step):
+        used["update"] += 1
+        x.add_(step[:, None] * p)
+        r.sub_(step[:, None] * ap)
+        return (r * r).sum(1)
+
+    x = conjugate_gradient(InPlaceOperator(apply, update), b, tol=1e-5, maxiter=100)
+    for column in range(b.shape[0]):
+        expected, _ = scipy_cg_iterations(a, b[column], 1e-5, 100)
+        np.testing.assert_allclose(x[column].numpy(), expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+    assert used["dots"] == used["update"] > 5
+
+
 # ------------------------------------------------------------------------------------------ pixels
 
 
