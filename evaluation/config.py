@@ -258,6 +258,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v) is not None,
         "auto, cpu, cuda or cuda:N (N a GPU index)",
     ),
+    "strict_float32": (lambda v: isinstance(v, bool), "true or false"),
     "model.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "model.templates": (lambda v: v in ("imagenet80", "single"), "imagenet80 or single"),
     "model.clip.name": (lambda v: isinstance(v, str) and v != "", "an open_clip model name"),

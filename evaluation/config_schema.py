@@ -75,6 +75,7 @@ class LPOSSConfig:
     maxiter: int = MISSING
     data_root: str = MISSING
     device: str = MISSING
+    strict_float32: bool = MISSING
     seed: int = MISSING
     num_workers: int = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -29,6 +29,7 @@ from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
 from segmentation import Segmentor, SegmentorSettings
 
 from .config import ConfigError
+from .device import apply_precision
 from .loop import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
 from .metrics import format_table, summarize
 from .reporting import (
@@ -108,13 +109,24 @@ def setup_distributed(device_setting: str) -> torch.device:
                 f"config value device={device_setting!r} is invalid under torchrun: use device=cuda "
                 "(each process takes the GPU of its LOCAL_RANK)"
             )
+    device = _cuda_device(device_setting, local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)  # before the process group: NCCL binds its communicator to the current device
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if not use_cuda:
-        return torch.device("cpu")
+    return device
+
+
+def _cuda_device(device_setting: str, local_rank: int) -> torch.device:
+    """``cuda:N`` as given, else the GPU of this process's ``LOCAL_RANK``; a rank beyond the GPUs is a ConfigError."""
     if device_setting.startswith("cuda:"):
         return torch.device(device_setting)
-    torch.cuda.set_device(local_rank)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} but this machine has {count} GPU(s): start at most {count} processes per "
+            f"node (torchrun --nproc_per_node={count})"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -274,6 +286,7 @@ def _evaluate_group(run: _Run, group: list[Combination], backbones) -> None:
         if not todo:
             continue
         make_deterministic(first.seed, plan.device)
+        apply_precision(first.strict_float32)  # the group's precision mode (a sweep may vary it)
         dataset = plan.datasets[(str(first.data_root), key)]
         backbones.set_classes(class_names(key))
         results = evaluate_settings(

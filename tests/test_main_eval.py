@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fake_datasets import make_dataset
 from mmseg.core.evaluation import mean_iou
 from PIL import Image
@@ -425,3 +426,69 @@ def test_gpu_index_checked_before_any_work(monkeypatch, device, world_size, expe
     monkeypatch.setenv("WORLD_SIZE", world_size)
     with pytest.raises(ConfigError, match=expected):
         setup_distributed(device)
+
+
+def test_local_rank_beyond_the_gpus_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    # torchrun --nproc_per_node larger than the GPU count: LOCAL_RANK 2 on a machine with 2 GPUs.
+    refuse_model_loading(monkeypatch)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # the CUDA-only branch, forced on the CPU
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setattr("torch.cuda.set_device", lambda device: pytest.fail(f"set_device({device}) called"))
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    make_dataset(tmp_path, "cityscapes")
+    code = run(["lposs.yaml", "--dataset", "cityscapes", f"data_root={tmp_path}", "device=cuda", *TINY])
+    assert_one_line_error(capsys, code, "LOCAL_RANK=2", "2 GPU(s)")
+
+
+def test_each_rank_sets_its_device_before_the_process_group(monkeypatch):
+    # NCCL binds a rank's communicator to the current device when the group is created: set_device must come first.
+    from evaluation.runner import setup_distributed
+
+    calls = []
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setattr("torch.cuda.set_device", lambda device: calls.append(("set_device", str(device))))
+    monkeypatch.setattr("torch.distributed.is_initialized", lambda: False)
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert setup_distributed("cuda") == torch.device("cuda", 1)
+    assert calls == [("set_device", "cuda:1"), ("init", "nccl")]
+
+
+def test_a_gpu_index_becomes_the_current_device(monkeypatch):
+    # device=cuda:1: Triton launches and a bare synchronize() act on the current device, so it must be cuda:1.
+    from evaluation.runner import setup_distributed
+
+    calls = []
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setattr("torch.cuda.set_device", lambda device: calls.append(str(device)))
+    assert setup_distributed("cuda:1") == torch.device("cuda", 1)
+    assert calls == ["cuda:1"]
+
+
+@pytest.mark.parametrize("value, strict", [("false", False), ("true", True)])
+def test_the_run_applies_the_precision_mode_of_its_config(tmp_path, monkeypatch, value, strict):
+    import evaluation.runner as runner
+
+    applied = []
+    monkeypatch.setattr(runner, "apply_precision", applied.append)
+    make_dataset(tmp_path, "voc")
+    args = ["lposs.yaml", "--dataset", "voc", f"data_root={tmp_path}", "--limit", "1", *TINY, *SMALL]
+    assert run([*args, f"strict_float32={value}"]) == 0
+    assert applied == [strict]
+
+
+def test_precision_modes_set_the_tf32_flags():
+    from evaluation.device import apply_precision
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as a library might leave it
+        assert "paper" in apply_precision(False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, False)
+        assert "strict" in apply_precision(True)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -14,6 +14,7 @@ Usage::
     python tools/benchmark_lp.py                      # CPU, C = 21 and 171
     python tools/benchmark_lp.py --device cuda        # GPU: reference, sparse/dense, torch/Triton, one run
     python tools/benchmark_lp.py --classes 21 --repeats 3
+    python tools/benchmark_lp.py --levels pixel --cg-baseline --repeats 5   # this CG against the previous one
 
 From Python: ``rows = list(benchmark_rows(parse_args(["--device", "cuda"])))``, one dict per timed variant.
 """
@@ -21,6 +22,8 @@ From Python: ``rows = list(benchmark_rows(parse_args(["--device", "cuda"])))``, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
 import warnings
@@ -34,6 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import segmentation.label_propagation as engine  # noqa: E402
+from segmentation.kernels import pixel_backend_ran  # noqa: E402
 from segmentation.label_propagation import propagate_patches, propagate_pixels, rgb_to_lab  # noqa: E402
 
 ALPHA, TOL, MAXITER = 0.95, 1e-6, 10
@@ -61,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--size", type=int, nargs=2, default=[448, 600], metavar=("H", "W"), help="pixel-level image size"
     )
+    parser.add_argument(
+        "--cg-baseline",
+        action="store_true",
+        help="also time our engine with the previous CG (dot products through [C, M] temporaries): before/after",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and the peak GPU memory here")
     return parser.parse_args(argv)
 
 
@@ -185,16 +196,68 @@ def timed(
     """Best wall time of ``repeats`` calls (after one untimed call with ``warmup``) and the last output."""
     if warmup:
         fn()
+    cuda = torch.device(device).type == "cuda"
     best, out = float("inf"), None
     for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize(device)  # the timed device: a bare synchronize() waits on the current one
         start = time.perf_counter()
         out = fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, out
+
+
+def previous_conjugate_gradient(matvec, b, *, tol=1e-6, maxiter=10, early_exit=None):
+    """The CG as it was before its dot products lost their temporaries, for ``--cg-baseline``.
+
+    ``torch.linalg.vecdot`` writes ``u * v`` to a ``[C, M]`` temporary, then sums it: 4 passes over memory and an
+    allocation per dot product, two per step; the matvec's result is a new tensor every step.
+    """
+    columns = b.shape[0]
+
+    def dots(u, v):
+        return torch.linalg.vecdot(u.reshape(columns, -1), v.reshape(columns, -1))
+
+    x, r = torch.zeros_like(b), b.clone()
+    p, rr = r.clone(), dots(r, r)
+    threshold = tol * rr.sqrt()
+    active = rr.sqrt() > threshold
+    view = (columns,) + (1,) * (b.dim() - 1)
+    early_exit = b.device.type == "cpu" if early_exit is None else early_exit
+    for _ in range(maxiter):
+        if early_exit and not bool(active.any()):
+            break
+        ap = matvec(p)
+        pap = dots(p, ap)
+        step = torch.where(active, rr / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
+        x.addcmul_(step.view(view), p)
+        r.addcmul_(step.view(view), ap, value=-1)
+        rr_next = dots(r, r)
+        active = active & (rr_next.sqrt() > threshold)
+        beta = rr_next / torch.where(rr > 0, rr, torch.ones_like(rr))
+        torch.addcmul(r, beta.view(view), p, out=p)
+        rr = rr_next
+    return x
+
+
+@contextlib.contextmanager
+def cg_swapped(solver) -> Iterator[None]:
+    """Run our engine with ``solver`` in place of its conjugate gradient (``--cg-baseline``)."""
+    current = engine.conjugate_gradient
+    engine.conjugate_gradient = solver
+    try:
+        yield
+    finally:
+        engine.conjugate_gradient = current
+
+
+def use_device(device: str) -> None:
+    """Make ``device`` current when it names a CUDA device (``cuda:N``): host-side launches (Triton's among them)
+    and a bare ``torch.cuda.synchronize()`` go to the current device, which is 0 unless set."""
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(device)
 
 
 def relative_error(ours: torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
@@ -216,13 +279,27 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def _variants(level: str, args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """Our variants to time per level: name -> keyword arguments of propagate_patches / propagate_pixels."""
+    baseline = {"ours-previous-cg": {"previous_cg": True}} if args.cg_baseline and level == "pixel" else {}
     if not (args.device.startswith("cuda") or args.all_variants):
-        return {"ours": {}}
+        return {"ours": {}, **baseline}
     if level == "patch":
         return {"ours-sparse": {"graph": "sparse"}, "ours-dense": {"graph": "dense"}}
     if args.device.startswith("cuda"):
-        return {"ours-torch": {"backend": "torch"}, "ours-triton": {"backend": "triton"}}
-    return {"ours-torch": {"backend": "torch"}}  # Triton on the CPU is its (slow) interpreter: not timed
+        return {"ours-torch": {"backend": "torch"}, "ours-triton": {"backend": "triton"}, **baseline}
+    return {"ours-torch": {"backend": "torch"}, **baseline}  # Triton on the CPU is its (slow) interpreter: not timed
+
+
+def _pixels(scores: torch.Tensor, image: torch.Tensor, previous_cg: bool = False, **kwargs) -> torch.Tensor:
+    """``propagate_pixels``, with the previous CG when ``previous_cg`` (the before of ``--cg-baseline``)."""
+    with cg_swapped(previous_conjugate_gradient) if previous_cg else contextlib.nullcontext():
+        return propagate_pixels(scores, image, **kwargs)
+
+
+def _backend(level: str, device: str, kwargs: dict) -> str:
+    """What actually ran a variant: the patch graph, or the pixel backend (after any fallback of ``auto``)."""
+    if level == "patch":
+        return f"graph={kwargs.get('graph', 'auto')}"
+    return pixel_backend_ran(device, kwargs.get("backend", "auto"))
 
 
 def benchmark_rows(args: argparse.Namespace) -> Iterator[dict[str, object]]:
@@ -230,11 +307,13 @@ def benchmark_rows(args: argparse.Namespace) -> Iterator[dict[str, object]]:
 
     Each row: ``level`` ("patch" | "pixel"), ``size`` (str), ``classes`` (int), ``method`` ("reference-scipy",
     "reference-torch", "ours", "ours-sparse", "ours-dense", "ours-torch", "ours-triton"), ``device``,
-    ``seconds`` (best of ``args.repeats``), ``speedup`` (reference seconds / seconds) and ``relative_error``
-    (against the reference; 0 for the reference itself).
+    ``seconds`` (best of ``args.repeats``), ``speedup`` (reference seconds / seconds), ``relative_error``
+    (against the reference; 0 for the reference itself) and ``backend`` (what actually ran: an explicit
+    ``triton`` raises rather than fall back, so a Triton row is never the torch path's figure).
     """
     torch.manual_seed(0)
     dev = args.device
+    use_device(dev)
     reference = args.reference if args.reference != "auto" else ("scipy" if dev == "cpu" else "torch")
     feats, locs, image = _inputs(args)
     n, (h, w) = feats.shape[0], args.size
@@ -260,11 +339,18 @@ def benchmark_rows(args: argparse.Namespace) -> Iterator[dict[str, object]]:
                     "scipy": lambda s=scores: reference_pixels_scipy(s.numpy(), image),
                     "torch": lambda s=scores: reference_pixels_torch(s.to(dev), image.to(dev)),
                 }
-                ours = lambda kw, s=scores: propagate_pixels(s.to(dev), image.to(dev), **kw)  # noqa: E731
+                ours = lambda kw, s=scores: _pixels(s.to(dev), image.to(dev), **kw)  # noqa: E731
             ref_device = dev if reference == "torch" else "cpu"
             ref_t, ref = timed(ref_fns[reference], args.repeats, ref_device, warmup=gpu and reference == "torch")
             row = {"level": level, "size": size, "classes": c, "device": ref_device}
-            yield {**row, "method": f"reference-{reference}", "seconds": ref_t, "speedup": 1.0, "relative_error": 0.0}
+            yield {
+                **row,
+                "method": f"reference-{reference}",
+                "seconds": ref_t,
+                "speedup": 1.0,
+                "relative_error": 0.0,
+                "backend": f"reference-{reference}",
+            }
             for name, kwargs in _variants(level, args).items():
                 t, out = timed(lambda kwargs=kwargs, ours=ours: ours(kwargs), args.repeats, dev, warmup=gpu)
                 error = relative_error(out, ref)
@@ -275,23 +361,34 @@ def benchmark_rows(args: argparse.Namespace) -> Iterator[dict[str, object]]:
                     "seconds": t,
                     "speedup": ref_t / t,
                     "relative_error": error,
+                    "backend": _backend(level, dev, kwargs),
                 }
 
 
 def main(args: argparse.Namespace) -> int:
     print(f"device: {args.device} | torch threads: {torch.get_num_threads()} | reference: one CG per class")
-    print(f"{'level':<8}{'size':>12}{'C':>6}  {'method':<17}{'seconds':>10}{'speed-up':>10}{'rel. error':>12}")
-    worst, seconds = 0.0, {}
+    print(
+        f"{'level':<8}{'size':>12}{'C':>6}  {'method':<17}{'seconds':>10}{'speed-up':>10}{'rel. error':>12}  backend"
+    )
+    worst, seconds, rows = 0.0, {}, []
     for row in benchmark_rows(args):
         print(
             f"{row['level']:<8}{row['size']:>12}{row['classes']:>6}  {row['method']:<17}{row['seconds']:>10.4f}"
-            f"{row['speedup']:>9.1f}x{row['relative_error']:>12.1e}"
+            f"{row['speedup']:>9.1f}x{row['relative_error']:>12.1e}  {row['backend']}"
         )
+        rows.append(row)
         worst = max(worst, row["relative_error"])
         seconds[row["level"], row["classes"], row["method"]] = row["seconds"]
     for (level, c, method), t in seconds.items():
         if method == "ours-triton":
             print(f"fused Triton vs shifted torch, pixel level, C = {c}: {seconds[level, c, 'ours-torch'] / t:.1f}x")
+        if method == "ours-previous-cg":
+            ours = next(seconds[level, c, m] for m in ("ours", "ours-torch") if (level, c, m) in seconds)
+            print(f"pixel level, C = {c}: previous CG {t:.4f} s, this CG {ours:.4f} s: {t / ours:.2f}x")
+    if args.json is not None:
+        cuda = torch.device(args.device).type == "cuda"
+        peak = torch.cuda.max_memory_allocated(args.device) / 2**30 if cuda else None
+        args.json.write_text(json.dumps({"device": args.device, "peak_gpu_memory_gb": peak, "rows": rows}, indent=2))
     if worst > MAX_RELATIVE_ERROR:
         print(f"outputs differ from the reference: relative error {worst:.1e} > {MAX_RELATIVE_ERROR:.0e}")
         return 1
