@@ -254,10 +254,10 @@ def _large_allocations(run, size_bytes):
 
 
 def test_conjugate_gradient_allocates_x_r_p_and_nothing_per_step():
-    # 10 steps at [C, M] = [3, 50000]: the old dot products (vecdot: a [C, M] product, then its sum) made 21
+    # 10 steps at [C, M] = [3, 2^19]: the old dot products (vecdot: a [C, M] product, then its sum) made 21
     # [C, M] temporaries on top of x, r and p, 24 in all; now only x, r, p remain. The matvec writes into a
     # buffer of its own here, so every [C, M] allocation seen is the solver's.
-    columns, size = 3, 50_000
+    columns, size = 3, 2**19
     diag = torch.linspace(1.0, 3.0, size)
     buffer = torch.empty(columns, size)
     b = torch.rand(columns, size, generator=torch.Generator().manual_seed(0))
@@ -268,7 +268,7 @@ def test_conjugate_gradient_allocates_x_r_p_and_nothing_per_step():
 def test_in_place_operator_gets_one_buffer_from_the_solver_and_gives_the_same_x():
     from segmentation.linear_operator import InPlaceOperator
 
-    columns, size = 3, 50_000
+    columns, size = 3, 2**19
     diag = torch.linspace(1.0, 3.0, size)
     b = torch.rand(columns, size, generator=torch.Generator().manual_seed(0))
     buffers = []
@@ -478,3 +478,17 @@ def test_cpu_and_cuda_agree():
     torch.testing.assert_close(
         propagate_pixels(y.cuda(), img.cuda()).cpu(), propagate_pixels(y, img), rtol=1e-4, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("scratch_bytes", [4, 4 * 3 * 7, 2**22])  # one column per slice, 7 with a partial last, all
+def test_column_dot_products_over_slices_equal_float64(monkeypatch, scratch_bytes):
+    import segmentation.label_propagation as engine
+
+    monkeypatch.setattr(engine, "_DOT_SCRATCH_BYTES", scratch_bytes)
+    g = torch.Generator().manual_seed(3)
+    u, v = torch.rand(3, 5, 11, generator=g) - 0.5, torch.rand(3, 5, 11, generator=g)
+    expected = (u.double() * v.double()).sum((1, 2))
+    torch.testing.assert_close(engine._dots(u, v).double(), expected, rtol=1e-6, atol=1e-6)
+    transposed = torch.rand(55, 3, generator=g).T  # the patch level's [N, C] memory seen as [C, N]
+    expected = (transposed.double() * transposed.double()).sum(1)
+    torch.testing.assert_close(engine._dots(transposed, transposed).double(), expected, rtol=1e-6, atol=0)
