@@ -7,9 +7,11 @@ run (``main_eval.py``), the demo, the app and the benchmarks set them here, wher
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["PRECISION_MODES", "apply_precision", "make_current"]
+__all__ = ["PRECISION_MODES", "apply_precision", "current_device", "make_current"]
 
 # What each value of the config key ``strict_float32`` means, for logs and reports.
 PRECISION_MODES = {
@@ -41,3 +43,15 @@ def make_current(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+
+
+def current_device(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A context in which ``device`` (``cuda:N``) is the calling thread's current CUDA device, restored after.
+
+    For work that runs on threads the caller did not start (Gradio's workers start on device 0): the current
+    device is per thread, so ``make_current`` in the main thread does not reach them.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()

@@ -27,3 +27,17 @@ def _text_cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LPOSS_CACHE_DIR", str(tmp_path_factory.mktemp("lposs_cache")))
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With ``LPOSS_PEAK_MEMORY_FILE`` set (tools/gpu_check.py's gpu_tests section), write the session's peak GPU
+    memory in GB there: the GPU work happens in this process, which the section only starts."""
+    path = os.environ.get("LPOSS_PEAK_MEMORY_FILE")
+    if not path:
+        return
+    import torch
+
+    peak = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peak = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
+    Path(path).write_text("null" if peak is None else repr(peak))

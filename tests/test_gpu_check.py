@@ -95,3 +95,60 @@ def test_unknown_section_is_one_line_and_exit_2(tmp_path, capsys):
 def test_metrics_and_patch_sections_pass_on_cuda(tmp_path):
     argv = ["--output", str(tmp_path), "--device", "cuda", "--tiny", "--in-process"]
     assert gpu_check.main(gpu_check.parse_args(argv + ["--sections", "metrics", "patch_lp"])) == 0
+
+
+def test_stage_comparisons_run_strict_and_the_rest_in_the_users_mode(tmp_path, monkeypatch):
+    import torch
+
+    seen = {}
+
+    def recorder(name):
+        def section(ctx):
+            seen[name] = torch.backends.cudnn.allow_tf32
+            return {}
+
+        return section
+
+    for name in ("pixel_lp", "backbones", "end_to_end", "determinism"):
+        monkeypatch.setitem(gpu_check.SECTIONS, name, (recorder(name), 60))
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        assert run(tmp_path, "--sections", "pixel_lp", "end_to_end", "backbones", "determinism") == 0
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+    # cuDNN TF32 off for the stage-wise comparisons, on (torch's default, the paper's mode) for what users run
+    assert seen == {"pixel_lp": False, "end_to_end": True, "backbones": False, "determinism": True}
+    sections = report(tmp_path)["sections"]
+    assert "strict" in sections["pixel_lp"]["precision"] and "paper" in sections["end_to_end"]["precision"]
+
+
+def test_report_peak_memory_includes_the_processes_sections_start(tmp_path):
+    records = {
+        "pixel_lp": {"status": "passed", "message": "", "details": {}, "seconds": 1.0, "peak_gpu_memory_gb": 2.0},
+        "gpu_tests": {"status": "passed", "message": "", "details": {"child_peak_gpu_memory_gb": 7.5}, "seconds": 1.0},
+        "benchmark_lp": {"status": "passed", "message": "", "details": {"child_peak_gpu_memory_gb": 3.0}, "seconds": 1},
+        "benchmark_eval": {"status": "failed", "message": "", "details": {"child_peak_gpu_memory_gb": None}, "seconds": 1},
+    }
+    gpu_check.write_report(tmp_path, {"device": "cuda"}, records)
+    assert report(tmp_path)["peak_gpu_memory_gb"] == 7.5
+
+
+def test_pytest_reports_its_peak_gpu_memory_when_asked(tmp_path):
+    # What the gpu_tests section reads back (tests/conftest.py): on a CPU-only run, null.
+    import os
+    import subprocess
+
+    peak = tmp_path / "peak.json"
+    env = dict(os.environ, LPOSS_PEAK_MEMORY_FILE=str(peak))
+    test = REPO_ROOT / "tests" / "test_layout.py"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "floors or circle", str(test)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert child.returncode in (0, 5), child.stdout[-2000:]
+    value = json.loads(peak.read_text())
+    assert value is None if not __import__("torch").cuda.is_available() else value >= 0

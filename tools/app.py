@@ -27,6 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.config import load_config  # noqa: E402
+from evaluation.device import apply_precision, current_device  # noqa: E402
 from evaluation.visualise import palette  # noqa: E402
 from segmentation import SegmentorSettings  # noqa: E402
 from tools.demo import (  # noqa: E402
@@ -56,6 +57,7 @@ class SegmentationService:
         self.config = load_config("lposs.yaml", config_overrides)  # bad overrides fail now, not on the first click
         self.settings = SegmentorSettings.from_config(self.config)
         self.device = pick_device(self.config.device)
+        apply_precision(self.config.strict_float32)  # process-wide flags: they reach Gradio's worker threads
         check_model_config(self.config.model, self.device)  # no weights are read here
         self.backbones = None
         self._lock = threading.Lock()
@@ -80,7 +82,8 @@ class SegmentationService:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         classes = parse_classes(classes_text)
         image = to_rgb_array(picture)
-        with self._lock:
+        # Gradio calls this on its worker threads, whose current CUDA device is 0: make the app's device current.
+        with self._lock, current_device(self.device):
             segmenter = ImageSegmenter(self._models(), method_settings(self.settings, method), classes)
             labels = segmenter(image)[method]
         return overlay_figure(image, labels, display_names(classes), palette(len(classes)))

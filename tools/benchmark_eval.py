@@ -33,8 +33,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets import class_names  # noqa: E402
+from evaluation.device import apply_precision, make_current  # noqa: E402
 from models import LPOSSBackbones  # noqa: E402
 from segmentation import Segmentor, SegmentorSettings  # noqa: E402
+from segmentation.kernels import pixel_backend_ran  # noqa: E402
 
 CASES = {"voc": (375, 500), "coco_stuff": (480, 640), "cityscapes": (1024, 2048), "ade20k": (512, 2048)}
 STAGES = ("backbones", "patch_lp", "pixel_lp", "other")
@@ -53,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pixel_backend", default=None, help="passed to SegmentorSettings.pixel_backend")
     parser.add_argument("--seed", type=int, default=0, help="random backbone weights and image")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--strict-float32", action="store_true", help="no TF32 anywhere (default: the paper's mode, torch defaults)"
+    )
     return parser.parse_args(argv)
 
 
@@ -108,7 +113,9 @@ def run_case(
     for _ in range(warmup):
         segmentor.predict(image)  # kernel compilation, caches, allocator
     segmentor.stage_seconds.clear()
+    warmup_peak = None
     if device.type == "cuda":
+        warmup_peak = torch.cuda.max_memory_allocated(device) / 2**30  # warm-up images and whatever came before
         torch.cuda.reset_peak_memory_stats(device)
     repeats = max(repeats, 1)
     start = time.perf_counter()
@@ -128,6 +135,7 @@ def run_case(
         "images_per_second": 1.0 / total,
         "stage_seconds": stages,
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_gpu_memory_warmup_gb": warmup_peak,
         "prediction_sha256": prediction_digest(labels),
     }
 
@@ -145,6 +153,8 @@ def _row(result: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
+    make_current(device)  # cuda:N: Triton's launches go to the current device
+    precision = apply_precision(args.strict_float32)
     try:
         settings = segmentor_settings(args.tiny, args.pixel_backend)
     except (ValueError, TypeError) as error:
@@ -153,16 +163,23 @@ def main(args: argparse.Namespace) -> int:
     backbones = build_backbones(args.tiny, device, args.dtype, args.seed)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device {device} ({name}) | {'ViT-S/16' if args.tiny else 'ViT-B/16'} random init | {args.dtype}")
+    print(f"precision: {precision}")
     header = f"{'case':<11}{'size':>10}{'C':>5}{'rows':>6}" + "".join(f"{s:>10}" for s in STAGES)
     print(header + f"{'total s':>9}{'img/s':>8}{'peak GB':>8}  prediction")
     results = []
     for case in args.cases:
         size = TINY_SIZE if args.tiny else CASES[case]
         results.append(run_case(backbones, case, settings, size, args.repeats, args.warmup))
+        results[-1]["pixel_backend"] = pixel_backend_ran(device, settings.pixel_backend)  # after any fallback
         print(_row(results[-1]), flush=True)
+    print(f"pixel backend that ran: {pixel_backend_ran(device, settings.pixel_backend)}")
     if args.json is not None:
         report = {"device": str(device), "device_name": name, "tiny": args.tiny, "dtype": args.dtype}
         report["settings"] = dataclasses.asdict(settings)
+        report["precision"] = precision
+        # the whole process, warm-up images included (each case's own figure covers its timed images only)
+        peaks = [r[key] for r in results for key in ("peak_gpu_memory_gb", "peak_gpu_memory_warmup_gb")]
+        report["peak_gpu_memory_gb"] = max((p for p in peaks if p is not None), default=None)
         args.json.write_text(json.dumps({**report, "results": results}, indent=2))
     return 0
 

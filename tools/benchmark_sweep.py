@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark_eval import smooth_image  # noqa: E402
 
 from datasets import class_names  # noqa: E402
+from evaluation.device import make_current  # noqa: E402
 from models import LPOSSBackbones  # noqa: E402
 from segmentation import Segmentor, SegmentorSettings  # noqa: E402
 
@@ -90,6 +91,7 @@ def _timed(function, *args) -> tuple[float, object]:
 
 def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
+    make_current(device)  # cuda:N: Triton's launches go to the current device
     clip, dino = ("ViT-S-16", "vit_small_patch16_224.dino") if args.small else ("ViT-B-16", "vit_base_patch16_224.dino")
     model_cfg = {
         "clip": {"name": clip, "pretrained": None},

@@ -40,6 +40,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.config import ConfigError, load_config  # noqa: E402
+from evaluation.device import apply_precision, make_current  # noqa: E402
 from evaluation.visualise import (  # noqa: E402
     Colour,
     draw_legend,
@@ -344,12 +345,22 @@ def segment_files(
 
 
 def pick_device(setting: str) -> torch.device:
-    """Config ``device`` (auto, cpu, cuda, cuda:N) -> a torch device; auto is CUDA when there is one."""
+    """Config ``device`` (auto, cpu, cuda, cuda:N) -> a torch device; auto is CUDA when there is one.
+
+    ``cuda:N`` must exist and becomes the current device of the calling thread (Triton's launches and a bare
+    ``synchronize()`` go to the current device, 0 unless set).
+    """
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config value device={setting!r} is invalid: no CUDA device is available")
-    return torch.device(setting)
+    device = torch.device(setting)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"config value device={setting!r} is invalid: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    make_current(device)
+    return device
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device, list[Path]]:
@@ -365,6 +376,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device
     classes = parse_classes(args.classes)
     config = load_config(f"{args.method}.yaml", args.overrides)
     device = pick_device(config.device)
+    apply_precision(config.strict_float32)
     from models import check_model_config  # heavy imports once the command line is known good
 
     check_model_config(config.model, device)  # names, patch sizes, tags, files, dtype: before any weights load

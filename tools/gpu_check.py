@@ -4,8 +4,10 @@ Sections: ``environment``; ``gpu_tests`` (``pytest -m gpu``); ``metrics``, ``pat
 pixel backend), ``backbones`` (CPU vs GPU on the same windows and weights); ``end_to_end`` (LPOSS+ on the real
 VOC images of ``--data``/voc_mini: scores to 1e-4, labels equal except at near-ties); ``determinism`` (two GPU
 runs bit-identical); ``benchmark_lp`` and ``benchmark_eval`` (``tools/benchmark_*.py --device cuda``, the
-figures and the peak GPU memory). Backbones are ViT-B/16 at random initialisation (``--tiny``: ViT-S/16 and
-small images). Float32 with TF32 off throughout.
+figures and the peak GPU memory, also of the processes a section starts). Backbones are ViT-B/16 at random
+initialisation (``--tiny``: ViT-S/16 and small images). Stage-wise comparisons run in strict float32 (no TF32);
+end to end (in both modes), determinism and the benchmarks run in the users' mode, the config default
+``strict_float32: false`` (torch's defaults: cuDNN convolutions may use TF32).
 
 Each section runs in its own process with its own time limit and log (``DIR/logs/<section>.log``); a section
 that fails, crashes or runs out of time is recorded as failed and the others still run. ``DIR/report.json``
@@ -34,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_check_sections import REPO_ROOT, SECTIONS, CheckFailed, Context, Skipped, strict_float32  # noqa: E402
+from gpu_check_sections import REPO_ROOT, SECTIONS, CheckFailed, Context, Skipped, set_precision  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,8 +65,9 @@ def run_section_here(name: str, ctx: Context) -> dict:
     function, _ = SECTIONS[name]
     start = time.perf_counter()
     if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)  # Triton launches on the current device
         torch.cuda.reset_peak_memory_stats(ctx.device)
-        strict_float32()
+    precision = set_precision(name)
     try:
         record = {"status": "passed", "message": "", "details": function(ctx)}
     except Skipped as reason:
@@ -74,6 +77,7 @@ def run_section_here(name: str, ctx: Context) -> dict:
     except Exception as error:  # any crash of the section is its own failure, not the script's
         traceback.print_exc()
         record = {"status": "failed", "message": f"{type(error).__name__}: {error}", "details": {}}
+    record["precision"] = precision
     if ctx.device.type == "cuda":
         record["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
     record["seconds"] = time.perf_counter() - start
@@ -124,9 +128,10 @@ def _cell(record: dict) -> str:
 
 def write_report(output: Path, header: dict, records: dict[str, dict]) -> None:
     """``report.json`` (everything) and ``report.md`` (a table, then each section's details)."""
-    peaks = [r["peak_gpu_memory_gb"] for r in records.values() if r.get("peak_gpu_memory_gb") is not None]
-    bench = records.get("benchmark_eval", {}).get("details", {})
-    peaks += [r["peak_gpu_memory_gb"] for r in bench.get("results", []) if r.get("peak_gpu_memory_gb") is not None]
+    # A section's own process, and the processes it starts (pytest, the benchmarks), which report their peaks.
+    peaks = [r.get("peak_gpu_memory_gb") for r in records.values()]
+    peaks += [r["details"].get("child_peak_gpu_memory_gb") for r in records.values() if isinstance(r["details"], dict)]
+    peaks = [peak for peak in peaks if peak is not None]
     report = {**header, "peak_gpu_memory_gb": max(peaks) if peaks else None, "sections": records}
     statuses = ("passed", "failed", "skipped", "running")
     report["counts"] = {s: sum(r["status"] == s for r in records.values()) for s in statuses}

@@ -25,7 +25,15 @@ for path in (REPO_ROOT, REPO_ROOT / "tools"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-TOLERANCE = 1e-4  # relative: max |cpu - gpu| / max |cpu|
+TOLERANCE = 1e-4  # relative: max |cpu - gpu| / max |cpu|, float32 against float32 (strict mode)
+# End to end in the users' (the paper's) mode, cuDNN convolutions may run in TF32: its inputs keep 10 mantissa bits
+# (unit roundoff 2^-11 = 4.9e-4), so each patch-embedding output can move by about 1e-3 of the sum of its terms'
+# magnitudes; through 12 blocks of normalised residual layers and both propagations that stays near that level.
+# Ten times the unit roundoff leaves room for the accumulation; a GPU run reports the measured value beside it.
+USERS_MODE_TOLERANCE = 10 * 2.0**-11
+# Sections that compare a stage on the device with the CPU run in strict float32 (no TF32): the comparison is then
+# of float32 against float32. The end-to-end, determinism and benchmark sections run in the users' mode.
+STRICT_SECTIONS = ("metrics", "patch_lp", "pixel_lp", "backbones")
 VOC_MINI = Path("voc_mini/VOCdevkit/VOC2012")
 
 
@@ -58,11 +66,12 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
 
 
-def strict_float32() -> None:
-    """No TF32 anywhere: the CPU comparison is of float32 against float32."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
+def set_precision(section: str) -> str:
+    """Strict float32 for the stage-wise comparisons (``STRICT_SECTIONS``), the users' mode (the config default,
+    ``strict_float32: false``) for everything else; returns the mode's description."""
+    from evaluation.device import apply_precision
+
+    return apply_precision(section in STRICT_SECTIONS)
 
 
 @contextlib.contextmanager
@@ -168,10 +177,14 @@ def section_gpu_tests(ctx: Context) -> dict:
     if ctx.device.type != "cuda":
         raise Skipped("no CUDA device: every GPU test would skip")
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
-    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    peak_file = ctx.output / "sections" / "gpu_tests_peak.json"
+    peak_file.unlink(missing_ok=True)
+    env = dict(os.environ, LPOSS_PEAK_MEMORY_FILE=str(peak_file))  # tests/conftest.py writes pytest's own peak
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env)
     print(run.stdout, run.stderr)
     lines = run.stdout.strip().splitlines()
     details = {"exit_code": run.returncode, "summary": lines[-1] if lines else ""}
+    details["child_peak_gpu_memory_gb"] = json.loads(peak_file.read_text()) if peak_file.is_file() else None
     details["skip_reasons"] = [line for line in lines if line.startswith("SKIPPED")]
     if run.returncode == 5:
         raise Skipped("no test is marked gpu")
@@ -219,6 +232,7 @@ def section_patch_lp(ctx: Context) -> dict:
 
 
 def section_pixel_lp(ctx: Context) -> dict:
+    from segmentation.kernels import pixel_backend_ran
     from segmentation.label_propagation import propagate_pixels
 
     h, w = (40, 56) if ctx.tiny else (448, 600)
@@ -236,6 +250,7 @@ def section_pixel_lp(ctx: Context) -> dict:
             extra = {"backend": backend} if backend else {}
             dev = propagate_pixels(scores.to(ctx.device), image.to(ctx.device), **extra)
             compare(details, f"C={c} backend={backend or 'default'}", dev, cpu)
+            details[f"ran: C={c} backend={backend or 'default'}"] = pixel_backend_ran(ctx.device, backend or "auto")
     return require_within(details, "pixel LP")
 
 
@@ -262,41 +277,51 @@ def _near_ties(scores: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Ten
     return picked.gather(0, labels_a[differ][None]) - picked.gather(0, labels_b[differ][None])
 
 
+def _agreement(scores_cpu: torch.Tensor, scores_dev: torch.Tensor) -> dict:
+    """Scores' relative difference, the fraction of labels that differ, and the largest margin where they do."""
+    labels_cpu, labels_dev = scores_cpu.argmax(0), scores_dev.argmax(0)
+    margins = _near_ties(scores_cpu, labels_cpu, labels_dev)
+    return {
+        "scores": relative_difference(scores_dev, scores_cpu),
+        "labels_differ_fraction": float((labels_cpu != labels_dev).float().mean()),
+        "largest_margin_where_labels_differ": float(margins.max()) / float(scores_cpu.abs().max())
+        if margins.numel()
+        else 0.0,
+    }
+
+
 def section_end_to_end(ctx: Context) -> dict:
+    """LPOSS+ on real images, the device against the CPU: in strict float32 (to ``TOLERANCE``) and in the users'
+    mode (the default config; to ``USERS_MODE_TOLERANCE``). mIoU is reported in the users' mode."""
     from datasets import class_names
+    from evaluation.device import PRECISION_MODES, apply_precision
     from evaluation.metrics import iou_counts, summarize
     from segmentation import Segmentor
 
     images = voc_mini_images(ctx)
     cpu, dev = backbone_pair(ctx)
     names = class_names("voc")
-    details: dict = {"images": len(images)}
+    details: dict = {"images": len(images), "precision": {"strict": PRECISION_MODES[True], "users": PRECISION_MODES[False]}}
     sums = {"cpu": np.zeros((4, 21)), "device": np.zeros((4, 21))}
     for model in (cpu, dev):
         model.set_classes(names)
+    bad = {}
     for name, image, label in images:
         scores_cpu = Segmentor(cpu, settings(ctx)).predict_scores(image)
-        scores_dev = Segmentor(dev, settings(ctx)).predict_scores(image).cpu()
-        labels_cpu, labels_dev = scores_cpu.argmax(0), scores_dev.argmax(0)
-        margins = _near_ties(scores_cpu, labels_cpu, labels_dev)
-        scale = float(scores_cpu.abs().max())
-        details[name] = {
-            "scores": relative_difference(scores_dev, scores_cpu),
-            "labels_differ_fraction": float((labels_cpu != labels_dev).float().mean()),
-            "largest_margin_where_labels_differ": float(margins.max()) / scale if margins.numel() else 0.0,
-        }
-        sums["cpu"] += iou_counts(labels_cpu.numpy(), label, 21)
-        sums["device"] += iou_counts(labels_dev.numpy(), label, 21)
+        details[name] = {}
+        for mode, tolerance in (("strict", TOLERANCE), ("users", USERS_MODE_TOLERANCE)):
+            apply_precision(mode == "strict")
+            scores_dev = Segmentor(dev, settings(ctx)).predict_scores(image).cpu()
+            agreement = details[name][mode] = _agreement(scores_cpu, scores_dev)
+            # A label can flip where the margin is below twice the score difference: a near-tie.
+            if agreement["scores"] > tolerance or agreement["largest_margin_where_labels_differ"] > 2 * tolerance:
+                bad[f"{name} ({mode}, tolerance {tolerance:.1e})"] = agreement
+        sums["cpu"] += iou_counts(scores_cpu.argmax(0).numpy(), label, 21)
+        sums["device"] += iou_counts(scores_dev.argmax(0).numpy(), label, 21)  # the users' mode, run last
     for key, value in sums.items():
         details[f"mIoU_{key}"] = summarize(value, None, names)["mIoU"]
-    bad = {
-        k: v
-        for k, v in details.items()
-        # A label can flip where the margin is below twice the score difference: a near-tie.
-        if isinstance(v, dict) and (v["scores"] > TOLERANCE or v["largest_margin_where_labels_differ"] > 2 * TOLERANCE)
-    }
     if bad:
-        raise CheckFailed(f"CPU and {ctx.device} disagree beyond {TOLERANCE:g} (or away from ties): {bad}", details)
+        raise CheckFailed(f"CPU and {ctx.device} disagree beyond the tolerance (or away from ties): {bad}", details)
     return details
 
 
@@ -315,6 +340,7 @@ def section_determinism(ctx: Context) -> dict:
     with deterministic():
         first, second = (Segmentor(backbones, settings(ctx)).predict_scores(image) for _ in range(2))
     details = {"identical": bool(torch.equal(first, second)), "relative_difference": relative_difference(second, first)}
+    details["precision"] = set_precision("determinism")  # the users' mode, as run_section_here set it
     if not details["identical"]:
         raise CheckFailed(f"two {ctx.device} runs differ (relative {details['relative_difference']:.1e})", details)
     return details
@@ -331,16 +357,22 @@ def _run_tool(command: list[str]) -> subprocess.CompletedProcess:
 
 def section_benchmark_lp(ctx: Context) -> dict:
     tiny = ["--classes", "3", "--windows", "2", "--size", "24", "30"] if ctx.tiny else []
-    run = _run_tool(["tools/benchmark_lp.py", "--device", str(ctx.device), *tiny])
-    return {"table": run.stdout.strip().splitlines()}
+    out = ctx.output / "benchmark_lp.json"
+    run = _run_tool(["tools/benchmark_lp.py", "--device", str(ctx.device), "--json", str(out), *tiny])
+    report = json.loads(out.read_text())
+    rows = [{key: row[key] for key in ("level", "classes", "method", "backend", "seconds")} for row in report["rows"]]
+    return {"table": run.stdout.strip().splitlines(), "rows": rows, "child_peak_gpu_memory_gb": report["peak_gpu_memory_gb"]}
 
 
 def section_benchmark_eval(ctx: Context) -> dict:
     out = ctx.output / "benchmark_eval.json"
     tiny = ["--tiny", "--cases", "voc", "--warmup", "0"] if ctx.tiny else ["--repeats", "3"]
     run = _run_tool(["tools/benchmark_eval.py", "--device", str(ctx.device), "--json", str(out), *tiny])
-    results = {r["case"]: r for r in json.loads(out.read_text())["results"]}
+    report = json.loads(out.read_text())
+    results = {r["case"]: r for r in report["results"]}
     details: dict = {"table": run.stdout.strip().splitlines(), "results": list(results.values()), "targets": {}}
+    details["child_peak_gpu_memory_gb"] = report.get("peak_gpu_memory_gb")
+    details["precision"] = report.get("precision")
     targets = [("voc", "images_per_second", 20.0, ">="), ("coco_stuff", "images_per_second", 10.0, ">=")]
     targets += [(case, "peak_gpu_memory_gb", 10.0, "<") for case in ("cityscapes", "ade20k")]
     for case, key, bound, op in targets:
