@@ -27,7 +27,8 @@ def test_benchmark_lp_runs_and_agrees_with_reference(capsys):
         ["pixel", "24x30", "3", "reference-scipy"],
         ["pixel", "24x30", "3", "ours"],
     ]
-    assert all(float(row[-1]) < 1e-4 for row in rows)  # relative error against the SciPy reference
+    assert all(float(row[-2]) < 1e-4 for row in rows)  # relative error against the SciPy reference
+    assert [row[-1] for row in rows] == ["reference-scipy", "graph=auto", "reference-scipy", "torch"]  # what ran
     # The rows the GPU check script reads, with the GPU's reference (torch CSR, one CG per class) and variants.
     rows = list(benchmark_lp.benchmark_rows(benchmark_lp.parse_args([*tiny, "--reference", "torch", "--all-variants"])))
     assert [(row["level"], row["method"]) for row in rows] == [
@@ -66,3 +67,14 @@ def test_benchmark_eval_reports_every_stage_of_the_real_pipeline(tmp_path, capsy
     assert sum(stages.values()) == pytest.approx(result["seconds_per_image"], rel=1e-9)
     assert result["images_per_second"] == pytest.approx(1 / result["seconds_per_image"])
     assert (result["classes"], result["text_rows"], result["resized_size"]) == (21, 46, [224, 299])
+
+
+def test_benchmark_lp_times_the_previous_cg_in_the_same_run(tmp_path, capsys):
+    out = tmp_path / "lp.json"
+    argv = ["--levels", "pixel", "--classes", "3", "--size", "24", "30", "--cg-baseline", "--json", str(out)]
+    assert benchmark_lp.main(benchmark_lp.parse_args(argv)) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == ["reference-scipy", "ours", "ours-previous-cg"]
+    assert all(row["relative_error"] < 1e-4 for row in rows)  # both CGs solve the same system
+    assert "previous CG" in capsys.readouterr().out
+    assert benchmark_lp.engine.conjugate_gradient is not benchmark_lp.previous_conjugate_gradient  # put back

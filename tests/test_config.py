@@ -90,6 +90,7 @@ def test_quoting_and_null():
 BAD_VALUES = [
     ("patch_propagation=maybe", "patch_propagation='maybe'"),
     ("pixel_refine=maybe", "pixel_refine='maybe'"),
+    ("strict_float32=maybe", "strict_float32='maybe'"),
     ("short_side=0", "short_side=0"),
     ("long_side=100", "long_side=100"),
     ("crop=100", "crop=100"),

@@ -127,7 +127,12 @@ def test_report_peak_memory_includes_the_processes_sections_start(tmp_path):
         "pixel_lp": {"status": "passed", "message": "", "details": {}, "seconds": 1.0, "peak_gpu_memory_gb": 2.0},
         "gpu_tests": {"status": "passed", "message": "", "details": {"child_peak_gpu_memory_gb": 7.5}, "seconds": 1.0},
         "benchmark_lp": {"status": "passed", "message": "", "details": {"child_peak_gpu_memory_gb": 3.0}, "seconds": 1},
-        "benchmark_eval": {"status": "failed", "message": "", "details": {"child_peak_gpu_memory_gb": None}, "seconds": 1},
+        "benchmark_eval": {
+            "status": "failed",
+            "message": "",
+            "details": {"child_peak_gpu_memory_gb": None},
+            "seconds": 1,
+        },
     }
     gpu_check.write_report(tmp_path, {"device": "cuda"}, records)
     assert report(tmp_path)["peak_gpu_memory_gb"] == 7.5

@@ -58,7 +58,9 @@ def _signature(kernel) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kernel_name", ["_propagation_product_kernel", "_inverse_sqrt_degree_kernel", "_cg_update_kernel"])
+@pytest.mark.parametrize(
+    "kernel_name", ["_propagation_product_kernel", "_inverse_sqrt_degree_kernel", "_cg_update_kernel"]
+)
 def test_kernels_compile_for_an_nvidia_gpu_without_one(kernel_name):
     # The interpreter runs some programs the GPU compiler refuses (a scalar/block mismatch, a non-power-of-two
     # block): compile for an H100 (sm_90) with the ptxas that ships with triton, no GPU needed.

@@ -367,9 +367,7 @@ def benchmark_rows(args: argparse.Namespace) -> Iterator[dict[str, object]]:
 
 def main(args: argparse.Namespace) -> int:
     print(f"device: {args.device} | torch threads: {torch.get_num_threads()} | reference: one CG per class")
-    print(
-        f"{'level':<8}{'size':>12}{'C':>6}  {'method':<17}{'seconds':>10}{'speed-up':>10}{'rel. error':>12}  backend"
-    )
+    print(f"{'level':<8}{'size':>12}{'C':>6}  {'method':<17}{'seconds':>10}{'speed-up':>10}{'rel. error':>12}  backend")
     worst, seconds, rows = 0.0, {}, []
     for row in benchmark_rows(args):
         print(

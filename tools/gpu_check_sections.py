@@ -301,7 +301,10 @@ def section_end_to_end(ctx: Context) -> dict:
     images = voc_mini_images(ctx)
     cpu, dev = backbone_pair(ctx)
     names = class_names("voc")
-    details: dict = {"images": len(images), "precision": {"strict": PRECISION_MODES[True], "users": PRECISION_MODES[False]}}
+    details: dict = {
+        "images": len(images),
+        "precision": {"strict": PRECISION_MODES[True], "users": PRECISION_MODES[False]},
+    }
     sums = {"cpu": np.zeros((4, 21)), "device": np.zeros((4, 21))}
     for model in (cpu, dev):
         model.set_classes(names)
@@ -361,7 +364,11 @@ def section_benchmark_lp(ctx: Context) -> dict:
     run = _run_tool(["tools/benchmark_lp.py", "--device", str(ctx.device), "--json", str(out), *tiny])
     report = json.loads(out.read_text())
     rows = [{key: row[key] for key in ("level", "classes", "method", "backend", "seconds")} for row in report["rows"]]
-    return {"table": run.stdout.strip().splitlines(), "rows": rows, "child_peak_gpu_memory_gb": report["peak_gpu_memory_gb"]}
+    return {
+        "table": run.stdout.strip().splitlines(),
+        "rows": rows,
+        "child_peak_gpu_memory_gb": report["peak_gpu_memory_gb"],
+    }
 
 
 def section_benchmark_eval(ctx: Context) -> dict:

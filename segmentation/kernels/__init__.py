@@ -15,7 +15,13 @@ import warnings
 
 import torch
 
-__all__ = ["TritonBackendError", "fallback_reason", "pixel_backend_ran", "record_triton_failure", "warn_triton_fallback"]
+__all__ = [
+    "TritonBackendError",
+    "fallback_reason",
+    "pixel_backend_ran",
+    "record_triton_failure",
+    "warn_triton_fallback",
+]
 
 _warned = False
 # Devices on which the Triton kernels were given up, and the first line of why: {"cuda:1": "out of resources"}.

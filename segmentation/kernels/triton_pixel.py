@@ -277,9 +277,7 @@ def propagation_product(
     return out
 
 
-def cg_update(
-    x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, ap: torch.Tensor, step: torch.Tensor
-) -> torch.Tensor:
+def cg_update(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, ap: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """``x += step_c p``, ``r -= step_c ap`` in one pass (6 vector passes instead of 8); returns ``r . r`` ``[C]``.
 
     Args:
