@@ -65,12 +65,15 @@ def test_failed_build_raises_when_required(failing_build, monkeypatch):
         cpu_kernels()
 
 
-def test_module_name_changes_with_the_source(monkeypatch, tmp_path):
+def test_module_name_changes_with_the_source_and_its_checkout(monkeypatch, tmp_path):
     name, _ = cpu_kernels_module._compile_flags()
-    changed = tmp_path / "cpu.cpp"
-    changed.write_text(cpu_kernels_module._SOURCE_FILE.read_text() + "// changed\n")
-    monkeypatch.setattr(cpu_kernels_module, "_SOURCE_FILE", changed)
-    assert cpu_kernels_module._compile_flags()[0] != name
+    source = tmp_path / "cpu.cpp"
+    source.write_text(cpu_kernels_module._SOURCE_FILE.read_text())
+    monkeypatch.setattr(cpu_kernels_module, "_SOURCE_FILE", source)
+    other_checkout = cpu_kernels_module._compile_flags()[0]
+    assert other_checkout != name  # same source in another checkout: its own build folder
+    source.write_text(source.read_text() + "// changed\n")
+    assert cpu_kernels_module._compile_flags()[0] not in (name, other_checkout)
 
 
 def test_top_k_breaks_ties_by_lowest_column(kernels):

@@ -47,14 +47,17 @@ class KernelBuildError(RuntimeError):
 def _compile_flags() -> tuple[str, list[str]]:
     """Module name and flags per CPU capability, so that a shared cache never serves a binary the CPU lacks.
 
-    The name also carries a hash of the source and flags: a changed source is built under a new name (its own
-    folder in torch's cache) and never collides with a build of another version running at the same time.
+    The name also carries a hash of the source, its path and the flags: a changed source is built under a new
+    name (its own folder in torch's cache) and never collides with a build of another version running at the
+    same time; two checkouts of the repository get a folder each, since torch's build file names the source by
+    its path and would otherwise rebuild whenever the other checkout was used last.
     """
     capability = torch.backends.cpu.get_cpu_capability()  # "DEFAULT", "AVX2", "AVX512", ...
     flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds: without it, one thread
     if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
-    digest = hashlib.sha256("\0".join([_SOURCE_FILE.read_text(), *flags]).encode()).hexdigest()[:12]
+    identity = [_SOURCE_FILE.read_text(), str(_SOURCE_FILE.resolve()), *flags]
+    digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:12]
     return f"lposs_cpu_kernels_{platform.machine()}_{capability}_{digest}".lower(), flags
 
 
