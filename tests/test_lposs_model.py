@@ -53,7 +53,7 @@ def test_odd_window_size(backbones):
 
 def test_clip_grid_resized_bilinearly_to_dino_grid(backbones, monkeypatch):
     coarse = torch.randn(1, 384, 7, 7)
-    monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images: coarse)
+    monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images, *_head: coarse)
     _, scores = backbones(torch.rand(1, 3, 224, 224))
     resized = F.normalize(F.interpolate(coarse, size=(14, 14), mode="bilinear", align_corners=False), dim=1)
     expected = torch.einsum("bchw,ac->bahw", resized, backbones.text_embeddings)
