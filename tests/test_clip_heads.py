@@ -151,7 +151,7 @@ def test_each_window_of_a_batch_is_its_own(model, windows, ours):
         assert_close(dense_clip_features(model, windows[1:], head), ours[head][1:], rtol=RTOL, atol=1e-5)
 
 
-def test_half_precision_weights_and_non_batch_first(model, windows, ours):
+def test_half_precision_autocast_and_non_batch_first(model, windows, ours):
     small = windows[:1, :, :64, :80]
     seq_first = copy.deepcopy(model)
     seq_first.visual.transformer.batch_first = False
@@ -163,6 +163,10 @@ def test_half_precision_weights_and_non_batch_first(model, windows, ours):
         assert_close(dense_clip_features(seq_first, small, head), full, rtol=1e-4, atol=1e-4)
         half = dense_clip_features(low, small, head)
         assert half.dtype == torch.float32 and F.cosine_similarity(half, full, dim=1).min() > 0.9
+        for dtype in (torch.float16, torch.bfloat16):  # float32 weights under autocast, as model.dtype runs them
+            with torch.autocast("cpu", dtype=dtype):
+                mixed = dense_clip_features(model, small, head)
+            assert mixed.dtype == torch.float32 and F.cosine_similarity(mixed, full, dim=1).min() > 0.99
 
 
 def test_unknown_head_is_refused(model, windows):
