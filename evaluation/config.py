@@ -49,6 +49,8 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _HYDRA_LOCK = threading.Lock()  # Hydra keeps one global state per process: one composition at a time
+CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip")
+DINO_FEATURES = ("v", "k", "q")
 _OVERRIDE_FORM = "key=value (e.g. k=200, model.clip.pretrained=null, data_root='/my data')"
 
 
@@ -262,6 +264,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dtype": (lambda v: v in ("float32", "float16", "bfloat16"), "float32, float16 or bfloat16"),
     "model.templates": (lambda v: v in ("imagenet80", "single"), "imagenet80 or single"),
     "model.clip.name": (lambda v: isinstance(v, str) and v != "", "an open_clip model name"),
+    # the choices of models.CLIP_HEADS and models.DINO_FEATURES (not imported: configs load without torch)
+    "model.clip.head": (lambda v: v in CLIP_HEADS, "one of " + ", ".join(CLIP_HEADS)),
+    "model.dino.features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),
 }

@@ -21,6 +21,7 @@ class ClipConfig:
 
     name: str = MISSING
     pretrained: str | None = MISSING  # a pretrained tag, a local checkpoint path, or null (random weights)
+    head: str = MISSING  # the last block: maskclip (the paper's) | sclip | clearclip | naclip
 
 
 @dataclass
@@ -29,6 +30,7 @@ class DinoConfig:
 
     name: str = MISSING
     pretrained: bool | str | None = MISSING  # true (timm's weights), a local checkpoint path, or null/false
+    features: str = MISSING  # the part of the last block's qkv: v (the paper's) | k | q
 
 
 @dataclass

@@ -19,6 +19,7 @@ __all__ = [
     "default_file_mode",
     "environment_record",
     "format_paper_table",
+    "method_label",
     "start_wandb",
     "summary_record",
 ]
@@ -93,6 +94,19 @@ def format_paper_table(method: str, records: dict[str, dict], order: Sequence[st
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     row = "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line, rule, row])
+
+
+def method_label(config: DictConfig) -> str:
+    """The method's name in tables and records: ``maskclip``, ``lposs`` or ``lposs_plus`` for the paper's backbones;
+    another CLIP head names the baseline (``naclip``) or is added in brackets (``lposs_plus (naclip)``), and so is a
+    DINO feature kind other than ``v`` where propagation uses it (``lposs (sclip, dino k)``)."""
+    head = OmegaConf.select(config, "model.clip.head", default="maskclip")
+    if not config.patch_propagation:
+        return head
+    base = "lposs_plus" if config.pixel_refine else "lposs"
+    kind = OmegaConf.select(config, "model.dino.features", default="v")
+    notes = ([head] if head != "maskclip" else []) + ([f"dino {kind}"] if kind != "v" else [])
+    return f"{base} ({', '.join(notes)})" if notes else base
 
 
 def summary_record(method: str, records: dict[str, dict], order: Sequence[str]) -> dict:

@@ -37,6 +37,7 @@ from .reporting import (
     check_wandb,
     environment_record,
     format_paper_table,
+    method_label,
     start_wandb,
     summary_record,
 )
@@ -230,7 +231,7 @@ class _Run:
         """Summarise one (setting, dataset), print it, stage its results.json."""
         config = combination.config
         summary = summarize(result.iou_sums, result.boundary_sums, class_names(key, aliases=False))
-        method = SegmentorSettings.from_config(config).method
+        method = method_label(config)
         record = {
             "dataset": key,
             "method": method,
@@ -351,7 +352,7 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
     main = is_main_process()
     _setup_logging(str(state.output.path("eval.log")) if state.output is not None and main else None)
     try:
-        method = SegmentorSettings.from_config(plan.combinations[0].config).method
+        method = method_label(plan.combinations[0].config)
         wandb_run = start_wandb(plan.combinations[0].config, method, plan.keys) if main else None
         loaded: dict[str, object] = {}  # groups that differ only in windows or resizing share the models
         for group in group_by_encoding(plan.combinations):

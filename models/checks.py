@@ -16,7 +16,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ._image import PATCH_SIZE
-from .dino import _check_vit_layout
+from .clip_heads import CLIP_HEADS
+from .dino import DINO_FEATURES, _check_vit_layout
 from .maskclip import TEMPLATE_SETS
 
 Pretrained = str | bool | None
@@ -204,17 +205,34 @@ def config_value(model_cfg: Any, dotted: str) -> Any:
     return node
 
 
+def optional_value(model_cfg: Any, dotted: str, default: Any) -> Any:
+    """`config_value`, or `default` when the key (or its section) is absent."""
+    try:
+        return config_value(model_cfg, dotted)
+    except ModelConfigError:
+        return default
+
+
+def check_choice(dotted: str, value: Any, choices: tuple) -> None:
+    """ModelConfigError naming `model.<dotted>`, the value and the choices, unless `value` is one of `choices`."""
+    if not isinstance(value, str) or value not in choices:
+        raise ModelConfigError(f"model.{dotted}={value!r}: expected one of {', '.join(choices)}")
+
+
 def check_model_config(model_cfg: Any, device: Device) -> None:
     """Check the `model` config section for `device` without loading or downloading any weights.
 
     Args:
-        model_cfg: mapping with clip.name, clip.pretrained, dino.name, dino.pretrained, dtype, optional templates.
+        model_cfg: mapping with clip.name, clip.pretrained, dino.name, dino.pretrained, dtype, optional templates,
+            optional clip.head and dino.features.
         device: where the backbones will run ('cpu', 'cuda', 'cuda:1' or a torch.device).
 
     Raises:
         ModelConfigError: one line naming the first bad key, its value and what is expected.
     """
     clip_name, dino_name = config_value(model_cfg, "clip.name"), config_value(model_cfg, "dino.name")
+    check_choice("clip.head", optional_value(model_cfg, "clip.head", "maskclip"), CLIP_HEADS)
+    check_choice("dino.features", optional_value(model_cfg, "dino.features", "v"), DINO_FEATURES)
     check_clip_name(clip_name)
     check_clip_pretrained(clip_name, config_value(model_cfg, "clip.pretrained"))
     check_dino_name(dino_name)

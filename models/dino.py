@@ -1,4 +1,7 @@
-"""DINO value features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
+"""DINO features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
+
+The value part of the last attention's qkv output is the paper's; its key or query part can be used instead
+(`model.dino.features`), like the paper code's `enc_type_feats`.
 
 The token embedding is computed here rather than by timm's `forward_features`, because for patch grids
 other than the pretraining one the DINO reference (facebookresearch/dino) resizes the positional
@@ -17,14 +20,17 @@ from ._image import PATCH_SIZE, check_images, pad_and_normalize, tokens_to_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Which part of the last block's qkv output is the feature; index = position in timm's packed (q, k, v) layout.
+DINO_FEATURES = ("v", "k", "q")
+_QKV_INDEX = {"q": 0, "k": 1, "v": 2}
 
 
 def _layout_error(what: str) -> ValueError:
-    return ValueError(f"dino_value_features: unsupported timm model, {what}")
+    return ValueError(f"dino_features: unsupported timm model, {what}")
 
 
 def _check_vit_layout(vit: nn.Module) -> None:
-    """Raise ValueError unless `vit` has the timm ViT layout the value features rely on."""
+    """Raise ValueError unless `vit` has the timm ViT layout the qkv features rely on."""
     if not isinstance(vit, VisionTransformer):
         raise _layout_error(f"expected timm VisionTransformer, got {type(vit).__name__}")
     proj = getattr(vit.patch_embed, "proj", None)
@@ -90,19 +96,23 @@ def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised value features of the last block's attention of a timm DINO ViT.
+def dino_features(vit: nn.Module, images: torch.Tensor, kind: str = "v") -> torch.Tensor:
+    """L2-normalised value, key or query features of the last block's attention of a timm DINO ViT.
 
-    See docs/method.md, "Pipeline", step 6.
+    See docs/method.md, "Pipeline", step 6: the output of the last block's qkv layer, the `kind` part, heads
+    concatenated, prefix tokens (CLS, registers) dropped, each patch L2-normalised.
 
     Args:
         vit: timm VisionTransformer with patch size 16 (any dtype).
         images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's).
+        kind: 'v' (the paper's), 'k' or 'q'.
 
     Returns:
         [B, D, ceil(H / 16), ceil(W / 16)] float32, unit L2 norm along D (D = embed dim, heads concatenated).
     """
-    check_images(images, "dino_value_features")
+    check_images(images, "dino_features")
+    if kind not in _QKV_INDEX:
+        raise ValueError(f"DINO features {kind!r}: expected one of {', '.join(DINO_FEATURES)}")
     _check_vit_layout(vit)
     weight = vit.patch_embed.proj.weight
     x = pad_and_normalize(images.to(weight.device), IMAGENET_MEAN, IMAGENET_STD, weight.dtype)
@@ -116,6 +126,11 @@ def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
         handle.remove()
     qkv = captured[-1]  # [B, N, 3 * D], laid out as (3, heads, head_dim) on the last axis
     batch, n_tokens, _ = qkv.shape
-    value = qkv.reshape(batch, n_tokens, 3, -1)[:, :, 2]  # [B, N, D], heads concatenated
-    value = F.normalize(value[:, vit.num_prefix_tokens :].float(), dim=-1)  # drop CLS / registers
-    return tokens_to_map(value, grid)
+    part = qkv.reshape(batch, n_tokens, 3, -1)[:, :, _QKV_INDEX[kind]]  # [B, N, D], heads concatenated
+    part = F.normalize(part[:, vit.num_prefix_tokens :].float(), dim=-1)  # drop CLS / registers
+    return tokens_to_map(part, grid)
+
+
+def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`dino_features(vit, images, "v")`: the paper's value features, [B, D, gh, gw] float32, unit L2 norm along D."""
+    return dino_features(vit, images, "v")

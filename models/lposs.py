@@ -13,14 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_context
-from .checks import DTYPES, Device, check_model_config, config_value
-from .dino import dino_value_features
+from .checks import DTYPES, Device, check_model_config, config_value, optional_value
+from .dino import dino_features
 from .factory import build_clip, build_dino
 from .maskclip import IMAGENET_TEMPLATES, TEMPLATE_SETS, Template, dense_clip_features, text_classifier
 
 
 class LPOSSBackbones(nn.Module):
-    """CLIP (MaskCLIP dense features + text classifier) and DINO (value features), frozen.
+    """CLIP (dense features of a head, MaskCLIP by default, + text classifier) and DINO (value features by default),
+    frozen.
 
     Call `set_classes` once per dataset, then `forward` on batches of windows.
     """
@@ -33,10 +34,14 @@ class LPOSSBackbones(nn.Module):
         templates: Sequence[Template] = IMAGENET_TEMPLATES,
         precision: torch.dtype | None = None,
         clip_id: Mapping[str, Any] | None = None,
+        clip_head: str = "maskclip",
+        dino_kind: str = "v",
     ) -> None:
         """`precision`: bfloat16 / float16 runs both backbones and the text encoder under torch.autocast (outputs
         stay float32); None or float32 runs them in their own dtype. `clip_id` ({'name', 'pretrained'}) is part of
-        the key of the on-disk text-embedding cache."""
+        the key of the on-disk text-embedding cache (the head is not: it does not touch the text side).
+        `clip_head`: the last CLIP block ('maskclip', 'sclip', 'clearclip', 'naclip'); `dino_kind`: which part of
+        DINO's last qkv is the feature ('v', 'k', 'q'); see docs/method.md, "Heads"."""
         super().__init__()
         self.clip = clip_model
         self.tokenizer = tokenizer
@@ -44,6 +49,8 @@ class LPOSSBackbones(nn.Module):
         self.templates = tuple(templates)  # prompt templates of the text classifier (CLIP's 80 by default)
         self.precision = precision
         self.clip_id = dict(clip_id) if clip_id is not None else None
+        self.clip_head = clip_head
+        self.dino_kind = dino_kind
         self.text_embeddings: torch.Tensor | None = None  # [A, E] float32, L2-normalised
         self.alias_to_class: torch.Tensor | None = None  # [A] int64
         self.class_names: list[str] | None = None
@@ -54,7 +61,8 @@ class LPOSSBackbones(nn.Module):
 
         Keys: clip.name, clip.pretrained, dino.name, dino.pretrained, dtype ('float32' | 'float16' | 'bfloat16':
         the weights stay float32, half types run under torch.autocast), optional templates ('imagenet80', the
-        default and the paper's, or 'single').
+        default and the paper's, or 'single'), optional clip.head (default 'maskclip') and dino.features
+        (default 'v').
 
         Raises:
             ModelConfigError: a bad value, before any weights are read (one line naming key and value).
@@ -68,7 +76,8 @@ class LPOSSBackbones(nn.Module):
         templates = TEMPLATE_SETS[model_cfg.get("templates", "imagenet80")]
         precision = DTYPES[config_value(model_cfg, "dtype")]
         clip_id = {"name": clip_name, "pretrained": clip_pretrained}
-        return cls(clip_model, tokenizer, dino_model, templates, precision, clip_id)
+        head, kind = optional_value(model_cfg, "clip.head", "maskclip"), optional_value(model_cfg, "dino.features", "v")
+        return cls(clip_model, tokenizer, dino_model, templates, precision, clip_id, head, kind)
 
     @property
     def device(self) -> torch.device:
@@ -98,16 +107,16 @@ class LPOSSBackbones(nn.Module):
             windows: [B, 3, h, w] float RGB in [0, 1].
 
         Returns:
-            features: [B, D, gh, gw] float32 DINO value features, unit L2 norm along D;
-            scores: [B, A, gh, gw] float32 cosine similarities in [-1, 1] between the (L2-normalised) MaskCLIP
-                patch features and the alias embeddings, no softmax or temperature (docs/method.md, "Pipeline", step 7).
+            features: [B, D, gh, gw] float32 DINO features (`dino_kind`), unit L2 norm along D;
+            scores: [B, A, gh, gw] float32 cosine similarities in [-1, 1] between the (L2-normalised) CLIP
+                patch features of `clip_head` and the alias embeddings, no softmax or temperature (docs/method.md, "Pipeline", step 7).
             gh, gw = ceil(h / 16), ceil(w / 16).
         """
         if self.text_embeddings is None:
             raise ValueError("LPOSSBackbones.forward: call set_classes(class_names) first")
         with autocast_context(self.device, self.precision):  # both return float32 under autocast too
-            features = dino_value_features(self.dino, windows)  # [B, D, gh, gw]
-            clip_features = dense_clip_features(self.clip, windows)  # [B, E, gh', gw']
+            features = dino_features(self.dino, windows, self.dino_kind)  # [B, D, gh, gw]
+            clip_features = dense_clip_features(self.clip, windows, self.clip_head)  # [B, E, gh', gw']
         if clip_features.shape[-2:] != features.shape[-2:]:
             clip_features = F.interpolate(clip_features, size=features.shape[-2:], mode="bilinear", align_corners=False)
         clip_features = F.normalize(clip_features, dim=1)

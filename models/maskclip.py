@@ -19,6 +19,7 @@ from tqdm import tqdm
 from . import text_cache
 from ._image import PATCH_SIZE, check_images, pad_and_normalize, tokens_to_map
 from ._precision import autocast_context
+from .clip_heads import check_head, refined_last_block
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -99,17 +100,19 @@ def _maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dense_clip_features(clip_model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP dense features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
+def dense_clip_features(clip_model: nn.Module, images: torch.Tensor, head: str = "maskclip") -> torch.Tensor:
+    """Dense patch features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
     Args:
         clip_model: open_clip CLIP model with a ViT visual tower of patch size 16 (any dtype).
         images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's).
+        head: the last block: 'maskclip' (the paper's), 'sclip', 'clearclip' or 'naclip' (docs/method.md, "Heads").
 
     Returns:
         [B, E, ceil(H / 16), ceil(W / 16)] float32, E = CLIP embedding dim; computed in the model's dtype.
     """
     check_images(images, "dense_clip_features")
+    check_head(head)
     visual = clip_model.visual
     _check_visual_layout(visual)
     weight = visual.conv1.weight
@@ -123,7 +126,10 @@ def dense_clip_features(clip_model: nn.Module, images: torch.Tensor) -> torch.Te
     x = visual.ln_pre(x)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual.transformer, x, blocks[:-1])
-    x = _maskclip_last_block(blocks[-1], x)
+    if head == "maskclip":
+        x = _maskclip_last_block(blocks[-1], x)
+    else:
+        x = refined_last_block(blocks[-1], x, head, grid)
     x = visual.ln_post(x)
     x = x[:, 1:] @ visual.proj  # drop CLS; [B, gh * gw, E]
     return tokens_to_map(x.float(), grid)

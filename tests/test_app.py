@@ -28,6 +28,15 @@ def test_app_builds_without_loading_models(monkeypatch):
     assert isinstance(build_app(TINY), gr.Blocks)
 
 
+def test_method_choices_name_the_configured_head(monkeypatch):
+    gr = pytest.importorskip("gradio")
+    import models
+
+    monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models built at build time"))
+    radios = [b for b in build_app([*TINY, "model.clip.head=sclip"]).blocks.values() if isinstance(b, gr.Radio)]
+    assert [label for label, _ in radios[0].choices] == ["SCLIP", "LPOSS (SCLIP)", "LPOSS+ (SCLIP)"]
+
+
 def test_service_builds_models_on_first_request():
     service = SegmentationService(TINY)
     assert service.backbones is None

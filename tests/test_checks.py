@@ -78,6 +78,15 @@ def test_bad_model_names(no_weights_loaded, key, value, expected):
         assert part in message, (part, message)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "choices"),
+    [("clip.head", "nacl1p", "maskclip, sclip, clearclip, naclip"), ("dino.features", "values", "v, k, q")],
+)
+def test_bad_head_or_feature_kind(no_weights_loaded, key, value, choices):
+    assert _error(_with(PAPER, key, value)) == f"model.{key}={value!r}: expected one of {choices}"
+    check_model_config(_with(_with(PAPER, "clip.head", "naclip"), "dino.features", "k"), "cpu")  # and good ones pass
+
+
 def test_clip_tag_of_another_model_lists_the_tags():
     message = _error(_with(_with(TINY, "clip.name", "ViT-B-16-plus-240"), "clip.pretrained", "openai"))
     assert message.startswith("model.clip.pretrained='openai': ")

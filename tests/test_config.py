@@ -126,6 +126,8 @@ BAD_VALUES = [
     ("model.templates=all", "model.templates='all'"),
     ("model.clip.name=''", "model.clip.name=''"),
     ("model.dino.name=''", "model.dino.name=''"),
+    ("model.clip.head=mask_clip", "model.clip.head='mask_clip' is invalid: expected one of maskclip, sclip, clearclip"),
+    ("model.dino.features=value", "model.dino.features='value' is invalid: expected one of v, k, q"),
     ("model.dino.pretrained=3", "model.dino.pretrained=3"),
     ("wandb.mode=cloud", "wandb.mode='cloud'"),
     ("model=3", "'model' is a section"),
@@ -225,7 +227,8 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_and_misnamed_files(tmp_path):
-    with pytest.raises(ConfigError, match="not found.*available: lposs.yaml, lposs_plus.yaml, maskclip.yaml"):
+    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, maskclip.yaml, naclip.yaml, sclip.yaml"
+    with pytest.raises(ConfigError, match=f"not found.*available: {available}"):
         load_config("nothere.yaml")
     (tmp_path / "x.yml").write_text("k: 1\n")
     with pytest.raises(ConfigError, match="must be a .yaml file"):
@@ -292,3 +295,23 @@ def test_expand_sweep_checks_every_point_first():
     assert len(expand_sweep(["crop=448,224", "stride=300"])) == 2
     with pytest.raises(ConfigError, match="stride=300 is invalid: expected at most crop=224"):
         expand_sweep(["crop=448,224", "stride=300"], config="lposs_plus.yaml")
+
+
+def test_head_and_feature_choices_are_the_models():
+    """The config's lists (kept free of torch imports) are the models package's."""
+    from evaluation.config import CLIP_HEADS, DINO_FEATURES
+    from models import CLIP_HEADS as MODEL_HEADS
+    from models import DINO_FEATURES as MODEL_FEATURES
+
+    assert CLIP_HEADS == MODEL_HEADS and DINO_FEATURES == MODEL_FEATURES
+
+
+@pytest.mark.parametrize("head", ["sclip", "clearclip", "naclip"])
+def test_head_configs_are_the_baseline_with_that_head(head):
+    config = load_config(f"{head}.yaml")
+    paper = load_config("maskclip.yaml")
+    assert config.model.clip.head == head and config.patch_propagation is False
+    config.model.clip.head = "maskclip"
+    assert config == paper  # nothing else differs from the MaskCLIP baseline
+    plus = load_config("lposs_plus.yaml", [f"model.clip.head={head}"])
+    assert plus.model.clip.head == head and plus.pixel_refine and plus.patch_propagation

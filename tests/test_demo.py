@@ -18,6 +18,7 @@ from tools.demo import (
     collect_images,
     main,
     method_settings,
+    method_titles,
     parse_args,
     parse_classes,
     segment_files,
@@ -181,6 +182,32 @@ def test_compare_runs_backbones_once_and_matches_single_methods(backbones, confi
     path, _ = write_image(tmp_path, "rgb")
     assert segment_files([path], compare, "lposs_plus", tmp_path / "out", CLASSES) == []
     assert (tmp_path / "out" / "rgb_compare.png").is_file()
+
+
+def test_compare_shows_the_heads_baseline(backbones, config, tmp_path, monkeypatch):
+    """With model.clip.head=naclip the first panel is NACLIP's own prediction, titled so."""
+    import tools.demo as demo
+    from models import LPOSSBackbones
+    from segmentation import SegmentorSettings
+
+    naclip = LPOSSBackbones(
+        backbones.clip, backbones.tokenizer, backbones.dino, backbones.templates, clip_head="naclip"
+    )
+    settings = SegmentorSettings.from_config(config)
+    compare = ImageSegmenter(naclip, settings, CLASSES, compare=True)
+    expected = {"maskclip": "NACLIP", "lposs": "LPOSS (NACLIP)", "lposs_plus": "LPOSS+ (NACLIP)"}
+    assert compare.titles == method_titles("naclip") == expected
+    image = smooth_rgb(seed=4)
+    baseline = Segmentor(naclip, method_settings(settings, "maskclip")).predict(image)
+    np.testing.assert_array_equal(compare(image)["maskclip"], baseline)
+    maskclip_baseline = Segmentor(backbones, method_settings(settings, "maskclip")).predict(image)
+    assert not np.array_equal(baseline, maskclip_baseline)  # the head did change the baseline
+    panels = []
+    monkeypatch.setattr(demo, "side_by_side", lambda given: panels.extend(given) or given[0][1])
+    path, _ = write_image(tmp_path, "rgb")
+    assert segment_files([path], compare, "lposs_plus", tmp_path / "out", CLASSES, compare.titles) == []
+    assert [title for title, _ in panels] == ["NACLIP", "LPOSS (NACLIP)", "LPOSS+ (NACLIP)"]
+    assert method_titles() == {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
 
 
 def test_unique_stems():

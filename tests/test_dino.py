@@ -1,4 +1,4 @@
-"""DINO value features against qkv recomputed here from timm's modules."""
+"""DINO value, key and query features against qkv recomputed here from timm's modules and the paper code's rule."""
 
 import pytest
 import timm
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.testing import assert_close
 
-from models import dino_value_features
+from models import DINO_FEATURES, dino_features, dino_value_features
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
@@ -98,3 +98,54 @@ def test_rejects_other_layouts():
         dino_value_features(vit, torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="VisionTransformer"):
         dino_value_features(torch.nn.Linear(2, 2), torch.rand(1, 3, 32, 32))
+
+
+@torch.no_grad()
+def _paper_extract_feats(vit, images: torch.Tensor, kind: str) -> torch.Tensor:
+    """The paper code's `get_dino_features` / `extract_feats` (vladan-stojnic/LPOSS), on a 224 x 224 batch.
+
+    The hooked qkv output [B, N, 3D] is read as (3, heads, head_dim), split into q, k, v of [B, heads, N, d],
+    the chosen one moved to [B, N, heads, d], CLS dropped, heads flattened, and each patch L2-normalised along
+    channels of [B, D, N].
+    """
+    captured = []
+    handle = vit.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        vit((images - MEAN) / STD)
+    finally:
+        handle.remove()
+    batch, tokens, channels = captured[0].shape
+    heads = vit.blocks[-1].attn.num_heads
+    qkv = captured[0].reshape(batch, tokens, 3, heads, channels // heads // 3).permute(2, 0, 3, 1, 4)
+    chosen = qkv[{"q": 0, "k": 1, "v": 2}[kind]].transpose(1, 2)  # [B, N, heads, d]
+    feats = chosen[:, 1:].flatten(-2, -1).permute(0, 2, 1)  # [B, D, N - 1]
+    feats = feats / feats.norm(dim=1, keepdim=True)
+    return feats.reshape(batch, channels // 3, 14, 14)
+
+
+@pytest.fixture(scope="module")
+def kinds(vit):
+    images = torch.rand(2, 3, 224, 224)
+    return images, {kind: dino_features(vit, images, kind) for kind in DINO_FEATURES}
+
+
+@pytest.mark.parametrize("kind", ["v", "k", "q"])
+def test_each_kind_equals_the_paper_code(vit, kinds, kind):
+    images, ours = kinds
+    assert ours[kind].shape == (2, 384, 14, 14) and ours[kind].dtype == torch.float32
+    assert_close(ours[kind], _paper_extract_feats(vit, images, kind), rtol=1e-5, atol=1e-6)
+    assert_close(ours[kind].norm(dim=1), torch.ones(2, 14, 14))
+
+
+def test_kinds_differ_and_v_is_the_default_bit_for_bit(vit, kinds):
+    """A swapped q and k (or k taken for v) cannot pass: the three parts are far apart."""
+    images, ours = kinds
+    for first, second in (("q", "k"), ("k", "v"), ("q", "v")):
+        assert (ours[first] - ours[second]).abs().max() > 0.1
+    assert torch.equal(ours["v"], dino_value_features(vit, images))
+    assert torch.equal(ours["v"], _reference_224(vit, images))  # the value path of step 6 as it was
+
+
+def test_unknown_kind_is_refused(vit):
+    with pytest.raises(ValueError, match="'x'.*v, k, q"):
+        dino_features(vit, torch.rand(1, 3, 32, 32), "x")

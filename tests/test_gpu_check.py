@@ -33,7 +33,12 @@ def test_smoke_run_on_cpu_reports_every_section(tmp_path):
     assert sections["end_to_end"]["status"] == ("passed" if has_data else "skipped")
     assert all(sections[name]["status"] == "passed" for name in SMOKE if name not in ("gpu_tests", "end_to_end"))
     # CPU against CPU: every comparison ran and found the same numbers.
-    assert set(sections["backbones"]["details"]) >= {"text_embeddings", "dino_features", "clip_scores"}
+    assert set(sections["backbones"]["details"]) >= {
+        "text_embeddings",
+        "dino_features",
+        "clip_scores",
+        "clip_scores_naclip",
+    }
     for name in ("backbones", "patch_lp", "pixel_lp"):
         differences = [v for v in sections[name]["details"].values() if isinstance(v, float)]
         assert differences and all(v == 0.0 for v in differences), name

@@ -1,4 +1,4 @@
-"""LPOSSBackbones: config building, shapes, normalisation and scores = cosine(MaskCLIP, text)."""
+"""LPOSSBackbones: config building, shapes, normalisation and scores = cosine(CLIP head, text), heads and kinds."""
 
 import pytest
 import torch
@@ -7,7 +7,15 @@ from omegaconf import OmegaConf
 from torch.testing import assert_close
 
 import models.lposs as lposs_module
-from models import LPOSSBackbones, dense_clip_features, dino_value_features, text_classifier
+import models.maskclip as maskclip_module
+from models import (
+    LPOSSBackbones,
+    clear_text_cache,
+    dense_clip_features,
+    dino_features,
+    dino_value_features,
+    text_classifier,
+)
 
 CONFIG = {
     "clip": {"name": "ViT-S-16", "pretrained": None},
@@ -53,7 +61,7 @@ def test_odd_window_size(backbones):
 
 def test_clip_grid_resized_bilinearly_to_dino_grid(backbones, monkeypatch):
     coarse = torch.randn(1, 384, 7, 7)
-    monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images: coarse)
+    monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images, *_head: coarse)
     _, scores = backbones(torch.rand(1, 3, 224, 224))
     resized = F.normalize(F.interpolate(coarse, size=(14, 14), mode="bilinear", align_corners=False), dim=1)
     expected = torch.einsum("bchw,ac->bahw", resized, backbones.text_embeddings)
@@ -101,3 +109,65 @@ def test_from_config_keeps_float32_weights_and_sets_autocast(backbones, monkeypa
     half = LPOSSBackbones.from_config({**CONFIG, "dtype": "bfloat16"}, "cpu")
     assert half.precision is torch.bfloat16 and all(len(args) == 3 for args in built)  # no dtype: float32 weights
     assert half.clip_id == {"name": "ViT-S-16", "pretrained": None}
+
+
+HEADS_AND_KINDS = [("sclip", "v"), ("clearclip", "k"), ("naclip", "q")]
+
+
+def _with_head(backbones, head, kind, precision=None) -> LPOSSBackbones:
+    """The same modules with another CLIP head and DINO feature kind."""
+    other = LPOSSBackbones(
+        backbones.clip, backbones.tokenizer, backbones.dino, TEMPLATES, precision, backbones.clip_id, head, kind
+    )
+    other.set_classes(CLASSES)
+    return other
+
+
+@pytest.mark.parametrize(("head", "kind"), HEADS_AND_KINDS)
+def test_heads_and_kinds_reach_the_extractors_and_windows_stay_independent(backbones, head, kind):
+    windows = torch.rand(2, 3, 64, 96)
+    other = _with_head(backbones, head, kind)
+    features, scores = other(windows)
+    assert torch.equal(features, dino_features(backbones.dino, windows, kind))
+    clip_patches = F.normalize(dense_clip_features(backbones.clip, windows, head), dim=1)
+    assert torch.equal(scores, torch.einsum("behw,ae->bahw", clip_patches, other.text_embeddings))
+    one_features, one_scores = other(windows[1:2])  # a batch of windows is each window on its own
+    assert_close(one_features, features[1:2], rtol=1e-5, atol=1e-6)
+    assert_close(one_scores, scores[1:2], rtol=1e-5, atol=1e-6)
+    _, default_scores = backbones(windows)
+    assert (scores - default_scores).abs().max() > 1e-2  # the head did change the scores
+
+
+@pytest.mark.parametrize(("head", "kind"), HEADS_AND_KINDS)
+def test_heads_and_kinds_under_bfloat16_autocast(backbones, head, kind):
+    windows = torch.rand(1, 3, 64, 96)
+    full_features, full_scores = _with_head(backbones, head, kind)(windows)
+    features, scores = _with_head(backbones, head, kind, torch.bfloat16)(windows)
+    assert features.dtype == scores.dtype == torch.float32
+    assert not torch.equal(scores, full_scores)  # bfloat16 really ran
+    assert F.cosine_similarity(features, full_features, dim=1).min() > 0.97
+    assert (scores - full_scores).abs().max() < 0.05
+
+
+def test_text_side_does_not_depend_on_the_head(backbones, monkeypatch, tmp_path):
+    """Every head shares one text classifier: one on-disk cache entry, read back for the other head."""
+    monkeypatch.setenv("LPOSS_CACHE_DIR", str(tmp_path))
+    clear_text_cache()
+    first = _with_head(backbones, "naclip", "k")
+    clear_text_cache()
+    encoded = []
+    monkeypatch.setattr(maskclip_module, "_encode_aliases", lambda *a: encoded.append(a) or pytest.fail("re-encoded"))
+    second = _with_head(backbones, "sclip", "v")
+    assert torch.equal(first.text_embeddings, second.text_embeddings) and not encoded
+    assert len(list(tmp_path.rglob("*.pt"))) == 1
+    assert torch.equal(first.text_embeddings, backbones.text_embeddings)  # and the MaskCLIP head's own
+
+
+def test_from_config_reads_head_and_kind(backbones, monkeypatch):
+    monkeypatch.setattr(lposs_module, "build_clip", lambda *a: (backbones.clip, backbones.tokenizer))
+    monkeypatch.setattr(lposs_module, "build_dino", lambda *a: backbones.dino)
+    config = {**CONFIG, "clip": {**CONFIG["clip"], "head": "clearclip"}, "dino": {**CONFIG["dino"], "features": "q"}}
+    built = LPOSSBackbones.from_config(config, "cpu")
+    assert (built.clip_head, built.dino_kind) == ("clearclip", "q")
+    assert (LPOSSBackbones.from_config(CONFIG, "cpu").clip_head, backbones.dino_kind) == ("maskclip", "v")
+    assert built.clip_id == {"name": "ViT-S-16", "pretrained": None}  # the text cache key: no head in it

@@ -32,10 +32,10 @@ from evaluation.visualise import palette  # noqa: E402
 from segmentation import SegmentorSettings  # noqa: E402
 from tools.demo import (  # noqa: E402
     METHODS,
-    TITLES,
     ImageSegmenter,
     display_names,
     method_settings,
+    method_titles,
     overlay_figure,
     parse_classes,
     pick_device,
@@ -120,7 +120,8 @@ def build_app(config_overrides: Sequence[str] = ()) -> Any:
             image_in = gr.Image(type="pil", image_mode=None, label="image")
             image_out = gr.Image(type="numpy", label="segmentation", interactive=False)
         classes = gr.Textbox(value=EXAMPLE_CLASSES, label="classes")
-        method = gr.Radio([(TITLES[m], m) for m in METHODS], value="lposs_plus", label="method")
+        titles = method_titles(service.config.model.clip.head)  # the baseline is the configured head's
+        method = gr.Radio([(titles[m], m) for m in METHODS], value="lposs_plus", label="method")
         button = gr.Button("Segment", variant="primary")
         button.click(run, inputs=[image_in, classes, method], outputs=image_out)
     return app

@@ -14,7 +14,8 @@ Per image ``<stem>`` it writes to ``--output``:
 
 - ``<stem>_labels.png``: palette PNG at the image's size; pixel value = class index in ``--classes`` order;
 - ``<stem>_overlay.png``: class colours over the image, with a legend of the classes found;
-- ``<stem>_compare.png`` (``--compare``): MaskCLIP | LPOSS | LPOSS+ overlays (backbones run once per image).
+- ``<stem>_compare.png`` (``--compare``): MaskCLIP | LPOSS | LPOSS+ overlays (backbones run once per image); with
+  another CLIP head (``model.clip.head=naclip``) the first panel is that head's baseline (NACLIP).
 
 A folder stands for the image files directly in it (by extension: .jpg, .png, .webp, .tif, ...), sorted by name.
 Every input is checked before a model loads: missing files, folders without images and files that are not images
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from segmentation import Segmentor, SegmentorSettings  # noqa: E402
 
 METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
+HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
 COMPARE_SIDE = 1024  # long side of each --compare panel, so that large photos give a viewable figure
 # Extensions a folder is searched for (kept to those this Pillow can open, see `image_suffixes`).
 COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff")
@@ -215,6 +217,15 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     return images
 
 
+def method_titles(head: str = "maskclip") -> dict[str, str]:
+    """Display name of each method when CLIP runs `head`: the baseline is the head's own ('NACLIP'), and LPOSS
+    built on another head than MaskCLIP says which ('LPOSS+ (NACLIP)')."""
+    if head == "maskclip":
+        return dict(TITLES)
+    name = HEAD_TITLES[head]
+    return {"maskclip": name, "lposs": f"LPOSS ({name})", "lposs_plus": f"LPOSS+ ({name})"}
+
+
 def method_settings(settings: SegmentorSettings, method: str) -> SegmentorSettings:
     """``settings`` with the two switches of ``method`` (maskclip, lposs, lposs_plus); all else unchanged."""
     switches = {"maskclip": (False, False), "lposs": (True, False), "lposs_plus": (True, True)}
@@ -256,6 +267,7 @@ class ImageSegmenter:
     def __init__(self, backbones, settings: SegmentorSettings, classes: Sequence[str], compare: bool = False) -> None:
         backbones.set_classes(list(classes))
         self.method = settings.method
+        self.titles = method_titles(getattr(backbones, "clip_head", "maskclip"))
         self._shared = _SharedWindows(backbones)
         methods = METHODS if compare else (self.method,)
         self.segmentors = {m: Segmentor(self._shared, method_settings(settings, m)) for m in methods}
@@ -291,19 +303,21 @@ def write_outputs(
     output: Path,
     classes: Sequence[str],
     colours: Sequence[Colour],
+    titles: Mapping[str, str] = TITLES,
 ) -> list[Path]:
     """Write ``<stem>_labels.png``, ``<stem>_overlay.png`` and, when ``labels`` has all methods, ``<stem>_compare.png``.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB.
         labels: ``{method: [H, W] class indices}``; must contain ``method``.
+        titles: the panel title of each method (see `method_titles`).
     """
     names = display_names(classes)
     paths = [output / f"{stem}_labels.png", output / f"{stem}_overlay.png"]
     save_png(paths[0], labels[method], colours)
     save_png(paths[1], overlay_figure(image, labels[method], names, colours))
     if all(m in labels for m in METHODS):
-        panels = [(TITLES[m], _fit(overlay(image, labels[m], colours), COMPARE_SIDE)) for m in METHODS]
+        panels = [(titles[m], _fit(overlay(image, labels[m], colours), COMPARE_SIDE)) for m in METHODS]
         present = sorted(set().union(*(present_classes(labels[m], names) for m in METHODS)))
         paths.append(output / f"{stem}_compare.png")
         save_png(paths[2], draw_legend(side_by_side(panels), names, present, colours))
@@ -329,18 +343,19 @@ def segment_files(
     method: str,
     output: Path,
     classes: Sequence[str],
+    titles: Mapping[str, str] = TITLES,
 ) -> list[Path]:
     """Segment and write every image; a bad file is reported on stderr and skipped. Returns the failed paths."""
     colours = palette(len(classes))
     failed = []
-    for path, stem in zip(tqdm(paths, desc=TITLES[method], unit="image"), unique_stems(paths)):
+    for path, stem in zip(tqdm(paths, desc=titles[method], unit="image"), unique_stems(paths)):
         try:
             image = load_image(path)
         except (OSError, ImageReadError) as error:
             tqdm.write(f"error: {error}", file=sys.stderr)
             failed.append(path)
             continue
-        write_outputs(image, segment(image), method, stem, output, classes, colours)
+        write_outputs(image, segment(image), method, stem, output, classes, colours, titles)
     return failed
 
 
@@ -402,7 +417,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        failed = segment_files(images, segment, segment.method, args.output, classes)
+        failed = segment_files(images, segment, segment.method, args.output, classes, segment.titles)
     except ImportError as error:  # an optional package the config asks for (knn_backend=faiss)
         print(f"error: {error}", file=sys.stderr)
         return 2

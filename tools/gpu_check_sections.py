@@ -267,7 +267,23 @@ def section_backbones(ctx: Context) -> dict:
     features_dev, scores_dev = dev(windows.to(ctx.device))
     compare(details, "dino_features", features_dev, features_cpu)
     compare(details, "clip_scores", scores_dev, scores_cpu)
+    _compare_heads(details, cpu, dev, windows, ctx.device)
     return require_within(details, "backbones")
+
+
+def _compare_heads(details: dict, cpu, dev, windows: torch.Tensor, device: torch.device) -> None:
+    """The other CLIP heads and DINO feature kinds, device against CPU; the paper's pair is restored after."""
+    try:
+        for head, kind in (("sclip", "k"), ("clearclip", "q"), ("naclip", "v")):
+            for model in (cpu, dev):
+                model.clip_head, model.dino_kind = head, kind
+            features_cpu, scores_cpu = cpu(windows)
+            features_dev, scores_dev = dev(windows.to(device))
+            compare(details, f"clip_scores_{head}", scores_dev, scores_cpu)
+            compare(details, f"dino_features_{kind}", features_dev, features_cpu)
+    finally:
+        for model in (cpu, dev):
+            model.clip_head, model.dino_kind = "maskclip", "v"
 
 
 def _near_ties(scores: torch.Tensor, labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
