@@ -77,4 +77,5 @@ class LPOSSConfig:
     device: str = MISSING
     seed: int = MISSING
     num_workers: int = MISSING
+    dist_timeout: float = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
