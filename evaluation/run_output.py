@@ -224,10 +224,13 @@ class StagedFolder:
                 self._make_parents(target, moves)
                 backup = self.staging / _REPLACED / relative if os.path.lexists(target) else None
                 moves.record(self, {"target": str(target), "backup": None if backup is None else str(backup)})
-                if backup is not None:
-                    backup.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(target, backup)
-                os.replace(file, target)
+                try:
+                    if backup is not None:
+                        backup.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(target, backup)
+                    os.replace(file, target)
+                except OSError as error:  # named after the final file, not the staging path it came from
+                    raise type(error)(error.errno, error.strerror, str(target)) from error
                 written.append(target)
         return written
 
