@@ -2,8 +2,9 @@
 
 Order of a run:
 
-1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config and wandb are
-   checked; nothing under ``--output`` is touched before this passes;
+1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config, wandb and the
+   output folders (:mod:`evaluation.output_checks`) are checked; nothing under ``--output`` is touched before
+   this passes; then rank 0 locks the output folders (:mod:`evaluation.output_lock`);
 2. one pass over each dataset per group of settings that share backbone features (:mod:`evaluation.sweep`);
    each pass evaluates all settings of its group and publishes their files whole
    (:class:`evaluation.run_output.StagedFolder`);

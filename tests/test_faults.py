@@ -458,6 +458,7 @@ def test_sigterm_and_sigkill_leave_no_debris(tmp_path, capsys):
     big = ["--image_batch", "1", "num_workers=2", "short_side=448", "crop=224", "stride=112"]
     term, term_ready = start_child(tmp_path, "term", "block", [*common, *big])
     kill, kill_ready = start_child(tmp_path, "kill", "block", [*common[:-4], "--output", str(out2), *big])
+    workers = {}
     try:
         assert wait_until(lambda: term_ready.exists() and kill_ready.exists(), 300)
         workers = {child: children_of(child.pid) for child in (term, kill)}
@@ -475,6 +476,8 @@ def test_sigterm_and_sigkill_leave_no_debris(tmp_path, capsys):
         for child in (term, kill):
             child.kill()
             child.wait()
+        for pid in [pid for pids in workers.values() for pid in pids if running(pid)]:
+            os.kill(pid, signal.SIGKILL)  # orphans of a failed check must not outlive the test
     assert files_of(out, pred) == before and beside(out) == beside(pred) == []
     left = beside(out2)
     assert left[0] == ".out2.lock" and left[1].startswith(".out2.partial-")
