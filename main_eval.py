@@ -129,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as error:
         if error.errno not in _WRITE_ERRORS:
             raise
-        return _fault(f"cannot write {error.filename}: {error.strerror}; staging removed, earlier results unchanged")
+        path = error.filename or "an output file"
+        return _fault(f"cannot write {path}: {error.strerror}; staging removed, earlier results unchanged")
     except ValueError as error:  # bad model names, patch sizes, pretrained tags (models.ModelConfigError)
         if type(error).__name__ != "ModelConfigError":
             raise

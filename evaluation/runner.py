@@ -40,6 +40,7 @@ from .reporting import (
     check_wandb,
     environment_record,
     format_paper_table,
+    naming_path,
     start_wandb,
     summary_record,
 )
@@ -201,6 +202,10 @@ def preflight(args: argparse.Namespace) -> RunPlan:
 
 class _LogFile(logging.FileHandler):
     """The run's log file; a write error (a full disk) ends the run like any other, naming the file."""
+
+    def flush(self) -> None:
+        with naming_path(self.baseFilename):
+            super().flush()
 
     def handleError(self, record: logging.LogRecord) -> None:
         error = sys.exc_info()[1]
@@ -430,5 +435,7 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
         if main and state.output is not None:
             state.output.append_to("eval.log")
     finally:
-        _setup_logging(None)
-        state.discard()
+        try:
+            _setup_logging(None)  # closing the log file can fail too (a full disk)
+        finally:
+            state.discard()

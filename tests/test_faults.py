@@ -424,6 +424,27 @@ def test_full_disk_mid_run(tmp_path, capsys, monkeypatch):
     assert files_of(out, pred) == before and beside(out) == beside(pred) == []
 
 
+def test_full_disk_on_the_log_file_names_it(tmp_path):
+    import logging
+
+    from evaluation.runner import _LogFile
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    handler = _LogFile(tmp_path / "eval.log")
+    handler.stream.close()
+    handler.stream = FullDisk()
+    record = logging.LogRecord("lposs", logging.INFO, __file__, 1, "a result", None, None)
+    with pytest.raises(OSError, match="No space left") as error:
+        handler.emit(record)  # logging's default would print a traceback and carry on
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(tmp_path / "eval.log")
+
+
 def test_label_values_outside_the_classes_reported_once(tmp_path, capsys):
     make_dataset(tmp_path, "voc")
     label = tmp_path / "VOCdevkit/VOC2012/SegmentationClass/img_a.png"
