@@ -394,13 +394,12 @@ def _finish(run: _Run) -> None:
         summary = summary_record(method, records, PAPER_ORDER)
         if output is not None:
             atomic_write_text(output.path("config.yaml"), OmegaConf.to_yaml(plan.combinations[0].config))
-    if output is not None:
-        atomic_write_text(output.path("summary.json"), _dumps(summary))
     with all_or_nothing() as publication:  # a single run replaces earlier results all at once, or not at all
         if not plan.is_sweep:
             for key in plan.keys:
                 run.publish(plan.combinations[0], key, publication)
         if output is not None:
+            atomic_write_text(output.path("summary.json"), _dumps(summary))
             output.publish(publication=publication)
 
 
