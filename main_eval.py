@@ -20,6 +20,8 @@ The method, its constants and the reproduced quirks of the paper's code: docs/me
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,10 +30,18 @@ import torch.distributed as dist
 
 from datasets import DATASET_KEYS, DatasetError
 from evaluation.config import ConfigError
+from evaluation.distributed import PeerFailure
+from evaluation.interrupts import Terminated, sigterm_raises
 from evaluation.loop import SampleError, is_main_process
+from evaluation.output_checks import OutputLocationError
+from evaluation.output_lock import OutputInUse
+from evaluation.run_output import PublishError
 from evaluation.runner import PAPER_ORDER, dataset_keys, preflight, run
 
 __all__ = ["PAPER_ORDER", "dataset_keys", "main", "parse_args"]
+
+# Errors writing the outputs (a full disk, a mount gone read-only): one line naming the path, exit 1.
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = list(args.overrides) + rest
+    if args.save_visualisations < 0:
+        parser.error(f"--save_visualisations must be >= 0 (images per dataset), got {args.save_visualisations}")
     if args.save_visualisations and args.output is None:
         parser.error("--save_visualisations needs --output (the overlays go to OUTPUT/visualisations)")
     if args.limit is not None and args.limit < 1:
@@ -86,17 +98,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _fault(message: str) -> int:
+    """One line for a fault of the run itself (exit 1); ``LPOSS_TRACEBACK=1`` shows the traceback instead."""
+    if os.environ.get("LPOSS_TRACEBACK") == "1":
+        raise
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
 def main(args: argparse.Namespace) -> int:
-    """Check everything, then evaluate; 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
+    """Check everything, then evaluate; 0 on success, 2 on bad input, 1 on a fault of the run (one line on stderr
+    each), 130 on Ctrl-C, 143 on SIGTERM."""
     start = time.perf_counter()
     try:
-        plan = preflight(args)  # nothing under --output is touched before this passes
-        run(args, plan)
+        with sigterm_raises():
+            plan = preflight(args)  # nothing under --output is touched before this passes
+            run(args, plan)
         if is_main_process():
             print(f"done in {time.perf_counter() - start:.1f} s")
+    except PublishError as error:
+        return _fault(f"cannot publish {error.filename}: {error.strerror}")
+    except PeerFailure as error:
+        return _fault(f"{error}; staging removed, earlier results unchanged")
     except (ConfigError, DatasetError, SampleError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (OutputInUse, OutputLocationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in _WRITE_ERRORS:
+            raise
+        path = error.filename or "an output file"
+        return _fault(f"cannot write {path}: {error.strerror}; staging removed, earlier results unchanged")
     except ValueError as error:  # bad model names, patch sizes, pretrained tags (models.ModelConfigError)
         if type(error).__name__ != "ModelConfigError":
             raise
@@ -107,10 +141,11 @@ def main(args: argparse.Namespace) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         swept = "completed settings are in place (finish with --resume), " if args.sweep else ""
-        print(f"interrupted: {swept}earlier results under --output are otherwise unchanged", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"{what}: {swept}earlier results under --output are otherwise unchanged", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

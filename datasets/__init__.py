@@ -29,7 +29,15 @@ def _quiet_mmcv_import() -> None:
 
 _quiet_mmcv_import()
 
-from .build import DATASET_KEYS, build_dataset, class_names, dataset_config, load_image, load_label  # noqa: E402
+from .build import (  # noqa: E402
+    DATASET_KEYS,
+    build_dataset,
+    class_names,
+    dataset_config,
+    load_image,
+    load_label,
+    stray_labels,
+)
 from .errors import DatasetError  # noqa: E402
 
 __all__ = [
@@ -40,4 +48,5 @@ __all__ = [
     "dataset_config",
     "load_image",
     "load_label",
+    "stray_labels",
 ]

@@ -176,3 +176,21 @@ def load_label(dataset: CustomDataset, idx: int, image_shape: tuple[int, ...] | 
             f"{_image_path(dataset, idx)} is {image_shape[0]}x{image_shape[1]}"
         )
     return label.astype(np.int64)
+
+
+def stray_labels(dataset: CustomDataset, idx: int, label: np.ndarray) -> dict | None:
+    """Label values of sample ``idx`` outside the dataset's classes (other than 255), or None when there are none.
+
+    They are left out of the label areas, as mmsegmentation's metric does; callers report them once per dataset.
+
+    Args:
+        label: ``[H, W]`` from :func:`load_label`.
+
+    Returns:
+        ``{"file": label path, "pixels": count, "values": up to 5 distinct stray values}``, or None.
+    """
+    stray = label[(label != 255) & ((label < 0) | (label >= len(dataset.CLASSES)))]
+    if stray.size == 0:
+        return None
+    path = Path(dataset.ann_dir) / dataset.img_infos[idx]["ann"]["seg_map"]
+    return {"file": str(path), "pixels": int(stray.size), "values": [int(v) for v in np.unique(stray)[:5]]}

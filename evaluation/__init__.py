@@ -9,7 +9,12 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.metrics`: IoU and Boundary IoU counts, summed over images and ranks, and their tables;
 - :mod:`evaluation.sweep`: settings grouped by what the backbones see, the sweep tables;
 - :mod:`evaluation.runner`: pre-flight checks, then datasets x settings, then the published results;
-- :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders, atomic writes, JSON records;
+- :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders published all or nothing, atomic
+  writes, JSON records;
+- :mod:`evaluation.output_lock`, :mod:`evaluation.output_checks`: one run per output folder, output folders
+  probed before any work;
+- :mod:`evaluation.distributed`, :mod:`evaluation.interrupts`: a dead or stalled rank named within
+  ``dist_timeout``, SIGTERM handled like Ctrl-C;
 - :mod:`evaluation.visualise`: palettes and overlays.
 
 Names are imported on first use, so that ``from evaluation.config import load_config`` does not pull in

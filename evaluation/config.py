@@ -191,6 +191,11 @@ def _explain(error: Exception, path: Path) -> str:
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+        if _in_schema(key):  # a valid key that the file does not set: Hydra can only override what is there
+            return (
+                f"config key {key!r} cannot be overridden: {str(path)!r} does not set it; start the file with "
+                "`defaults: [lposs, _self_]` to take lposs.yaml's values (or set the key in the file)"
+            )
         return f"unknown config key {key!r}; valid keys here: {_valid_keys_near(key)}"
     if isinstance(cause, InterpolationResolutionError) and key:
         return f"config value {key} cannot be resolved: {str(cause).splitlines()[0]}"
@@ -200,6 +205,13 @@ def _explain(error: Exception, path: Path) -> str:
     if isinstance(error, MissingConfigException):  # a defaults list entry that is no file
         first_line += f" (looked in {path.parent} and {CONFIG_DIR})"
     return f"cannot compose config {str(path)!r}: {first_line}"
+
+
+def _in_schema(full_key: str) -> bool:
+    *parents, last = full_key.split(".")
+    schema = OmegaConf.structured(LPOSSConfig)
+    section = OmegaConf.select(schema, ".".join(parents)) if parents else schema
+    return isinstance(section, DictConfig) and last in section.keys()  # keys(): MISSING values included
 
 
 def _valid_keys_near(full_key: str) -> str:
@@ -255,6 +267,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "maxiter": (lambda v: _is_int(v) and v > 0, "an integer >= 1"),
     "seed": (_is_int, "an integer"),
     "num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "dist_timeout": (lambda v: _is_number(v) and v > 0, "a number of seconds > 0"),
     "data_root": (lambda v: isinstance(v, str) and v != "", "a folder path"),
     "device": (
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v) is not None,

@@ -80,4 +80,5 @@ class LPOSSConfig:
     strict_float32: bool = MISSING
     seed: int = MISSING
     num_workers: int = MISSING
+    dist_timeout: float = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -8,11 +8,16 @@ evaluated in one pass: the backbones then run once per image for all of them (pa
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
 import os
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +27,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import load_image, load_label
+from datasets import load_image, load_label, stray_labels
 from segmentation import Segmentor, SegmentorSettings
 from segmentation.windows import resize_to_fit
 
+from .distributed import check_peers
 from .metrics import boundary_iou_counts, iou_counts
-from .reporting import default_file_mode
+from .reporting import default_file_mode, naming_path
 
 __all__ = [
     "EvaluationResult",
@@ -39,6 +45,10 @@ __all__ = [
     "is_main_process",
     "save_label_png",
 ]
+
+logger = logging.getLogger("lposs")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_STRAYS_REPORTED: set[tuple] = set()  # a sweep makes several passes over one dataset: say it once
 
 
 @dataclass
@@ -81,6 +91,7 @@ def _rank_and_world() -> tuple[int, int]:
 def _all_reduce(array: np.ndarray, device: torch.device, op: str) -> np.ndarray:
     if not (dist.is_available() and dist.is_initialized()):
         return array
+    check_peers()  # a dead or stalled rank: one line naming it within dist_timeout, not a hang
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return tensor.cpu().numpy()
@@ -117,7 +128,56 @@ class _Samples(Dataset):
         sample = {"index": idx, "resized": resize_to_fit(image, *self.sides), "label": label, "info": info}
         sample["original_size"] = image.shape[:2]
         sample["image"] = image if self.keep_original else None
+        sample["stray"] = stray_labels(self.dataset, idx, label)
         return sample
+
+
+def _die_with_parent(parent: int, worker_id: int) -> None:
+    """Loader worker start: ask Linux to SIGKILL this worker when its rank dies, however it dies.
+
+    Without it, workers of a killed rank live on, blocked writing to a pipe nobody reads, and keep the rank's
+    sockets open (its peers then wait instead of seeing the connection close). Elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the rank died before the signal was armed
+        os._exit(1)
+
+
+@dataclass
+class _StrayLabels:
+    """Label values outside the classes over one pass: counted, reported once (mmseg ignores them too)."""
+
+    images: int = 0
+    pixels: int = 0
+    example: dict | None = field(default=None)
+
+    def add(self, batch: list[dict]) -> None:
+        for sample in batch:
+            stray = sample.get("stray")
+            if stray is not None:
+                self.images, self.pixels = self.images + 1, self.pixels + stray["pixels"]
+                self.example = self.example or stray
+
+    def report(self, description: str, total: int, device: torch.device) -> None:
+        """One warning on rank 0 with the counts of all ranks (an all-reduce: every rank calls it)."""
+        images, pixels = all_reduce_sum(np.array([self.images, self.pixels], np.float64), device)
+        key = (description, int(images), int(pixels), None if self.example is None else self.example["file"])
+        if images == 0 or not is_main_process() or key in _STRAYS_REPORTED:
+            return
+        _STRAYS_REPORTED.add(key)
+        example = "on another rank"
+        if self.example is not None:
+            values = ", ".join(map(str, self.example["values"]))
+            example = f"{self.example['file']} holds {values}"
+        logger.warning(
+            f"{description}: {int(images)} of {total} label files hold values outside the classes (other than "
+            f"255) in {int(pixels)} pixels, e.g. {example}; left out of the label areas, as mmsegmentation does"
+        )
 
 
 class SampleError(RuntimeError):
@@ -133,7 +193,8 @@ def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) 
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        image.save(tmp)
+        with naming_path(path):  # a full disk names the file
+            image.save(tmp)
         os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
     finally:
@@ -246,17 +307,26 @@ def evaluate_settings(
     keep_original = any(o.on_prediction is not None for o in outputs)
     s = segmentor.settings
     samples = _Samples(dataset, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
-    loader = DataLoader(samples, batch_size=image_batch, num_workers=num_workers, collate_fn=list)
+    loader = DataLoader(
+        samples,
+        batch_size=image_batch,
+        num_workers=num_workers,
+        collate_fn=list,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
+    )
+    strays = _StrayLabels()
     sums = _CountSums(len(settings), num_classes, measure_boundary, segmentor.backbones.device)
     palette = getattr(dataset, "PALETTE", None)
     start = time.perf_counter()
     with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:
         for batch in loader:
             _evaluate_batch(segmentor, batch, settings, sums, outputs, palette)
+            strays.add(batch)
             progress.update(len(batch))
     device = _reduction_device(segmentor)
     seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
     iou, boundary = sums.all_reduced(device)
+    strays.report(description, total, device)
     per_image = seconds / max(-(-total // world), 1)  # the largest rank share has ceil(total / world) images
     return [
         EvaluationResult(iou[j], None if boundary is None else boundary[j], total, seconds, per_image)

@@ -6,7 +6,8 @@ import importlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +21,7 @@ __all__ = [
     "environment_record",
     "format_paper_table",
     "method_label",
+    "naming_path",
     "start_wandb",
     "summary_record",
 ]
@@ -51,15 +53,27 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+@contextmanager
+def naming_path(path: Path | str) -> Iterator[None]:
+    """An ``OSError`` without a file name (a ``write`` on a full disk) raised again naming ``path``."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file.
 
-    The file gets the usual mode (``0o666`` minus the umask), not the ``0600`` of ``mkstemp``.
+    The file gets the usual mode (``0o666`` minus the umask), not the ``0600`` of ``mkstemp``. An ``OSError``
+    (a full disk) names ``path``.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with naming_path(path), os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)

@@ -2,8 +2,9 @@
 
 Order of a run:
 
-1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config and wandb are
-   checked; nothing under ``--output`` is touched before this passes;
+1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config, wandb and the
+   output folders (:mod:`evaluation.output_checks`) are checked; nothing under ``--output`` is touched before
+   this passes; then rank 0 locks the output folders (:mod:`evaluation.output_lock`);
 2. one pass over each dataset per group of settings that share backbone features (:mod:`evaluation.sweep`);
    each pass evaluates all settings of its group and publishes their files whole
    (:class:`evaluation.run_output.StagedFolder`);
@@ -13,6 +14,7 @@ Order of a run:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -30,18 +32,21 @@ from segmentation import Segmentor, SegmentorSettings
 
 from .config import ConfigError
 from .device import apply_precision
+from .distributed import init_process_group, set_collective_timeout
 from .loop import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
 from .metrics import format_table, summarize
+from .output_checks import check_output_locations
 from .reporting import (
     atomic_write_text,
     check_wandb,
     environment_record,
     format_paper_table,
     method_label,
+    naming_path,
     start_wandb,
     summary_record,
 )
-from .run_output import StagedFolder
+from .run_output import Publication, StagedFolder, all_or_nothing, lock_outputs
 from .sweep import Combination, format_sweep_tables, group_by_encoding, is_complete, plan_combinations
 
 __all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "run"]
@@ -68,6 +73,7 @@ class RunPlan:
 def dataset_keys(spec: str) -> list[str]:
     """``'all'`` or a comma list -> dataset keys, checked."""
     keys = list(PAPER_ORDER) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
+    keys = list(dict.fromkeys(keys))  # voc,voc is evaluated once
     for key in keys:
         if key not in DATASET_KEYS:
             raise DatasetError(
@@ -114,7 +120,7 @@ def setup_distributed(device_setting: str) -> torch.device:
     if use_cuda:
         torch.cuda.set_device(device)  # before the process group: NCCL binds its communicator to the current device
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        init_process_group("nccl" if use_cuda else "gloo")  # with dist_timeout (evaluation.distributed)
     return device
 
 
@@ -157,11 +163,40 @@ def _check_models(combinations: list[Combination], device: torch.device) -> None
             check(combination.config.model, device)
 
 
+def _check_pixel_backend(combinations: list[Combination], device: torch.device) -> None:
+    """``pixel_backend=triton`` needs the triton package, and a CUDA device or Triton's interpreter."""
+    if not any(c.config.pixel_refine and c.config.pixel_backend == "triton" for c in combinations):
+        return
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            f"config value pixel_backend='triton' is invalid on {device.type}: the Triton kernels need a CUDA "
+            "device (or TRITON_INTERPRET=1, Triton's slow interpreter); use pixel_backend=auto or torch"
+        )
+    if importlib.util.find_spec("triton") is None:
+        raise ConfigError("config value pixel_backend='triton' needs the triton package (torch's CUDA wheels bring it)")
+
+
+def _output_folders(args: argparse.Namespace, plan: RunPlan) -> list[tuple[str, object]]:
+    """Every folder the run writes: beside and in ``--output`` / ``--save_predictions``, per (setting, dataset)."""
+    folders = []
+    for flag, root in (("--output", args.output), ("--save_predictions", args.save_predictions)):
+        if root is None:
+            continue
+        folders += [(flag, root.absolute().parent), (flag, root)]  # staging and lock beside, results in it
+        for combination in plan.combinations:
+            for key in plan.keys:
+                folder = root / relative_folder(plan, combination, key)
+                folders.append((flag, folder))
+                if flag == "--output" and args.save_visualisations:
+                    folders.append(("--save_visualisations", folder / "visualisations"))
+    return folders
+
+
 def preflight(args: argparse.Namespace) -> RunPlan:
     """Check the whole run before any output is touched or any model loaded.
 
     Raises:
-        ConfigError, DatasetError, ImportError, ValueError: one line naming the bad input.
+        ConfigError, DatasetError, ImportError, ValueError, OutputLocationError: one line naming the bad input.
     """
     combinations = plan_combinations(args.config, args.overrides, args.sweep)
     keys = dataset_keys(args.dataset)
@@ -169,16 +204,34 @@ def preflight(args: argparse.Namespace) -> RunPlan:
     datasets = build_datasets(keys, roots)
     for mode in dict.fromkeys(str(c.config.wandb.mode) for c in combinations):
         check_wandb(mode)
+    set_collective_timeout(combinations[0].config.dist_timeout)
     device = setup_distributed(combinations[0].config.device)
+    _check_pixel_backend(combinations, device)
     _check_models(combinations, device)
-    return RunPlan(combinations, keys, datasets, device)
+    plan = RunPlan(combinations, keys, datasets, device)
+    check_output_locations(_output_folders(args, plan))
+    return plan
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file; a write error (a full disk) ends the run like any other, naming the file."""
+
+    def flush(self) -> None:
+        with naming_path(self.baseFilename):
+            super().flush()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno is not None:
+            raise type(error)(error.errno, error.strerror, error.filename or self.baseFilename) from error
+        super().handleError(record)
 
 
 def _setup_logging(log_file: str | None) -> None:
     """Results to stdout (rank 0) and to the run's log file (staged, appended to ``eval.log`` at the end)."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if log_file is not None:
-        handlers.append(logging.FileHandler(log_file, mode="w"))
+        handlers.append(_LogFile(log_file, mode="w"))
     for handler in logger.handlers:
         handler.close()
     logger.handlers.clear()
@@ -195,17 +248,24 @@ class _Run:
     def __init__(self, args: argparse.Namespace, plan: RunPlan) -> None:
         self.args, self.plan = args, plan
         main = is_main_process()
-        self.output = None if args.output is None else StagedFolder.create(args.output, main)
-        self.predictions = None if args.save_predictions is None else StagedFolder.create(args.save_predictions, main)
+        # one run per folder: rank 0 locks them and removes stale staging (notes: one log line each)
+        folders = [("--output", args.output), ("--save_predictions", args.save_predictions)]
+        self.locks, self.notes = lock_outputs(folders, main)
+        self.output = self.predictions = None
+        try:
+            self.output = None if args.output is None else StagedFolder.create(args.output, main)
+            self.predictions = (
+                None if args.save_predictions is None else StagedFolder.create(args.save_predictions, main)
+            )
+        except BaseException:
+            self.discard()
+            raise
         self.records: dict[str, dict[str, dict]] = {c.name: {} for c in plan.combinations}
         self.environment = environment_record()
 
     def relative(self, combination: Combination, key: str) -> str:
         """Folder of one (setting, dataset) inside the output folders ("" = the folder itself)."""
-        parts = [combination.folder] if self.plan.is_sweep else []
-        if self.plan.is_sweep or len(self.plan.keys) > 1:
-            parts.append(key)
-        return "/".join(parts)
+        return relative_folder(self.plan, combination, key)
 
     def done(self, combination: Combination, key: str) -> dict | None:
         """The finished record of ``--resume``, or None."""
@@ -253,17 +313,29 @@ class _Run:
                 atomic_write_text(self.output.path(self.relative(combination, key), "results.json"), _dumps(record))
         return record
 
-    def publish(self, combination: Combination, key: str) -> None:
+    def publish(self, combination: Combination, key: str, publication: Publication | None = None) -> None:
+        """Predictions, overlays and results.json of one (setting, dataset): all of them, or none."""
         if is_main_process():
-            for folder in (self.predictions, self.output):
-                if folder is not None:
-                    folder.publish(self.relative(combination, key))
+            with all_or_nothing(publication) as moves:
+                for folder in (self.predictions, self.output):
+                    if folder is not None:
+                        folder.publish(self.relative(combination, key), publication=moves)
 
     def discard(self) -> None:
         if is_main_process():
             for folder in (self.output, self.predictions):
                 if folder is not None:
                     folder.discard()
+            for lock in self.locks:
+                lock.release()
+
+
+def relative_folder(plan: RunPlan, combination: Combination, key: str) -> str:
+    """Folder of one (setting, dataset) inside the output folders ("" = the folder itself)."""
+    parts = [combination.folder] if plan.is_sweep else []
+    if plan.is_sweep or len(plan.keys) > 1:
+        parts.append(key)
+    return "/".join(parts)
 
 
 def _dumps(value: object) -> str:
@@ -336,12 +408,13 @@ def _finish(run: _Run) -> None:
         summary = summary_record(method, records, PAPER_ORDER)
         if output is not None:
             atomic_write_text(output.path("config.yaml"), OmegaConf.to_yaml(plan.combinations[0].config))
-    if not plan.is_sweep:  # a single run replaces earlier results all at once, or (failing) not at all
-        for key in plan.keys:
-            run.publish(plan.combinations[0], key)
-    if output is not None:
-        atomic_write_text(output.path("summary.json"), _dumps(summary))
-        output.publish()
+    with all_or_nothing() as publication:  # a single run replaces earlier results all at once, or not at all
+        if not plan.is_sweep:
+            for key in plan.keys:
+                run.publish(plan.combinations[0], key, publication)
+        if output is not None:
+            atomic_write_text(output.path("summary.json"), _dumps(summary))
+            output.publish(publication=publication)
 
 
 def run(args: argparse.Namespace, plan: RunPlan) -> None:
@@ -351,6 +424,8 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
     state = _Run(args, plan)
     main = is_main_process()
     _setup_logging(str(state.output.path("eval.log")) if state.output is not None and main else None)
+    for note in state.notes:
+        logger.info(note)
     try:
         method = method_label(plan.combinations[0].config)
         wandb_run = start_wandb(plan.combinations[0].config, method, plan.keys) if main else None
@@ -373,5 +448,7 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
         if main and state.output is not None:
             state.output.append_to("eval.log")
     finally:
-        _setup_logging(None)
-        state.discard()
+        try:
+            _setup_logging(None)  # closing the log file can fail too (a full disk)
+        finally:
+            state.discard()

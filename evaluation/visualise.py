@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .reporting import naming_path
+
 __all__ = [
     "IGNORE_COLOUR",
     "Colour",
@@ -212,7 +214,8 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
     # whose 0600 mode would stay on the final file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        picture.save(tmp, format="PNG")
+        with naming_path(path):  # a full disk names the file
+            picture.save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -119,6 +119,7 @@ BAD_VALUES = [
     ("maxiter=0", "maxiter=0"),
     ("seed=x", "seed='x'"),
     ("num_workers=-1", "num_workers=-1"),
+    ("dist_timeout=0", "dist_timeout=0"),
     ("data_root=''", "data_root=''"),
     ("device=tpu", "device='tpu'"),
     ("device=cuda:x", "device='cuda:x'"),
