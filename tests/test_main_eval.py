@@ -449,7 +449,8 @@ def test_each_rank_sets_its_device_before_the_process_group(monkeypatch):
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     monkeypatch.setattr("torch.cuda.set_device", lambda device: calls.append(("set_device", str(device))))
     monkeypatch.setattr("torch.distributed.is_initialized", lambda: False)
-    monkeypatch.setattr("torch.distributed.init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda backend, **_: calls.append(("init", backend)))
+    monkeypatch.setattr("torch.distributed.new_group", lambda **_: None)  # the gloo group that checks peers
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert setup_distributed("cuda") == torch.device("cuda", 1)
