@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import benchmark_eval  # noqa: E402
 import benchmark_lp  # noqa: E402
+import benchmark_shared_pass  # noqa: E402
 
 
 def test_benchmark_lp_runs_and_agrees_with_reference(capsys):
@@ -66,3 +67,17 @@ def test_benchmark_eval_reports_every_stage_of_the_real_pipeline(tmp_path, capsy
     assert sum(stages.values()) == pytest.approx(result["seconds_per_image"], rel=1e-9)
     assert result["images_per_second"] == pytest.approx(1 / result["seconds_per_image"])
     assert (result["classes"], result["text_rows"], result["resized_size"]) == (21, 46, [224, 299])
+
+
+def test_benchmark_shared_pass_runs_and_both_arms_agree(capsys):
+    argv = ["--small", "--images", "1", "--size", "48", "64", "--config", "lposs.yaml"]
+    argv += ["short_side=48", "crop=64", "stride=32", "k=10"]
+    assert benchmark_shared_pass.main(benchmark_shared_pass.parse_args(argv)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "metrics equal True" in printed
+    rows = {line[:28].strip(): line[28:].split() for line in printed if line[:28].strip()}
+    separate = [float(rows["voc alone"][i]) + float(rows["voc20 alone"][i]) for i in (0, 1)]
+    assert [float(v) for v in rows["voc + voc20 (two runs)"]] == pytest.approx(separate, abs=0.011)
+    ratios = [float(v) for v in rows["ratio one run / two runs"]]
+    shared = [float(v) for v in rows["voc,voc20 (one run)"]]
+    assert ratios == pytest.approx([shared[i] / separate[i] for i in (0, 1)], abs=0.02) and min(ratios) > 0

@@ -49,7 +49,7 @@ def passes(monkeypatch):
     original = runner.evaluate_pass
 
     def recording(segmentor, members, settings, **kwargs):
-        seen.append(sorted(key for member in members for key in DATASET_KEYS if member.dataset is _built[key]))
+        seen.append(sorted(key for key, built in _built.items() if any(m.dataset is built for m in members)))
         return original(segmentor, members, settings, **kwargs)
 
     _built = {}

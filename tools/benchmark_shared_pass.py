@@ -119,7 +119,8 @@ def main(args: argparse.Namespace) -> int:
     for key, times in zip(("voc", "voc20"), alone):
         print(f"{key + ' alone':28s}{times[0]:10.2f}{times[1]:10.2f}")
     print(f"{'voc + voc20 (two runs)':28s}{separate[0]:10.2f}{separate[1]:10.2f}")
-    print(f"{'ratio one run / two runs':28s}{shared[0] / separate[0]:10.2f}{shared[1] / separate[1]:10.2f}")
+    ratios = [one / two if two > 0 else float("nan") for one, two in zip(shared, separate)]
+    print(f"{'ratio one run / two runs':28s}{ratios[0]:10.2f}{ratios[1]:10.2f}")
     print(f"metrics equal {same}")
     return 0 if same else 1
 
