@@ -271,16 +271,8 @@ def evaluate_settings(
         raise ValueError(f"evaluate_settings: {len(outputs)} outputs for {len(settings)} settings")
     every_column = ClassColumns(slice(None), segmentor.backbones.alias_to_class)
     member = PassMember(dataset, num_classes, every_column, list(range(len(settings))), outputs)
-    return evaluate_pass(
-        segmentor,
-        [member],
-        settings,
-        measure_boundary=measure_boundary,
-        num_workers=num_workers,
-        image_batch=image_batch,
-        limit=limit,
-        description=description,
-    )[0]
+    options = {"measure_boundary": measure_boundary, "num_workers": num_workers, "image_batch": image_batch}
+    return evaluate_pass(segmentor, [member], settings, **options, limit=limit, description=description)[0]
 
 
 def evaluate_pass(
@@ -316,8 +308,8 @@ def evaluate_pass(
     datasets = [member.dataset for member in members]
     samples = _Samples(datasets, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
     loader = DataLoader(samples, batch_size=image_batch, num_workers=num_workers, collate_fn=list)
-    device = segmentor.backbones.device
-    sums = [_CountSums(len(m.settings), m.num_classes, measure_boundary, device) for m in members]
+    counting = segmentor.backbones.device  # the counts are summed where the label maps are
+    sums = [_CountSums(len(m.settings), m.num_classes, measure_boundary, counting) for m in members]
     start = time.perf_counter()
     with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:
         for batch in loader:

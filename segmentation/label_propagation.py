@@ -184,16 +184,8 @@ def propagate_patches(
         raise ValueError(f"features has {features.shape[0]} rows but scores has {scores.shape[0]}")
     _check_solver_args(alpha, tol, maxiter)  # before the graph is built
     _check_finite("scores", scores)
-    s = build_patch_graph(
-        features,
-        locations,
-        k=k,
-        gamma=gamma,
-        sigma=sigma,
-        pix_dist_pow=pix_dist_pow,
-        knn_backend=knn_backend,
-        graph=graph,
-    )
+    graph_settings = {"k": k, "gamma": gamma, "sigma": sigma, "pix_dist_pow": pix_dist_pow, "knn_backend": knn_backend}
+    s = build_patch_graph(features, locations, **graph_settings, graph=graph)
     return solve_patches(scores, s, alpha=alpha, tol=tol, maxiter=maxiter)
 
 

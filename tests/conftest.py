@@ -27,3 +27,38 @@ def _text_cache_in_tmp(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LPOSS_CACHE_DIR", str(tmp_path_factory.mktemp("lposs_cache")))
         yield
+
+
+@pytest.fixture
+def windows_seen(monkeypatch):
+    """Number of windows that went through the backbones (LPOSSBackbones.forward)."""
+    from models import LPOSSBackbones
+
+    seen = [0]
+    original = LPOSSBackbones.forward
+
+    def counting(self, windows):
+        seen[0] += windows.shape[0]
+        return original(self, windows)
+
+    monkeypatch.setattr(LPOSSBackbones, "forward", counting)
+    return seen
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """How many patch graphs (patch_affinity) and pixel graphs (pixel_affinity) label propagation built."""
+    import segmentation.label_propagation as lp
+
+    counts = {"patch": 0, "pixel": 0}
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(lp, "patch_affinity", counting("patch", lp.patch_affinity))
+    monkeypatch.setattr(lp, "pixel_affinity", counting("pixel", lp.pixel_affinity))
+    return counts

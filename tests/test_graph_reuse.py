@@ -15,23 +15,6 @@ from segmentation.segmentor import ClassColumns
 SMALL = SegmentorSettings(short_side=48, crop=32, stride=16, k=10, r=5, tau=0.05, pixel_refine=True)
 
 
-@pytest.fixture
-def builds(monkeypatch):
-    """How many patch graphs (patch_affinity) and pixel graphs (pixel_affinity) were built."""
-    counts = {"patch": 0, "pixel": 0}
-
-    def counting(name, original):
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return original(*args, **kwargs)
-
-        return wrapper
-
-    monkeypatch.setattr(lp, "patch_affinity", counting("patch", lp.patch_affinity))
-    monkeypatch.setattr(lp, "pixel_affinity", counting("pixel", lp.pixel_affinity))
-    return counts
-
-
 def textured(h=40, w=56, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3)).astype(np.uint8)
 

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 from fake_datasets import SHAPES, make_dataset
 from PIL import Image
-from test_graph_reuse import builds  # noqa: F401
 from test_main_eval import REPO_ROOT, SMALL, TINY, VOC_MINI, needs_voc, run, shared_backbones  # noqa: F401
 
 import datasets.build as dataset_build
 import evaluation.runner as runner
 from datasets import DATASET_KEYS, build_dataset
 from evaluation.shared_passes import plan_passes
-from models import LPOSSBackbones
 
 METRICS = ("mIoU", "IoU", "boundary_mIoU", "boundary_IoU", "aAcc", "num_images")
 # The image folder of each pair, for textured images (on flat colours every setting gives the same labels).
@@ -26,20 +24,6 @@ FOLDERS = {
     "coco_stuff": "coco_stuff164k/images/val2017",
 }
 PAIRS = [("voc", "voc20"), ("context", "context59"), ("coco_object", "coco_stuff")]
-
-
-@pytest.fixture
-def windows_seen(monkeypatch):
-    """Number of windows that went through the backbones."""
-    seen = [0]
-    original = LPOSSBackbones.forward
-
-    def counting(self, windows):
-        seen[0] += windows.shape[0]
-        return original(self, windows)
-
-    monkeypatch.setattr(LPOSSBackbones, "forward", counting)
-    return seen
 
 
 @pytest.fixture
@@ -156,7 +140,7 @@ def test_voc_and_voc20_on_real_images(tmp_path, windows_seen):
     assert "one pass shared by voc, voc20" in log
 
 
-def test_sweep_shares_the_pass_and_builds_each_graph_once_per_image(tmp_path, builds):  # noqa: F811
+def test_sweep_shares_the_pass_and_builds_each_graph_once_per_image(tmp_path, builds):
     make_pair(tmp_path, PAIRS[0])
     grid = ["--sweep", "alpha=0.9,0.95", "tol=1e-6,1e-3"]
     common = ["lposs_plus.yaml", "--measure_boundary", f"data_root={tmp_path}", "r=5", *SMALL, *TINY, *grid]
