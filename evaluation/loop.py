@@ -3,7 +3,9 @@
 Every rank handles the images ``rank, rank + world, ...``; per image it adds the ``[4, C]`` IoU counts (and
 ``[2, C]`` Boundary IoU counts) to its sums, and the ranks add their sums with one ``all_reduce``. The counts
 are integers held in float64, so the result is identical to one process. Several propagation settings can be
-evaluated in one pass: the backbones then run once per image for all of them (parameter sweeps).
+evaluated in one pass: the backbones then run once per image for all of them (parameter sweeps). Datasets
+that list the same images can share a pass too (:func:`evaluate_pass`): each image is then decoded, encoded
+and given its graphs once, and counted against each dataset's own labels (one all-reduce per dataset).
 """
 
 from __future__ import annotations

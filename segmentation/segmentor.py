@@ -130,7 +130,8 @@ class Segmentor:
     """Open-vocabulary segmentation with LPOSS, LPOSS+ or the MaskCLIP baseline.
 
     Two public stages: :meth:`encode_batch` (resize, windows, backbones) and :meth:`propagate` (label propagation
-    with any settings, up to the class scores); :meth:`predict` runs both on one image.
+    with any settings, up to the class scores); :meth:`predict` runs both on one image. :meth:`propagate_columns`
+    propagates several class lists of one encoding at once (datasets that share images), the graphs built once.
     """
 
     def __init__(
