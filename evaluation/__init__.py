@@ -8,6 +8,7 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.loop`: one pass over a dataset (data loading, segmenting, counting, prediction files);
 - :mod:`evaluation.metrics`: IoU and Boundary IoU counts, summed over images and ranks, and their tables;
 - :mod:`evaluation.sweep`: settings grouped by what the backbones see, the sweep tables;
+- :mod:`evaluation.shared_passes`: datasets grouped into passes by the images they list;
 - :mod:`evaluation.runner`: pre-flight checks, then datasets x settings, then the published results;
 - :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders published all or nothing, atomic
   writes, JSON records;
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "boundary_iou_counts",
     "evaluate",
+    "evaluate_pass",
     "evaluate_settings",
     "iou_counts",
     "load_config",
@@ -42,6 +44,7 @@ _HOMES = {
     "ConfigError": "config",
     "load_config": "config",
     "evaluate": "loop",
+    "evaluate_pass": "loop",
     "evaluate_settings": "loop",
     "boundary_iou_counts": "metrics",
     "iou_counts": "metrics",

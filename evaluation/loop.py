@@ -3,7 +3,9 @@
 Every rank handles the images ``rank, rank + world, ...``; per image it adds the ``[4, C]`` IoU counts (and
 ``[2, C]`` Boundary IoU counts) to its sums, and the ranks add their sums with one ``all_reduce``. The counts
 are integers held in float64, so the result is identical to one process. Several propagation settings can be
-evaluated in one pass: the backbones then run once per image for all of them (parameter sweeps).
+evaluated in one pass: the backbones then run once per image for all of them (parameter sweeps). Datasets
+that list the same images can share a pass too (:func:`evaluate_pass`): each image is then decoded, encoded
+and given its graphs once, and counted against each dataset's own labels (one all-reduce per dataset).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from tqdm import tqdm
 
 from datasets import load_image, load_label, stray_labels
 from segmentation import Segmentor, SegmentorSettings
+from segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
+from segmentation.segmentor import ClassColumns
 from segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
@@ -37,10 +41,12 @@ from .reporting import default_file_mode, naming_path
 
 __all__ = [
     "EvaluationResult",
+    "PassMember",
     "PredictionOutputs",
     "SampleError",
     "all_reduce_sum",
     "evaluate",
+    "evaluate_pass",
     "evaluate_settings",
     "is_main_process",
     "save_label_png",
@@ -77,6 +83,18 @@ class PredictionOutputs:
     )
 
 
+@dataclass
+class PassMember:
+    """One dataset of a pass over images: the pass's images, and its own labels, classes, settings and outputs."""
+
+    dataset: object  # from datasets.build_dataset; every member of a pass lists the same image files
+    num_classes: int  # K, length of its count arrays
+    columns: ClassColumns  # its alias columns in the encodings' scores
+    settings: list[int]  # the pass's settings it is evaluated with (indices)
+    outputs: list[PredictionOutputs]  # per entry of settings, where its label maps go
+    name: str = ""  # its key (``voc``) in log lines; "" for the pass's description
+
+
 def is_main_process() -> bool:
     """True on rank 0, and without torch.distributed."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
@@ -105,12 +123,15 @@ def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
 class _Samples(Dataset):
     """Images (decoded and resized here, in the loader workers) and labels of one rank's share.
 
-    A bad file is returned as its error message, not raised, so that the main process can report it in one
-    line (DataLoader would wrap it in a traceback).
+    The images come from the first dataset; each dataset (datasets sharing a pass list the same images) gives
+    its own label of every image. A bad file is returned as its error message, not raised, so that the main
+    process can report it in one line (DataLoader would wrap it in a traceback).
     """
 
-    def __init__(self, dataset, indices: list[int], short_side: int, long_side: int, keep_original: bool) -> None:
-        self.dataset = dataset
+    def __init__(
+        self, datasets: list, indices: list[int], short_side: int, long_side: int, keep_original: bool
+    ) -> None:
+        self.datasets = datasets
         self.indices = indices
         self.sides = (short_side, long_side)
         self.keep_original = keep_original  # the original image is shipped only when a callback needs it
@@ -121,14 +142,14 @@ class _Samples(Dataset):
     def __getitem__(self, i: int) -> dict:
         idx = self.indices[i]
         try:
-            image, info = load_image(self.dataset, idx)
-            label = load_label(self.dataset, idx, image.shape)
+            image, info = load_image(self.datasets[0], idx)
+            labels = [load_label(dataset, idx, image.shape) for dataset in self.datasets]
         except (OSError, ValueError) as error:  # DatasetError is a ValueError, missing files are OSErrors
             return {"error": f"{type(error).__name__}: {error}"}
-        sample = {"index": idx, "resized": resize_to_fit(image, *self.sides), "label": label, "info": info}
+        sample = {"index": idx, "resized": resize_to_fit(image, *self.sides), "labels": labels, "info": info}
         sample["original_size"] = image.shape[:2]
         sample["image"] = image if self.keep_original else None
-        sample["stray"] = stray_labels(self.dataset, idx, label)
+        sample["strays"] = [stray_labels(d, idx, label) for d, label in zip(self.datasets, labels)]
         return sample
 
 
@@ -156,9 +177,10 @@ class _StrayLabels:
     pixels: int = 0
     example: dict | None = field(default=None)
 
-    def add(self, batch: list[dict]) -> None:
+    def add(self, batch: list[dict], position: int) -> None:
+        """Count the stray labels of the pass's ``position``-th dataset in ``batch``."""
         for sample in batch:
-            stray = sample.get("stray")
+            stray = sample["strays"][position] if "strays" in sample else None
             if stray is not None:
                 self.images, self.pixels = self.images + 1, self.pixels + stray["pixels"]
                 self.example = self.example or stray
@@ -228,7 +250,9 @@ class _CountSums:
         return total[:, :4], None if self.boundary is None else total[:, 4:]
 
 
-def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: torch.Tensor, palette: list | None) -> None:
+def _write_outputs(
+    outputs: PredictionOutputs, sample: dict, prediction: torch.Tensor, label: np.ndarray, palette: list | None
+) -> None:
     if outputs.save_dir is None and outputs.on_prediction is None:
         return  # the label map stays on the device
     prediction = prediction.cpu().numpy()
@@ -236,28 +260,36 @@ def _write_outputs(outputs: PredictionOutputs, sample: dict, prediction: torch.T
         name = Path(sample["info"]["ori_filename"]).with_suffix(".png")
         save_label_png(prediction, outputs.save_dir / name, palette)
     if outputs.on_prediction is not None:
-        outputs.on_prediction(sample["index"], sample["image"], prediction, sample["label"])
+        outputs.on_prediction(sample["index"], sample["image"], prediction, label)
 
 
 def _evaluate_batch(
     segmentor: Segmentor,
     batch: list[dict],
     settings: Sequence[SegmentorSettings],
-    sums: _CountSums,
-    outputs: Sequence[PredictionOutputs],
-    palette: list | None,
+    members: Sequence[PassMember],
+    sums: Sequence[_CountSums],
 ) -> None:
-    """Encode a batch of samples together, then propagate each image with every setting and count."""
+    """Encode a batch of samples together, then propagate each image with every setting and count per member."""
     errors = [sample["error"] for sample in batch if "error" in sample]
     if errors:
         raise SampleError(errors[0])
     encodings = segmentor.encode_batch([x["resized"] for x in batch], [x["original_size"] for x in batch])
+    # Settings of one pixel graph one after another: an image keeps only its last pixel graph (ImageGraphs).
+    order = sorted(range(len(settings)), key=lambda j: graph_key(settings[j], PIXEL_GRAPH_FIELDS))
     for sample, encoding in zip(batch, encodings):
-        label = torch.from_numpy(sample["label"]).to(sums.iou.device)  # [H, W] int64, once for every setting
-        for j, setting in enumerate(settings):
-            prediction = segmentor.propagate(encoding, setting).argmax(0)  # [H, W] int64, on the device
-            sums.add(j, prediction, label)
-            _write_outputs(outputs[j], sample, prediction, palette)
+        # [H, W] int64 per member, once for every setting
+        labels = [torch.from_numpy(label).to(sums[0].iou.device) for label in sample["labels"]]
+        graphs = ImageGraphs(encoding)  # each graph of this image built once, for every setting and member
+        for j in order:
+            users = [m for m, member in enumerate(members) if j in member.settings]
+            groups = [members[m].columns for m in users]
+            for m, scores in zip(users, segmentor.propagate_columns(encoding, settings[j], groups, graphs)):
+                prediction = scores.argmax(0)  # [H, W] int64, on the device
+                position = members[m].settings.index(j)
+                sums[m].add(position, prediction, labels[m])
+                palette = getattr(members[m].dataset, "PALETTE", None)
+                _write_outputs(members[m].outputs[position], sample, prediction, sample["labels"][m], palette)
 
 
 def _reduction_device(segmentor: Segmentor) -> torch.device:
@@ -302,11 +334,44 @@ def evaluate_settings(
     outputs = list(outputs) if outputs is not None else [PredictionOutputs() for _ in settings]
     if len(outputs) != len(settings):
         raise ValueError(f"evaluate_settings: {len(outputs)} outputs for {len(settings)} settings")
+    every_column = ClassColumns(slice(None), segmentor.backbones.alias_to_class)
+    member = PassMember(dataset, num_classes, every_column, list(range(len(settings))), outputs)
+    options = {"measure_boundary": measure_boundary, "num_workers": num_workers, "image_batch": image_batch}
+    return evaluate_pass(segmentor, [member], settings, **options, limit=limit, description=description)[0]
+
+
+def evaluate_pass(
+    segmentor: Segmentor,
+    members: Sequence[PassMember],
+    settings: Sequence[SegmentorSettings],
+    *,
+    measure_boundary: bool = False,
+    num_workers: int = 2,
+    image_batch: int = 1,
+    limit: int | None = None,
+    description: str = "eval",
+) -> list[list[EvaluationResult]]:
+    """One pass over images shared by several datasets: each image decoded, encoded and given its graphs once.
+
+    Args:
+        segmentor: ready, with the classes of every member set on its backbones (``set_class_groups``).
+        members: the datasets of the pass; they must list the same image files in the same order.
+        settings: every setting some member is evaluated with (see :func:`evaluate_settings`).
+        others: as :func:`evaluate_settings`.
+
+    Returns:
+        Per member, one :class:`EvaluationResult` per entry of its ``settings``; the timing is the whole pass's.
+
+    Raises:
+        SampleError: an image or a label could not be read or does not fit (the message names the file).
+    """
     rank, world = _rank_and_world()
-    total = len(dataset) if limit is None else min(limit, len(dataset))
-    keep_original = any(o.on_prediction is not None for o in outputs)
+    first = members[0].dataset
+    total = len(first) if limit is None else min(limit, len(first))
+    keep_original = any(o.on_prediction is not None for member in members for o in member.outputs)
     s = segmentor.settings
-    samples = _Samples(dataset, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
+    datasets = [member.dataset for member in members]
+    samples = _Samples(datasets, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
     loader = DataLoader(
         samples,
         batch_size=image_batch,
@@ -314,24 +379,31 @@ def evaluate_settings(
         collate_fn=list,
         worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
     )
-    strays = _StrayLabels()
-    sums = _CountSums(len(settings), num_classes, measure_boundary, segmentor.backbones.device)
-    palette = getattr(dataset, "PALETTE", None)
+    counting = segmentor.backbones.device  # the counts are summed where the label maps are
+    sums = [_CountSums(len(m.settings), m.num_classes, measure_boundary, counting) for m in members]
+    strays = [_StrayLabels() for _ in members]
     start = time.perf_counter()
     with tqdm(total=len(samples), desc=description, disable=rank != 0, dynamic_ncols=True) as progress:
         for batch in loader:
-            _evaluate_batch(segmentor, batch, settings, sums, outputs, palette)
-            strays.add(batch)
+            _evaluate_batch(segmentor, batch, settings, members, sums)
+            for position, member_strays in enumerate(strays):
+                member_strays.add(batch, position)
             progress.update(len(batch))
     device = _reduction_device(segmentor)
     seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
-    iou, boundary = sums.all_reduced(device)
-    strays.report(description, total, device)
+    for member, member_strays in zip(members, strays):
+        member_strays.report(member.name or description, total, device)
     per_image = seconds / max(-(-total // world), 1)  # the largest rank share has ceil(total / world) images
-    return [
-        EvaluationResult(iou[j], None if boundary is None else boundary[j], total, seconds, per_image)
-        for j in range(len(settings))
-    ]
+    results = []
+    for member, member_sums in zip(members, sums):
+        iou, boundary = member_sums.all_reduced(device)
+        results.append(
+            [
+                EvaluationResult(iou[j], None if boundary is None else boundary[j], total, seconds, per_image)
+                for j in range(len(member.settings))
+            ]
+        )
+    return results
 
 
 def evaluate(

@@ -5,9 +5,9 @@ Order of a run:
 1. pre-flight (:func:`preflight`): every config of the grid, every dataset, every model config, wandb and the
    output folders (:mod:`evaluation.output_checks`) are checked; nothing under ``--output`` is touched before
    this passes; then rank 0 locks the output folders (:mod:`evaluation.output_lock`);
-2. one pass over each dataset per group of settings that share backbone features (:mod:`evaluation.sweep`);
-   each pass evaluates all settings of its group and publishes their files whole
-   (:class:`evaluation.run_output.StagedFolder`);
+2. one pass over each dataset per group of settings that share backbone features (:mod:`evaluation.sweep`),
+   datasets that list the same images sharing one pass (:mod:`evaluation.shared_passes`); each pass evaluates
+   all settings of its group and publishes their files whole (:class:`evaluation.run_output.StagedFolder`);
 3. summary, tables, config and log published at the end.
 """
 
@@ -29,11 +29,12 @@ from omegaconf import OmegaConf
 
 from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
 from segmentation import Segmentor, SegmentorSettings
+from segmentation.segmentor import ClassColumns
 
 from .config import ConfigError
 from .device import apply_precision
 from .distributed import init_process_group, set_collective_timeout
-from .loop import EvaluationResult, PredictionOutputs, evaluate_settings, is_main_process
+from .loop import EvaluationResult, PassMember, PredictionOutputs, evaluate_pass, is_main_process
 from .metrics import format_table, summarize
 from .output_checks import check_output_locations
 from .reporting import (
@@ -47,6 +48,7 @@ from .reporting import (
     summary_record,
 )
 from .run_output import Publication, StagedFolder, all_or_nothing, lock_outputs
+from .shared_passes import plan_passes
 from .sweep import Combination, format_sweep_tables, group_by_encoding, is_complete, plan_combinations
 
 __all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "run"]
@@ -262,6 +264,7 @@ class _Run:
             raise
         self.records: dict[str, dict[str, dict]] = {c.name: {} for c in plan.combinations}
         self.environment = environment_record()
+        self.passes: dict[str, list[list[str]]] = {}  # data root -> dataset keys of each pass
 
     def relative(self, combination: Combination, key: str) -> str:
         """Folder of one (setting, dataset) inside the output folders ("" = the folder itself)."""
@@ -342,47 +345,80 @@ def _dumps(value: object) -> str:
     return json.dumps(value, indent=2) + "\n"
 
 
+def _dataset_passes(run: _Run, root: str) -> list[list[str]]:
+    """The datasets under ``root`` grouped into shared passes (computed, and the fallbacks logged, once)."""
+    if root not in run.passes:
+        passes, notes = plan_passes(run.plan.keys, {key: run.plan.datasets[(root, key)] for key in run.plan.keys})
+        for note in notes:
+            logger.info(note)
+        run.passes[root] = passes
+    return run.passes[root]
+
+
+def _pending(run: _Run, group: list[Combination], key: str) -> list[int]:
+    """Indices of the settings of ``group`` still to evaluate on ``key`` (the others are complete: --resume)."""
+    todo = []
+    for i, combination in enumerate(group):
+        record = run.done(combination, key)
+        if record is None:
+            todo.append(i)
+        else:
+            run.records[combination.name][key] = record
+            logger.info(f"--resume: {' '.join([combination.name, key]).strip()} is complete, skipped")
+    return todo
+
+
+def _members(
+    run: _Run, group: list[Combination], todo: dict[str, list[int]], wanted: list[int], backbones
+) -> list[PassMember]:
+    """The datasets of one pass, their classes set on the backbones one list after another (score columns)."""
+    root = str(group[0].config.data_root)
+    members, offset = [], 0
+    for key, alias_to_class in zip(todo, backbones.set_class_groups([class_names(key) for key in todo])):
+        dataset = run.plan.datasets[(root, key)]
+        columns = ClassColumns(slice(offset, offset + len(alias_to_class)), alias_to_class)
+        offset += len(alias_to_class)
+        outputs = [run.outputs(group[i], key, dataset) for i in todo[key]]
+        settings = [wanted.index(i) for i in todo[key]]  # positions among the pass's settings
+        members.append(PassMember(dataset, len(class_names(key)), columns, settings, outputs, key))
+    return members
+
+
 def _evaluate_group(run: _Run, group: list[Combination], backbones) -> None:
-    """One pass per dataset for a group of settings that share the backbone features."""
+    """One pass per set of datasets sharing images, for a group of settings that share the backbone features."""
     args, plan = run.args, run.plan
     first = group[0].config
     segmentor = Segmentor(backbones, SegmentorSettings.from_config(first))
-    for key in plan.keys:
-        todo = []
-        for combination in group:
-            record = run.done(combination, key)
-            if record is None:
-                todo.append(combination)
-            else:
-                run.records[combination.name][key] = record
-                logger.info(f"--resume: {' '.join([combination.name, key]).strip()} is complete, skipped")
-        if not todo:
+    for pass_keys in _dataset_passes(run, str(first.data_root)):
+        todo = {key: _pending(run, group, key) for key in pass_keys}
+        keys = [key for key in pass_keys if todo[key]]
+        if not keys:
             continue
         make_deterministic(first.seed, plan.device)
         apply_precision(first.strict_float32)  # the group's precision mode (a sweep may vary it)
-        dataset = plan.datasets[(str(first.data_root), key)]
-        backbones.set_classes(class_names(key))
-        results = evaluate_settings(
+        wanted = sorted({i for key in keys for i in todo[key]})  # the settings of the pass
+        results = evaluate_pass(
             segmentor,
-            dataset,
-            len(class_names(key)),
-            [SegmentorSettings.from_config(c.config) for c in todo],
-            outputs=[run.outputs(c, key, dataset) for c in todo],
+            _members(run, group, {key: todo[key] for key in keys}, wanted, backbones),
+            [SegmentorSettings.from_config(group[i].config) for i in wanted],
             measure_boundary=args.measure_boundary,
             num_workers=first.num_workers,
             image_batch=args.image_batch,
             limit=args.limit,
-            description=key,
+            description="+".join(keys),
         )
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        timing = results[0][0]
+        shared = f" (one pass shared by {', '.join(keys)}: same image files)" if len(keys) > 1 else ""
         logger.info(
-            f"{key}: {results[0].num_images} images x {len(todo)} setting(s) in {results[0].seconds:.1f} s, "
-            f"{results[0].images_per_second:.2f} images/s over {world} process(es)"
+            f"{'+'.join(keys)}: {timing.num_images} images x {len(wanted)} setting(s) in {timing.seconds:.1f} s, "
+            f"{timing.images_per_second:.2f} images/s over {world} process(es){shared}"
         )
-        for combination, result in zip(todo, results):
-            run.records[combination.name][key] = run.record(combination, key, result)
-            if plan.is_sweep:  # each setting's results are a whole run of their own: --resume builds on them
-                run.publish(combination, key)
+        for key, member_results in zip(keys, results):
+            for i, result in zip(todo[key], member_results):
+                run.records[group[i].name][key] = run.record(group[i], key, result)
+                if plan.is_sweep:  # each setting's results are a whole run of their own: --resume builds on them
+                    run.publish(group[i], key)
 
 
 def _finish(run: _Run) -> None:

@@ -54,6 +54,7 @@ class LPOSSBackbones(nn.Module):
         self.text_embeddings: torch.Tensor | None = None  # [A, E] float32, L2-normalised
         self.alias_to_class: torch.Tensor | None = None  # [A] int64
         self.class_names: list[str] | None = None
+        self.text_blocks: list[torch.Tensor] | None = None  # set_class_groups: [A_g, E] per class list
 
     @classmethod
     def from_config(cls, model_cfg: Any, device: Device = "cpu") -> "LPOSSBackbones":
@@ -98,6 +99,29 @@ class LPOSSBackbones(nn.Module):
             model_id=self.clip_id,
         )
         self.class_names = list(class_names)
+        self.text_blocks = None
+
+    def set_class_groups(self, groups: Sequence[Sequence[str]]) -> list[torch.Tensor]:
+        """Several class lists at once (datasets that share a pass): their alias rows one after another.
+
+        Each list is encoded exactly as `set_classes` encodes it, and `forward` scores each list's rows in a
+        product of its own, so that a list's score columns equal those of its own run bit for bit (one product
+        over all rows may round differently: BLAS blocks by the number of rows). `alias_to_class` and
+        `class_names` are left None: the alias-to-class map of each list is returned instead.
+
+        Returns:
+            One [A_g] int64 alias-to-class map per list; `forward`'s score columns follow the lists in order.
+        """
+        blocks = [
+            text_classifier(
+                self.clip, self.tokenizer, list(names), self.templates, precision=self.precision, model_id=self.clip_id
+            )
+            for names in groups
+        ]
+        self.text_blocks = [embeddings for embeddings, _ in blocks]
+        self.text_embeddings = torch.cat(self.text_blocks)
+        self.alias_to_class, self.class_names = None, None
+        return [alias_to_class for _, alias_to_class in blocks]
 
     @torch.no_grad()
     def forward(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +144,6 @@ class LPOSSBackbones(nn.Module):
         if clip_features.shape[-2:] != features.shape[-2:]:
             clip_features = F.interpolate(clip_features, size=features.shape[-2:], mode="bilinear", align_corners=False)
         clip_features = F.normalize(clip_features, dim=1)
-        text = self.text_embeddings.to(clip_features.device)
-        scores = torch.einsum("behw,ae->bahw", clip_features, text)  # [B, A, gh, gw]
-        return features, scores
+        blocks = [self.text_embeddings] if self.text_blocks is None else self.text_blocks
+        scores = [torch.einsum("behw,ae->bahw", clip_features, text.to(clip_features.device)) for text in blocks]
+        return features, scores[0] if len(scores) == 1 else torch.cat(scores, 1)  # [B, A, gh, gw]

@@ -23,10 +23,12 @@ import torch
 from .kernels import warn_triton_fallback
 from .linear_operator import InPlaceOperator
 from .patch_graph import knn_search, patch_affinity
-from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator
+from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator, stencil_product
 
 __all__ = [
+    "PixelGraph",
     "apply_stencil",
+    "build_patch_graph",
     "conjugate_gradient",
     "knn_search",
     "patch_affinity",
@@ -34,6 +36,7 @@ __all__ = [
     "propagate_patches",
     "propagate_pixels",
     "rgb_to_lab",
+    "solve_patches",
     "stencil_offsets",
 ]
 
@@ -190,6 +193,8 @@ def propagate_patches(
 ) -> torch.Tensor:
     """LPOSS: propagate patch scores over the kNN graph of all patches of an image (pipeline step 8).
 
+    :func:`build_patch_graph` then :func:`solve_patches`; call those two to reuse one graph across solves.
+
     Args:
         scores: ``Y [N, C]`` initial scores (raw cosine similarities, one column per alias).
         features: ``[N, D]`` DINO features, L2-normalised.
@@ -211,6 +216,41 @@ def propagate_patches(
         )
     if features.shape[0] != scores.shape[0]:
         raise ValueError(f"features has {features.shape[0]} rows but scores has {scores.shape[0]}")
+    _check_solver_args(alpha, tol, maxiter)  # before the graph is built
+    _check_finite("scores", scores)
+    graph_settings = {"k": k, "gamma": gamma, "sigma": sigma, "pix_dist_pow": pix_dist_pow, "knn_backend": knn_backend}
+    s = build_patch_graph(features, locations, **graph_settings, graph=graph)
+    return solve_patches(scores, s, alpha=alpha, tol=tol, maxiter=maxiter)
+
+
+def build_patch_graph(
+    features: torch.Tensor,
+    locations: torch.Tensor,
+    *,
+    k: int = 400,
+    gamma: float = 3.0,
+    sigma: float = 0.01,
+    pix_dist_pow: float = 1.0,
+    knn_backend: str = "torch",
+    graph: str = "auto",
+) -> torch.Tensor:
+    """The patch graph ``S`` of :func:`propagate_patches`, for any number of :func:`solve_patches` calls.
+
+    It depends on the features, locations, ``k``, ``gamma``, ``sigma``, ``pix_dist_pow`` and ``knn_backend`` only:
+    ``alpha``, ``tol`` and ``maxiter`` change the solve, not the graph.
+
+    Args:
+        features, locations, k, gamma, sigma, pix_dist_pow, knn_backend, graph: as in :func:`propagate_patches`.
+
+    Returns:
+        ``S [N, N]`` float32, symmetric, zero diagonal: sparse CSR, or dense (``graph`` ``"dense"``, or
+        ``"auto"`` on a GPU up to ``N = 16384``).
+    """
+    if features.dim() != 2 or locations.shape != (features.shape[0], 2):
+        raise ValueError(
+            f"features must be [N, D] and locations [N, 2] with the same N; got features "
+            f"{tuple(features.shape)}, locations {tuple(locations.shape)}"
+        )
     if int(k) != k or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k}")
     if not gamma > 0:
@@ -218,15 +258,13 @@ def propagate_patches(
     if not sigma >= 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     _check_positive("pix_dist_pow", pix_dist_pow)
-    _check_solver_args(alpha, tol, maxiter)
     if graph not in ("auto", "dense", "sparse"):
         raise ValueError(f"graph must be 'auto', 'dense' or 'sparse', got {graph!r}")
-    _check_finite("scores", scores)
     _check_finite("features", features)
-    scores, features, locations = scores.float(), features.float(), locations.float()
+    features, locations = features.float(), locations.float()
     if graph == "auto":
-        graph = "dense" if features.device.type == "cuda" and scores.shape[0] <= _DENSE_MAX_NODES else "sparse"
-    s = patch_affinity(
+        graph = "dense" if features.device.type == "cuda" and features.shape[0] <= _DENSE_MAX_NODES else "sparse"
+    return patch_affinity(
         features,
         locations,
         k=k,
@@ -236,6 +274,28 @@ def propagate_patches(
         knn_backend=knn_backend,
         dense=graph == "dense",
     )
+
+
+def solve_patches(
+    scores: torch.Tensor, graph: torch.Tensor, *, alpha: float = 0.95, tol: float = 1e-6, maxiter: int = 10
+) -> torch.Tensor:
+    """Solve ``(I - alpha S) Z = Y`` by CG, one column at a time, on a graph of :func:`build_patch_graph`.
+
+    Args:
+        scores: ``Y [N, C]`` initial scores.
+        graph: ``S [N, N]`` from :func:`build_patch_graph` (sparse or dense).
+        alpha, tol, maxiter: as in :func:`propagate_patches`.
+
+    Returns:
+        ``Z [N, C]`` float32.
+    """
+    if scores.dim() != 2 or scores.shape[0] != graph.shape[0]:
+        raise ValueError(
+            f"scores must be [N, C] with N = {graph.shape[0]} (the graph's nodes), got {tuple(scores.shape)}"
+        )
+    _check_solver_args(alpha, tol, maxiter)
+    _check_finite("scores", scores)
+    scores, s = scores.float(), graph
 
     # CG keeps the strides of b, so passing the transposed view keeps every CG vector in [N, C] memory: the
     # sparse product then reads and writes contiguous rows of C values.
@@ -305,22 +365,73 @@ def propagate_pixels(
     Returns:
         ``Z [C, H, W]`` float32.
     """
+    _check_pixel_shapes(scores, image)
+    _check_solver_args(alpha, tol, maxiter)  # before the graph is built
+    graph = PixelGraph(image, tau=tau, r=r, backend=backend)
+    return graph.propagate(scores, alpha=alpha, tol=tol, maxiter=maxiter, column_chunk=column_chunk)
+
+
+def _check_pixel_shapes(scores: torch.Tensor, image: torch.Tensor) -> None:
     if scores.dim() != 3 or image.dim() != 3 or image.shape[0] != 3 or scores.shape[1:] != image.shape[1:]:
         raise ValueError(
             f"scores must be [C, H, W] and image [3, H, W] with the same H, W; got scores "
             f"{tuple(scores.shape)}, image {tuple(image.shape)}"
         )
-    _check_positive("tau", tau)
-    if int(r) != r or r < 3 or r % 2 == 0:
-        raise ValueError(f"r must be an odd integer >= 3, got {r}")
-    _check_solver_args(alpha, tol, maxiter)
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    _check_finite("scores", scores)
-    _check_finite("image", image)
-    matvec = _pixel_operator(image, tau, r, alpha, backend)
-    scores = scores.float()
-    if column_chunk is None:
-        column_chunk = scores.shape[0] if scores.is_cuda else max(1, _CPU_CHUNK_BYTES // (4 * scores[0].numel()))
-    parts = scores.split(column_chunk)
-    return torch.cat([conjugate_gradient(matvec, part, tol=tol, maxiter=maxiter) for part in parts])
+
+
+class PixelGraph:
+    """The pixel graph of one image (LPOSS+), built once and solved with any ``alpha``, ``tol`` and ``maxiter``.
+
+    The graph depends on the image, ``tau`` and ``r`` only. On the torch path its ``r*r - 1`` weight planes are
+    computed at the first solve and kept for every later one; the fused Triton kernels recompute the weights
+    inside each product and keep only the degrees, one pass per ``alpha``.
+
+    Args:
+        image: ``[3, H, W]`` RGB in ``[0, 1]``.
+        tau, r, backend: as in :func:`propagate_pixels`.
+    """
+
+    def __init__(self, image: torch.Tensor, *, tau: float = 0.01, r: int = 13, backend: str = "auto") -> None:
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
+        _check_positive("tau", tau)
+        if int(r) != r or r < 3 or r % 2 == 0:
+            raise ValueError(f"r must be an odd integer >= 3, got {r}")
+        if backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
+        _check_finite("image", image)
+        self.image, self.tau, self.r, self.backend = image, tau, r, backend
+        self._planes: torch.Tensor | None = None  # [r*r - 1, H, W] on the torch path, once computed
+        self._operators: dict[float, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def operator(self, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``z [C, H, W] -> z - alpha S z``, by the backend :func:`propagate_pixels` names."""
+        if alpha not in self._operators:
+            # The complement of the Triton condition of _pixel_operator: the torch path, planes kept.
+            if self.backend == "torch" or (self.backend == "auto" and self.image.device.type != "cuda"):
+                if self._planes is None:
+                    self._planes = pixel_affinity(self.image, tau=self.tau, r=self.r)
+                self._operators[alpha] = stencil_product(self._planes, self.r, alpha)
+            else:
+                self._operators[alpha] = _pixel_operator(self.image, self.tau, self.r, alpha, self.backend)
+        return self._operators[alpha]
+
+    def propagate(
+        self,
+        scores: torch.Tensor,
+        *,
+        alpha: float = 0.95,
+        tol: float = 1e-6,
+        maxiter: int = 10,
+        column_chunk: int | None = None,
+    ) -> torch.Tensor:
+        """``Z [C, H, W]`` float32 solving ``(I - alpha S) Z = Y`` for ``scores`` ``Y [C, H, W]`` (see :func:`propagate_pixels`)."""
+        _check_pixel_shapes(scores, self.image)
+        _check_solver_args(alpha, tol, maxiter)
+        _check_finite("scores", scores)
+        matvec = self.operator(alpha)
+        scores = scores.float()
+        if column_chunk is None:
+            column_chunk = scores.shape[0] if scores.is_cuda else max(1, _CPU_CHUNK_BYTES // (4 * scores[0].numel()))
+        parts = scores.split(column_chunk)
+        return torch.cat([conjugate_gradient(matvec, part, tol=tol, maxiter=maxiter) for part in parts])

@@ -15,7 +15,15 @@ import torch.nn.functional as F
 
 from .kernels.cpu import cpu_kernels_for
 
-__all__ = ["apply_stencil", "pixel_affinity", "rgb_to_lab", "scaled_lab", "stencil_offsets", "stencil_operator"]
+__all__ = [
+    "apply_stencil",
+    "pixel_affinity",
+    "rgb_to_lab",
+    "scaled_lab",
+    "stencil_offsets",
+    "stencil_operator",
+    "stencil_product",
+]
 
 # CIE XYZ of linear sRGB and the D65 white point, as kornia.color.rgb_to_lab uses them.
 _RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
@@ -113,5 +121,9 @@ def apply_stencil(affinity: torch.Tensor, z: torch.Tensor, r: int, *, compiled: 
 
 def stencil_operator(image: torch.Tensor, tau: float, r: int, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """``z [C, H, W] -> z - alpha S z`` with ``S`` held as weight planes (the torch / compiled CPU path)."""
-    s = pixel_affinity(image, tau=tau, r=r)
-    return lambda z: apply_stencil(s, z, r).mul_(-alpha).add_(z)
+    return stencil_product(pixel_affinity(image, tau=tau, r=r), r, alpha)
+
+
+def stencil_product(affinity: torch.Tensor, r: int, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``z [C, H, W] -> z - alpha S z`` for weight planes ``affinity [r*r - 1, H, W]`` of :func:`pixel_affinity`."""
+    return lambda z: apply_stencil(affinity, z, r).mul_(-alpha).add_(z)

@@ -23,10 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .label_propagation import propagate_patches, propagate_pixels
-from .windows import merge_windows, patch_centres, resize_to_fit, window_boxes
+from .image_graphs import ImageGraphs
+from .label_propagation import solve_patches
+from .windows import merge_windows, resize_to_fit, window_boxes
 
-__all__ = ["ENCODING_FIELDS", "Backbones", "ImageEncoding", "Segmentor", "SegmentorSettings", "max_over_aliases"]
+__all__ = [
+    "ENCODING_FIELDS",
+    "Backbones",
+    "ClassColumns",
+    "ImageEncoding",
+    "Segmentor",
+    "SegmentorSettings",
+    "max_over_aliases",
+]
 
 
 class Backbones(Protocol):
@@ -105,6 +114,14 @@ class ImageEncoding:
     original_size: tuple[int, int]  # (H, W) of the image before resizing
 
 
+@dataclass(frozen=True)
+class ClassColumns:
+    """The alias columns of one class list in an encoding's scores (several datasets can share one encoding)."""
+
+    columns: slice  # its columns of ImageEncoding.scores, e.g. slice(21, 41)
+    alias_to_class: torch.Tensor  # [A] int64 in [0, K): class of each of its A columns
+
+
 # Settings that change what the backbones see: a grid over them needs new encodings (see docs/method.md, "Pipeline").
 ENCODING_FIELDS = ("short_side", "long_side", "crop", "stride")
 
@@ -113,7 +130,8 @@ class Segmentor:
     """Open-vocabulary segmentation with LPOSS, LPOSS+ or the MaskCLIP baseline.
 
     Two public stages: :meth:`encode_batch` (resize, windows, backbones) and :meth:`propagate` (label propagation
-    with any settings, up to the class scores); :meth:`predict` runs both on one image.
+    with any settings, up to the class scores); :meth:`predict` runs both on one image. :meth:`propagate_columns`
+    propagates several class lists of one encoding at once (datasets that share images), the graphs built once.
     """
 
     def __init__(
@@ -222,40 +240,23 @@ class Segmentor:
         """
         s = settings or self.settings
         self._check_encoding_settings(s)
-        scores, image = encoding.scores, encoding.image
+        return self._propagate_block(encoding, s, encoding.scores, ImageGraphs(encoding))
+
+    def _propagate_block(
+        self, encoding: ImageEncoding, s: SegmentorSettings, scores: torch.Tensor, graphs: ImageGraphs
+    ) -> torch.Tensor:
+        """Steps 8-10 on some alias columns ``scores [B, A, gh, gw]`` of ``encoding`` -> ``[A, h, w]``."""
+        image = encoding.image
         if s.patch_propagation:
             b, a, gh, gw = scores.shape
             flat_scores = scores.permute(0, 2, 3, 1).reshape(-1, a)  # [B * gh * gw, A]
-            flat_features = encoding.features.permute(0, 2, 3, 1).reshape(b * gh * gw, -1)  # [N, D]
-            locations = patch_centres(encoding.boxes, (gh, gw), device=image.device)
             with self._stage("patch_lp"):
-                flat_scores = propagate_patches(
-                    flat_scores,
-                    flat_features,
-                    locations,
-                    k=s.k,
-                    gamma=s.gamma,
-                    sigma=s.sigma,
-                    pix_dist_pow=s.pix_dist_pow,
-                    alpha=s.alpha,
-                    tol=s.tol,
-                    maxiter=s.maxiter,
-                    knn_backend=s.knn_backend,
-                )
+                flat_scores = solve_patches(flat_scores, graphs.patch(s), alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
             scores = flat_scores.reshape(b, gh, gw, a).permute(0, 3, 1, 2)  # back to [B, A, gh, gw]
         canvas = merge_windows(scores, encoding.boxes, image.shape[1], image.shape[2])
         if s.pixel_refine:
             with self._stage("pixel_lp"):
-                canvas = propagate_pixels(
-                    canvas,
-                    image,
-                    tau=s.tau,
-                    r=s.r,
-                    alpha=s.alpha,
-                    tol=s.tol,
-                    maxiter=s.maxiter,
-                    backend=s.pixel_backend,
-                )
+                canvas = graphs.pixel(s).propagate(canvas, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
         return canvas
 
     @torch.no_grad()
@@ -270,11 +271,50 @@ class Segmentor:
         Returns:
             ``[K, H, W]`` float32, K = number of classes.
         """
-        alias_to_class = self.backbones.alias_to_class
-        num_classes = int(alias_to_class.max()) + 1
-        # As the reference: aliases are propagated as separate columns, the max over them comes after.
-        classes = max_over_aliases(self.alias_scores(encoding, settings), alias_to_class, num_classes)
-        return F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
+        every_column = ClassColumns(slice(None), self.backbones.alias_to_class)
+        return self.propagate_columns(encoding, settings, [every_column])[0]
+
+    @torch.no_grad()
+    def propagate_columns(
+        self,
+        encoding: ImageEncoding,
+        settings: SegmentorSettings | None,
+        groups: Sequence[ClassColumns],
+        graphs: ImageGraphs | None = None,
+    ) -> list[torch.Tensor]:
+        """:meth:`propagate` for several class lists whose alias columns share one encoding (datasets of a shared pass).
+
+        The graphs are built once (or taken from ``graphs``, which then keeps them for other settings); each list
+        then gets its own max over aliases and its own resize to the original size.
+
+        Args:
+            encoding: from :meth:`encode_batch` of this segmentor, with the columns of every group.
+            settings: as in :meth:`propagate`.
+            groups: the column ranges and alias-to-class maps of the class lists wanted.
+            graphs: an :class:`~segmentation.image_graphs.ImageGraphs` of ``encoding`` to take graphs from.
+
+        Returns:
+            One ``[K_g, H, W]`` float32 per group, equal bit for bit on the CPU to :meth:`propagate` on an
+            encoding of that group's class list alone.
+        """
+        s = settings or self.settings
+        self._check_encoding_settings(s)
+        graphs = graphs if graphs is not None else ImageGraphs(encoding)
+        canvases: list[torch.Tensor] = []
+        for block in _solve_blocks(groups, encoding.scores.device):
+            parts = [encoding.scores[:, group.columns] for group in block]
+            scores = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, 1)
+            canvas = self._propagate_block(encoding, s, scores, graphs)
+            canvases += canvas.split([part.shape[1] for part in parts])
+        out = []
+        for group, canvas in zip(groups, canvases):
+            alias_to_class = group.alias_to_class
+            # As the reference: aliases are propagated as separate columns, the max over them comes after.
+            classes = max_over_aliases(canvas, alias_to_class, int(alias_to_class.max()) + 1)
+            out.append(
+                F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
+            )
+        return out
 
     def predict_scores(self, image: np.ndarray) -> torch.Tensor:
         """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (steps 2-12)."""
@@ -283,3 +323,17 @@ class Segmentor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Label map ``[H, W]`` int64 of class indices for an ``[H, W, 3]`` uint8 RGB image."""
         return self.predict_scores(image).argmax(0).cpu().numpy()
+
+
+def _solve_blocks(groups: Sequence[ClassColumns], device: torch.device) -> list[list[ClassColumns]]:
+    """The groups whose columns go through one CG together: all of them on a GPU, each on its own on the CPU.
+
+    Every column is its own CG, so batching changes no result in exact arithmetic; in float32 it does change the
+    last bits on the CPU, where the CG's dot products over strided columns, the channels-last resize of
+    merge_windows and the pixel level's column chunks all round differently with the number of columns. Solved
+    apart, each group runs the very operations of a run of its class list alone (the graph built once either
+    way), so a dataset of a shared pass keeps the metrics and label maps of its own run bit for bit.
+    """
+    if device.type == "cpu":
+        return [[group] for group in groups]
+    return [list(groups)] if groups else []

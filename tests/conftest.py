@@ -41,3 +41,38 @@ def pytest_sessionfinish(session, exitstatus):
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         peak = max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**30
     Path(path).write_text("null" if peak is None else repr(peak))
+
+
+@pytest.fixture
+def windows_seen(monkeypatch):
+    """Number of windows that went through the backbones (LPOSSBackbones.forward)."""
+    from models import LPOSSBackbones
+
+    seen = [0]
+    original = LPOSSBackbones.forward
+
+    def counting(self, windows):
+        seen[0] += windows.shape[0]
+        return original(self, windows)
+
+    monkeypatch.setattr(LPOSSBackbones, "forward", counting)
+    return seen
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """How many patch graphs (patch_affinity) and pixel graphs (pixel_affinity) label propagation built."""
+    import segmentation.label_propagation as lp
+
+    counts = {"patch": 0, "pixel": 0}
+
+    def counting(name, original):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(lp, "patch_affinity", counting("patch", lp.patch_affinity))
+    monkeypatch.setattr(lp, "pixel_affinity", counting("pixel", lp.pixel_affinity))
+    return counts

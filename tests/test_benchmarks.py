@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import benchmark_eval  # noqa: E402
 import benchmark_lp  # noqa: E402
+import benchmark_shared_pass  # noqa: E402
 
 
 def test_benchmark_lp_runs_and_agrees_with_reference(capsys):
@@ -78,3 +79,17 @@ def test_benchmark_lp_times_the_previous_cg_in_the_same_run(tmp_path, capsys):
     assert all(row["relative_error"] < 1e-4 for row in rows)  # both CGs solve the same system
     assert "previous CG" in capsys.readouterr().out
     assert benchmark_lp.engine.conjugate_gradient is not benchmark_lp.previous_conjugate_gradient  # put back
+
+
+def test_benchmark_shared_pass_runs_and_both_arms_agree(capsys):
+    argv = ["--small", "--images", "1", "--size", "48", "64", "--config", "lposs.yaml"]
+    argv += ["short_side=48", "crop=64", "stride=32", "k=10"]
+    assert benchmark_shared_pass.main(benchmark_shared_pass.parse_args(argv)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "metrics equal True" in printed
+    rows = {line[:28].strip(): line[28:].split() for line in printed if line[:28].strip()}
+    separate = [float(rows["voc alone"][i]) + float(rows["voc20 alone"][i]) for i in (0, 1)]
+    assert [float(v) for v in rows["voc + voc20 (two runs)"]] == pytest.approx(separate, abs=0.011)
+    ratios = [float(v) for v in rows["ratio one run / two runs"]]
+    shared = [float(v) for v in rows["voc,voc20 (one run)"]]
+    assert ratios == pytest.approx([shared[i] / separate[i] for i in (0, 1)], abs=0.02) and min(ratios) > 0

@@ -307,7 +307,7 @@ def test_failed_run_leaves_earlier_results_untouched(tmp_path, capsys):
     assert snapshot(out, pred) == before
 
 
-@pytest.mark.parametrize("fail_at", [2, 3])  # mid first dataset; first image of the second (voc done by then)
+@pytest.mark.parametrize("fail_at", [1, 2])  # voc and voc20 share one pass: its first image, or its second
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monkeypatch, error, fail_at):
     out, pred, common = first_run_into(tmp_path)
@@ -315,15 +315,15 @@ def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monk
     from segmentation import Segmentor
 
     calls = []
-    original = Segmentor.propagate
+    original = Segmentor.propagate_columns
 
-    def fails_on_second_image(self, encoding, settings=None):
+    def fails_on_an_image(self, encoding, settings, groups, graphs=None):
         calls.append(1)
-        if len(calls) == fail_at:  # earlier images' predictions (and at 3, voc's results) are already staged
+        if len(calls) == fail_at:  # at 2, the first image's predictions of both datasets are already staged
             raise error("injected")
-        return original(self, encoding, settings)
+        return original(self, encoding, settings, groups, graphs)
 
-    monkeypatch.setattr(Segmentor, "propagate", fails_on_second_image)
+    monkeypatch.setattr(Segmentor, "propagate_columns", fails_on_an_image)
     args = ["lposs.yaml", "--dataset", "voc,voc20", "k=7", *common]
     if error is KeyboardInterrupt:
         assert run(args) == 130

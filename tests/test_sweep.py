@@ -13,25 +13,10 @@ from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, run, shared_backbones  # noqa: F401
 
 from evaluation.sweep import PROPAGATION_KEYS, format_sweep_tables
-from models import LPOSSBackbones
 
 GRID = ["k=5,10", "alpha=0.9,0.95"]
 NAMES = ["k=5,alpha=0.9", "k=5,alpha=0.95", "k=10,alpha=0.9", "k=10,alpha=0.95"]
 METRICS = ("mIoU", "IoU", "boundary_mIoU", "boundary_IoU", "aAcc", "num_images")
-
-
-@pytest.fixture
-def windows_seen(monkeypatch):
-    """Number of windows that went through the backbones."""
-    seen = [0]
-    original = LPOSSBackbones.forward
-
-    def counting(self, windows):
-        seen[0] += windows.shape[0]
-        return original(self, windows)
-
-    monkeypatch.setattr(LPOSSBackbones, "forward", counting)
-    return seen
 
 
 @pytest.fixture
