@@ -41,13 +41,13 @@ import os, signal, sys, time
 sys.path.insert(0, os.getcwd())
 from segmentation import Segmentor
 ready, action = sys.argv[1], sys.argv[2]
-def stop_here(self, encoding, settings=None):
+def stop_here(self, *args, **kwargs):
     open(ready, "w").write(str(os.getpid()))
     if action == "block":
         time.sleep(600)
     os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 if action != "none":
-    Segmentor.propagate = stop_here
+    Segmentor.propagate_columns = stop_here  # what the evaluation loop calls per image
 import main_eval
 sys.exit(main_eval.main(main_eval.parse_args(sys.argv[3:])))
 """

@@ -8,7 +8,7 @@ import sys
 import pytest
 from fake_datasets import make_dataset
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, refuse_model_loading, run, shared_backbones
-from test_sweep import data, windows_seen  # noqa: F401 (fixtures)
+from test_sweep import data  # noqa: F401 (a fixture; windows_seen comes from conftest)
 
 HEADS = ("sclip", "clearclip", "naclip")
 assert shared_backbones  # the autouse fixture of test_main_eval: one set of random backbones per model config
