@@ -453,6 +453,14 @@ def _finish(run: _Run) -> None:
             output.publish(publication=publication)
 
 
+def _weights_key(model) -> str:
+    """The model config less what only picks a head (``clip.head``, ``dino.features``): equal keys, equal weights."""
+    weights = OmegaConf.to_container(model, resolve=True)
+    weights["clip"].pop("head", None)
+    weights["dino"].pop("features", None)
+    return json.dumps(weights, sort_keys=True)
+
+
 def run(args: argparse.Namespace, plan: RunPlan) -> None:
     """Evaluate every (setting, dataset) of a checked plan; see the module docstring for the order."""
     from models import LPOSSBackbones  # heavy imports only once the inputs are known to be fine
@@ -465,14 +473,16 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
     try:
         method = method_label(plan.combinations[0].config)
         wandb_run = start_wandb(plan.combinations[0].config, method, plan.keys) if main else None
-        loaded: dict[str, object] = {}  # groups that differ only in windows or resizing share the models
+        loaded: dict[str, object] = {}  # groups that differ in windows, resizing or heads share the weights
         for group in group_by_encoding(plan.combinations):
-            model_key = OmegaConf.to_yaml(group[0].config.model)
-            if model_key not in loaded:
+            model = group[0].config.model
+            weights_key = _weights_key(model)
+            if weights_key not in loaded:
                 loaded.clear()  # one set of models in memory at a time
                 make_deterministic(group[0].config.seed, plan.device)  # random-init weights too (tests, benchmarks)
-                loaded[model_key] = LPOSSBackbones.from_config(group[0].config.model, plan.device).eval()
-            _evaluate_group(state, group, loaded[model_key])
+                loaded[weights_key] = LPOSSBackbones.from_config(model, plan.device).eval()
+            loaded[weights_key].set_heads(model.clip.head, model.dino.features)
+            _evaluate_group(state, group, loaded[weights_key])
         if main:
             _finish(state)
             if wandb_run is not None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_context
-from .checks import DTYPES, Device, check_model_config, config_value, optional_value
-from .dino import dino_features
+from .checks import DTYPES, Device, check_choice, check_model_config, config_value, optional_value
+from .clip_heads import CLIP_HEADS
+from .dino import DINO_FEATURES, dino_features
 from .factory import build_clip, build_dino
 from .maskclip import IMAGENET_TEMPLATES, TEMPLATE_SETS, Template, dense_clip_features, text_classifier
 
@@ -79,6 +80,16 @@ class LPOSSBackbones(nn.Module):
         clip_id = {"name": clip_name, "pretrained": clip_pretrained}
         head, kind = optional_value(model_cfg, "clip.head", "maskclip"), optional_value(model_cfg, "dino.features", "v")
         return cls(clip_model, tokenizer, dino_model, templates, precision, clip_id, head, kind)
+
+    def set_heads(self, clip_head: str = "maskclip", dino_kind: str = "v") -> None:
+        """Switch the CLIP head and the DINO feature kind on the loaded weights (neither changes the weights).
+
+        Raises:
+            ModelConfigError: a name outside CLIP_HEADS or DINO_FEATURES (one line naming key and value).
+        """
+        check_choice("clip.head", clip_head, CLIP_HEADS)
+        check_choice("dino.features", dino_kind, DINO_FEATURES)
+        self.clip_head, self.dino_kind = clip_head, dino_kind
 
     @property
     def device(self) -> torch.device:

@@ -40,10 +40,18 @@ def test_lposs_plus_on_a_head_with_dino_keys(tmp_path):
     assert record["config"]["model"]["dino"]["features"] == "k"
 
 
-def test_sweep_over_heads_encodes_each_head_and_writes_its_table(data, tmp_path, windows_seen):  # noqa: F811
+def test_sweep_over_heads_encodes_each_head_and_writes_its_table(data, tmp_path, windows_seen, monkeypatch):  # noqa: F811
+    from models import LPOSSBackbones
+
+    loads = []
+    build = LPOSSBackbones.from_config.__func__
+    monkeypatch.setattr(
+        LPOSSBackbones, "from_config", classmethod(lambda cls, *a, **k: loads.append(1) or build(cls, *a, **k))
+    )
     args = ["lposs.yaml", "--dataset", "voc", f"data_root={data}", *SMALL, *TINY]
     out = tmp_path / "sweep"
     assert run([*args, "--output", str(out), "--sweep", "model.clip.head=maskclip,sclip,naclip"]) == 0
+    assert len(loads) == 1  # the heads share the weights: loaded once, each head its own encoding
     sweep_windows = windows_seen[0]
     names = [f"model.clip.head={head}" for head in ("maskclip", "sclip", "naclip")]
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
