@@ -492,3 +492,18 @@ def test_column_dot_products_over_slices_equal_float64(monkeypatch, scratch_byte
     transposed = torch.rand(55, 3, generator=g).T  # the patch level's [N, C] memory seen as [C, N]
     expected = (transposed.double() * transposed.double()).sum(1)
     torch.testing.assert_close(engine._dots(transposed, transposed).double(), expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["rows", "strided columns"])
+def test_cg_reductions_are_as_accurate_as_a_float64_sum(layout):
+    # The CG's r.r and p.Ap set every step size: a float32 reduction that accumulates sequentially (torch's CPU
+    # norm kernel did) is 20-500x less accurate than a pairwise sum and moved the solve visibly off SciPy's.
+    from segmentation.label_propagation import _dots, _squared_norms
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(21, 268800, generator=g) if layout == "rows" else torch.rand(2940, 171, generator=g).T
+    v = torch.rand(u.shape[1], u.shape[0], generator=g).T.contiguous() if layout == "rows" else torch.rand_like(u)
+    exact = (u.double() ** 2).sum(1)
+    assert ((_squared_norms(u).double() - exact).abs() / exact).max() < 1e-6
+    exact = (u.double() * v.double()).sum(1)  # positive terms: no cancellation, so 1e-6 is a fair bound
+    assert ((_dots(u, v).double() - exact).abs() / exact).max() < 1e-6
