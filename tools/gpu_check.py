@@ -60,6 +60,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------- running
 
 
+def indexed_device(name: str) -> torch.device:
+    """``torch.device(name)``, with a bare ``cuda`` given the current device's index.
+
+    ``torch.cuda.set_device`` refuses a device without an index (found on the first GPU run of this script).
+    """
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def run_section_here(name: str, ctx: Context) -> dict:
     """Run one section in this process; never raises. Returns its record (status, message, details, seconds)."""
     function, _ = SECTIONS[name]
@@ -154,7 +165,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     for folder in ("logs", "sections"):
         (args.output / folder).mkdir(parents=True, exist_ok=True)
-    ctx = Context(torch.device(args.device), args.tiny, args.data, args.output)
+    ctx = Context(indexed_device(args.device), args.tiny, args.data, args.output)
     if args.run_section:  # the child: run one section and leave its record for the parent
         record = run_section_here(args.run_section, ctx)
         path = args.output / "sections" / f"{args.run_section}.json"
