@@ -1,19 +1,15 @@
-"""Test configuration: the repository root on sys.path, the location of ../shared, strict CPU kernels."""
+"""Test configuration: the location of ../shared, strict CPU kernels, shared fixtures."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from lposs.segmentation.kernels.cpu import compiler_available
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-for path in (REPO_ROOT, TESTS_DIR):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from segmentation.kernels.cpu import compiler_available  # noqa: E402 (needs the path above)
 
 # Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
 # of falling back to the torch paths with a warning, as they do for users.
@@ -46,7 +42,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def windows_seen(monkeypatch):
     """Number of windows that went through the backbones (LPOSSBackbones.forward)."""
-    from models import LPOSSBackbones
+    from lposs.models import LPOSSBackbones
 
     seen = [0]
     original = LPOSSBackbones.forward
@@ -62,7 +58,7 @@ def windows_seen(monkeypatch):
 @pytest.fixture
 def builds(monkeypatch):
     """How many patch graphs (patch_affinity) and pixel graphs (pixel_affinity) label propagation built."""
-    import segmentation.label_propagation as lp
+    import lposs.segmentation.label_propagation as lp
 
     counts = {"patch": 0, "pixel": 0}
 

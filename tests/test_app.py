@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from tiny_models import TINY_OVERRIDES
 
-from tools.app import SegmentationService, build_app, main, parse_args
+from lposs.cli.app import SegmentationService, build_app, main, parse_args
 
 TINY = [*TINY_OVERRIDES, "short_side=112", "long_side=224", "crop=112", "stride=56"]
 
@@ -22,7 +22,7 @@ def test_missing_gradio_says_how_to_install(monkeypatch):
 
 def test_app_builds_without_loading_models(monkeypatch):
     gr = pytest.importorskip("gradio")
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models built at build time"))
     assert isinstance(build_app(TINY), gr.Blocks)
@@ -30,7 +30,7 @@ def test_app_builds_without_loading_models(monkeypatch):
 
 def test_method_choices_name_the_configured_head(monkeypatch):
     gr = pytest.importorskip("gradio")
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models built at build time"))
     radios = [b for b in build_app([*TINY, "model.clip.head=sclip"]).blocks.values() if isinstance(b, gr.Radio)]
@@ -52,7 +52,7 @@ def test_service_builds_models_on_first_request():
 
 
 def test_bad_model_config_stops_the_app_at_start(monkeypatch, capsys):
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
     with pytest.raises(models.ModelConfigError, match="model.dino.name='resnet50'"):
@@ -64,8 +64,8 @@ def test_bad_model_config_stops_the_app_at_start(monkeypatch, capsys):
 
 
 def test_gradio_is_said_to_come_with_requirements():
-    import tools.app
+    import lposs.cli.app as app_module
 
     requirements = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
     assert re.search(r"^gradio\b", requirements, flags=re.MULTILINE)  # what the app's text now says
-    assert "not in requirements.txt" not in tools.app.__doc__ and "requirements.txt" in tools.app.__doc__
+    assert "not in requirements.txt" not in app_module.__doc__ and "requirements.txt" in app_module.__doc__

@@ -1,21 +1,14 @@
 """The benchmark scripts run end to end on tiny inputs; what they report is checked, their timings are not."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from datasets import class_names
-from segmentation import Segmentor, SegmentorSettings
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-import benchmark_eval  # noqa: E402
-import benchmark_lp  # noqa: E402
-import benchmark_shared_pass  # noqa: E402
+from lposs.cli import benchmark_eval, benchmark_lp, benchmark_shared_pass
+from lposs.datasets import class_names
+from lposs.segmentation import Segmentor, SegmentorSettings
 
 
 def test_benchmark_lp_runs_and_agrees_with_reference(capsys):

@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-import models.factory as factory
-from models import CheckpointNotFoundError, LPOSSBackbones, ModelConfigError, check_model_config
+import lposs.models.factory as factory
+from lposs.models import CheckpointNotFoundError, LPOSSBackbones, ModelConfigError, check_model_config
 
 TINY = {
     "clip": {"name": "ViT-S-16", "pretrained": None},
@@ -135,7 +135,7 @@ def test_missing_key():
 
 
 def test_from_config_checks_before_building(monkeypatch):
-    monkeypatch.setattr("models.lposs.build_clip", lambda *a, **k: pytest.fail("CLIP built before the check"))
+    monkeypatch.setattr("lposs.models.lposs.build_clip", lambda *a, **k: pytest.fail("CLIP built before the check"))
     with pytest.raises(ModelConfigError, match="model.dino.name='resnet50'"):
         LPOSSBackbones.from_config(_with(TINY, "dino.name", "resnet50"))
     with pytest.raises(ModelConfigError, match="model.dtype='float16' on the CPU"):

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from head_reference import neighbourhood_addition, reference_head, tokens_before_last_block
 from torch.testing import assert_close
 
-import models.clip_heads as clip_heads
-from models import CLIP_HEADS, dense_clip_features
+import lposs.models.clip_heads as clip_heads
+from lposs.models import CLIP_HEADS, dense_clip_features
 
 RTOL = 1e-5
 REFINED = ("sclip", "clearclip", "naclip")

@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-import evaluation.config
-from evaluation.config import (
+import lposs.evaluation.config as config_module
+from lposs.evaluation.config import (
     _RULES,
     CONFIG_DIR,
     ConfigError,
@@ -21,7 +21,7 @@ from evaluation.config import (
     load_config,
     sweep_parameters,
 )
-from segmentation import SegmentorSettings
+from lposs.segmentation import SegmentorSettings
 
 
 def test_defaults_are_the_papers():
@@ -204,7 +204,7 @@ def test_config_by_path_outside_configs(tmp_path, monkeypatch):
 def test_repository_in_a_folder_with_a_space_and_a_quote(tmp_path, monkeypatch):
     clone = tmp_path / "it's my clone" / "configs"  # the search path override that adds configs/ must quote it
     shutil.copytree(CONFIG_DIR, clone, ignore=shutil.ignore_patterns("datasets"))
-    monkeypatch.setattr(evaluation.config, "CONFIG_DIR", clone)
+    monkeypatch.setattr(config_module, "CONFIG_DIR", clone)
     (clone / "lposs.yaml").write_text((CONFIG_DIR / "lposs.yaml").read_text().replace("k: 400", "k: 9"))
     (tmp_path / "mine.yaml").write_text("defaults: [lposs_plus, _self_]\n")
     assert load_config(tmp_path / "mine.yaml").k == 9 and load_config("maskclip.yaml").k == 9
@@ -300,9 +300,9 @@ def test_expand_sweep_checks_every_point_first():
 
 def test_head_and_feature_choices_are_the_models():
     """The config's lists (kept free of torch imports) are the models package's."""
-    from evaluation.config import CLIP_HEADS, DINO_FEATURES
-    from models import CLIP_HEADS as MODEL_HEADS
-    from models import DINO_FEATURES as MODEL_FEATURES
+    from lposs.evaluation.config import CLIP_HEADS, DINO_FEATURES
+    from lposs.models import CLIP_HEADS as MODEL_HEADS
+    from lposs.models import DINO_FEATURES as MODEL_FEATURES
 
     assert CLIP_HEADS == MODEL_HEADS and DINO_FEATURES == MODEL_FEATURES
 

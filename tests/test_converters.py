@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from datasets import build_dataset, class_names, load_label
-from datasets.label_conversion import remap_label, write_png_atomic
+from lposs.datasets import build_dataset, class_names, load_label
+from lposs.datasets.label_conversion import remap_label, write_png_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MMSEG_TOOLS = Path(mmseg.__file__).resolve().parent / ".mim" / "tools" / "convert_datasets"

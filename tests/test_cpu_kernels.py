@@ -9,8 +9,8 @@ import scipy.sparse as sp
 import torch
 from lp_reference import normalised
 
-import segmentation.kernels.cpu as cpu_kernels_module
-from segmentation.kernels.cpu import KernelBuildError, build_error, compiler_available, cpu_kernels
+import lposs.segmentation.kernels.cpu as cpu_kernels_module
+from lposs.segmentation.kernels.cpu import KernelBuildError, build_error, compiler_available, cpu_kernels
 
 
 def built_kernels():

@@ -1,5 +1,6 @@
 """Dataset building and loading on tiny generated datasets in the SPEC section 3 layouts, and real VOC images."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,15 +8,18 @@ import pytest
 from fake_datasets import LAYOUTS, NAMES, SHAPES, expected_label, make_dataset, two_colour_image
 from PIL import Image
 
-import datasets
-from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names, load_image, load_label
+from lposs import datasets
+from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset, class_names, load_image, load_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOC_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_mini"
 
 
 def test_import_resolves_to_project_package():
-    assert Path(datasets.__file__).resolve().parent == REPO_ROOT / "datasets"
+    """Ours is ``lposs.datasets``; a bare ``import datasets`` is left to Hugging Face's package, never shadowed."""
+    assert Path(datasets.__file__).resolve().parent == REPO_ROOT / "lposs" / "datasets"
+    spec = importlib.util.find_spec("datasets")
+    assert spec is None or REPO_ROOT not in Path(spec.origin or "").resolve().parents
 
 
 @pytest.mark.parametrize("key", DATASET_KEYS)

@@ -10,9 +10,7 @@ import torch
 from PIL import Image
 from tiny_models import TINY_OVERRIDES
 
-from evaluation.config import load_config
-from segmentation import Segmentor
-from tools.demo import (
+from lposs.cli.demo import (
     ClassListError,
     ImageSegmenter,
     collect_images,
@@ -25,6 +23,8 @@ from tools.demo import (
     to_rgb_array,
     unique_stems,
 )
+from lposs.evaluation.config import load_config
+from lposs.segmentation import Segmentor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_OVERRIDES
@@ -39,7 +39,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def backbones(config):
-    from models import LPOSSBackbones
+    from lposs.models import LPOSSBackbones
 
     torch.manual_seed(0)
     return LPOSSBackbones.from_config(config.model, "cpu").eval()
@@ -47,7 +47,7 @@ def backbones(config):
 
 @pytest.fixture(scope="module")
 def segmenter(backbones, config):
-    from segmentation import SegmentorSettings
+    from lposs.segmentation import SegmentorSettings
 
     return ImageSegmenter(backbones, SegmentorSettings.from_config(config), CLASSES)
 
@@ -131,7 +131,7 @@ def test_parse_args_splits_images_and_overrides():
 
 @pytest.mark.parametrize("classes", ["", "cat,cat", "cat,,dog"])
 def test_bad_class_list_exits_2_before_models(tmp_path, capsys, monkeypatch, classes):
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
     code = main(parse_args([str(tmp_path / "a.png"), "--classes", classes, "--output", str(tmp_path), *TINY]))
@@ -169,7 +169,7 @@ class CountingBackbones:
 
 
 def test_compare_runs_backbones_once_and_matches_single_methods(backbones, config, tmp_path):
-    from segmentation import SegmentorSettings
+    from lposs.segmentation import SegmentorSettings
 
     counting = CountingBackbones(backbones)
     settings = SegmentorSettings.from_config(config)
@@ -186,9 +186,9 @@ def test_compare_runs_backbones_once_and_matches_single_methods(backbones, confi
 
 def test_compare_shows_the_heads_baseline(backbones, config, tmp_path, monkeypatch):
     """With model.clip.head=naclip the first panel is NACLIP's own prediction, titled so."""
-    import tools.demo as demo
-    from models import LPOSSBackbones
-    from segmentation import SegmentorSettings
+    from lposs.cli import demo
+    from lposs.models import LPOSSBackbones
+    from lposs.segmentation import SegmentorSettings
 
     naclip = LPOSSBackbones(
         backbones.clip, backbones.tokenizer, backbones.dino, backbones.templates, clip_head="naclip"
@@ -227,7 +227,7 @@ def test_collect_images_from_files_and_folders(tmp_path):
 
 
 def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkeypatch):
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
     good, _ = write_image(tmp_path, "rgb")
@@ -253,7 +253,7 @@ def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkey
     ],
 )
 def test_bad_model_config_exits_2_before_models(tmp_path, capsys, monkeypatch, override, expected):
-    import models
+    from lposs import models
 
     monkeypatch.setattr(models.LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("models were loaded"))
     good, _ = write_image(tmp_path, "rgb")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.testing import assert_close
 
-from models import DINO_FEATURES, dino_features, dino_value_features
+from lposs.models import DINO_FEATURES, dino_features, dino_value_features
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)

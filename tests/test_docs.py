@@ -114,3 +114,66 @@ def test_license_and_citation_are_there():
     assert (REPO_ROOT / "LICENSE").read_text().startswith("MIT License")
     citation = (REPO_ROOT / "CITATION.cff").read_text()
     assert "2503.19777" in citation and "Stojni" in citation
+
+
+# A file path named in prose or code: a first-party folder, then path characters, ending in a file suffix or "/".
+_POINTER = re.compile(
+    r"(?<![\w./-])((?:lposs|tools|docs|tests|\.ci|segmentation|evaluation|models|datasets|configs|kernels)"
+    r"/[\w./<>*-]*?(?:\.(?:py|md|yaml|cpp|txt|png)\b|/))"
+)
+_OTHER_PROJECT = re.compile(
+    r"mmseg|mmcv|open_clip|timm|dinov2|facebookresearch|ProxyCLIP|SCLIP|ClearCLIP|NACLIP|LPOSS/"
+)
+# "see docs/x.md, section 'Heading'": a pointer into a page's heading.
+_SECTION = re.compile(r"([\w/.-]+\.md), section '([^']+)'")
+
+
+def _stale_pointers(path: Path, text: str) -> list[str]:
+    """Paths and page sections that ``text`` (the file ``path``) names but that do not exist.
+
+    A path resolves from the repository root, the package (``lposs/``) or the naming file's own folder; ``<key>``
+    and ``*`` are wildcards. Paths under a folder the repository does not have (``data/``, ``out/``) are the
+    user's, not pointers.
+    """
+    stale = []
+    # A path right after another project's name is that project's ("mmsegmentation's tools/convert_datasets/").
+    ours = {
+        m.group(1)
+        for m in _POINTER.finditer(text)
+        if not _OTHER_PROJECT.search(text[max(0, m.start() - 60) : m.start()])
+    }
+    for pointer in sorted(ours):
+        pattern = re.sub(r"<[^>]+>", "*", pointer).rstrip("/")
+        bases = (REPO_ROOT, REPO_ROOT / "lposs", path.parent)
+        if not any(list(base.glob(pattern)) if "*" in pattern else (base / pattern).exists() for base in bases):
+            stale.append(pointer)
+    for page, section in _SECTION.findall(text):
+        target = REPO_ROOT / page
+        slug = re.sub(r"[^\w\- ]", "", section.strip().lower()).replace(" ", "-")
+        if not target.is_file() or slug not in _anchors(target):
+            stale.append(f"{page}, section '{section}'")
+    return stale
+
+
+def test_no_stale_pointers_in_code_docs_or_requirements():
+    """Every file path and 'page, section' pointer in the code, the docs and the install files exists."""
+    files = [p for p in _user_facing_files() if p.endswith((".py", ".md", ".txt", ".yml", ".yaml"))]
+    files += ["pyproject.toml", ".ci/run"]
+    offenders = [
+        f"{name}: {pointer}"
+        for name in files
+        for pointer in _stale_pointers(REPO_ROOT / name, (REPO_ROOT / name).read_text())
+    ]
+    assert not offenders, "pointers to files or sections that do not exist:\n" + "\n".join(offenders)
+
+
+def test_a_stale_pointer_is_found():
+    text = (
+        "built on first use (segmentation/cpu_kernels.py); see README.md, section 'Preparing the datasets'; "
+        "fine: lposs/segmentation/kernels/cpu.py, configs/datasets/<key>.py, tools/demo.py, "
+        "docs/datasets.md, section 'Preparing the datasets'; as mmsegmentation's tools/convert_datasets/"
+    )
+    assert _stale_pointers(REPO_ROOT / "requirements.txt", text) == [
+        "segmentation/cpu_kernels.py",
+        "README.md, section 'Preparing the datasets'",
+    ]

@@ -7,10 +7,10 @@ from fake_datasets import SHAPES, make_dataset
 from PIL import Image
 from test_segmentor import FakeBackbones
 
-from datasets import build_dataset, load_image, load_label
-from evaluation.loop import PredictionOutputs, evaluate, evaluate_settings
-from evaluation.metrics import boundary_iou_counts, iou_counts
-from segmentation import Segmentor, SegmentorSettings
+from lposs.datasets import build_dataset, load_image, load_label
+from lposs.evaluation.loop import PredictionOutputs, evaluate, evaluate_settings
+from lposs.evaluation.metrics import boundary_iou_counts, iou_counts
+from lposs.segmentation import Segmentor, SegmentorSettings
 
 NUM_CLASSES = 3  # FakeBackbones: 6 aliases of 3 classes
 SETTINGS = SegmentorSettings(short_side=48, crop=32, stride=16, k=10, r=3, tau=0.05)
@@ -104,7 +104,7 @@ def test_windows_of_several_images_share_forwards(dataset):
 
 def test_counts_are_taken_on_the_segmentation_device(dataset, monkeypatch):
     """The label maps are counted where they were computed (a GPU's maps never go to the host for metrics)."""
-    import evaluation.loop as evaluation
+    import lposs.evaluation.loop as evaluation
 
     seen = []
 

@@ -8,8 +8,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-import models.factory as factory
-from models import WeightsUnavailableError, build_clip, build_dino, resolve_dtype
+import lposs.models.factory as factory
+from lposs.models import WeightsUnavailableError, build_clip, build_dino, resolve_dtype
 
 DINO = "vit_small_patch16_224.dino"
 

@@ -28,18 +28,17 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
     shared_backbones,
 )
 
-import main_eval
-from evaluation.output_checks import OutputLocationError, check_output_locations
-from evaluation.output_lock import OutputInUse, OutputLock, lock_path
-from evaluation.reporting import atomic_write_text
-from evaluation.run_output import Publication, PublishError, StagedFolder, all_or_nothing, clean_stale_staging
+from lposs.cli import main_eval
+from lposs.evaluation.output_checks import OutputLocationError, check_output_locations
+from lposs.evaluation.output_lock import OutputInUse, OutputLock, lock_path
+from lposs.evaluation.reporting import atomic_write_text
+from lposs.evaluation.run_output import Publication, PublishError, StagedFolder, all_or_nothing, clean_stale_staging
 
 # A child run that signals when it has started segmenting (the loader workers are running, the staging folder
 # exists), then blocks there, or kills or stops itself (a dead or stalled rank).
 CHILD = """
 import os, signal, sys, time
-sys.path.insert(0, os.getcwd())
-from segmentation import Segmentor
+from lposs.segmentation import Segmentor
 ready, action = sys.argv[1], sys.argv[2]
 def stop_here(self, *args, **kwargs):
     open(ready, "w").write(str(os.getpid()))
@@ -48,7 +47,7 @@ def stop_here(self, *args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 if action != "none":
     Segmentor.propagate_columns = stop_here  # what the evaluation loop calls per image
-import main_eval
+from lposs.cli import main_eval
 sys.exit(main_eval.main(main_eval.parse_args(sys.argv[3:])))
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -427,7 +426,7 @@ def test_full_disk_mid_run(tmp_path, capsys, monkeypatch):
 def test_full_disk_on_the_log_file_names_it(tmp_path):
     import logging
 
-    from evaluation.runner import _LogFile
+    from lposs.evaluation.runner import _LogFile
 
     class FullDisk:
         def write(self, text):

@@ -7,9 +7,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT, SHARED
 
-sys.path.insert(0, str(REPO_ROOT / "tools"))
-
-import gpu_check  # noqa: E402
+from lposs.cli import gpu_check
 
 # Every section except the benchmarks (tests/test_benchmarks.py runs those scripts).
 SMOKE = ["environment", "gpu_tests", "metrics", "patch_lp", "pixel_lp", "backbones", "end_to_end", "determinism"]

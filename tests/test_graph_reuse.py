@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_segmentor import FakeBackbones
 
-import segmentation.label_propagation as lp
-from segmentation import Segmentor, SegmentorSettings, propagate_patches, propagate_pixels
-from segmentation.image_graphs import ImageGraphs
-from segmentation.segmentor import ClassColumns
+import lposs.segmentation.label_propagation as lp
+from lposs.segmentation import Segmentor, SegmentorSettings, propagate_patches, propagate_pixels
+from lposs.segmentation.image_graphs import ImageGraphs
+from lposs.segmentation.segmentor import ClassColumns
 
 # Small enough for the tests, large enough that every level runs: 2 x 2 windows, pixel level with r = 5.
 SMALL = SegmentorSettings(short_side=48, crop=32, stride=16, k=10, r=5, tau=0.05, pixel_refine=True)

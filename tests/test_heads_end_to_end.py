@@ -41,7 +41,7 @@ def test_lposs_plus_on_a_head_with_dino_keys(tmp_path):
 
 
 def test_sweep_over_heads_encodes_each_head_and_writes_its_table(data, tmp_path, windows_seen, monkeypatch):  # noqa: F811
-    from models import LPOSSBackbones
+    from lposs.models import LPOSSBackbones
 
     loads = []
     build = LPOSSBackbones.from_config.__func__

@@ -7,10 +7,10 @@ import scipy.sparse.linalg as spla
 import torch
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph, scipy_cg, solve_exact
 
-import segmentation.kernels.cpu as cpu_kernels_module
-import segmentation.patch_graph as patch_graph
-from segmentation.kernels.cpu import cpu_kernels
-from segmentation.label_propagation import (
+import lposs.segmentation.kernels.cpu as cpu_kernels_module
+import lposs.segmentation.patch_graph as patch_graph
+from lposs.segmentation.kernels.cpu import cpu_kernels
+from lposs.segmentation.label_propagation import (
     apply_stencil,
     conjugate_gradient,
     knn_search,
@@ -266,7 +266,7 @@ def test_conjugate_gradient_allocates_x_r_p_and_nothing_per_step():
 
 
 def test_in_place_operator_gets_one_buffer_from_the_solver_and_gives_the_same_x():
-    from segmentation.linear_operator import InPlaceOperator
+    from lposs.segmentation.linear_operator import InPlaceOperator
 
     columns, size = 3, 2**19
     diag = torch.linspace(1.0, 3.0, size)
@@ -287,7 +287,7 @@ def test_in_place_operator_gets_one_buffer_from_the_solver_and_gives_the_same_x(
 def test_in_place_operator_dots_and_update_are_used_as_given():
     # An operator may hand back p.Ap and do the vector update itself (the fused GPU kernels); the solver must use
     # what it gets: here the operator's p.Ap and update are exact in float64, and the x equals SciPy's.
-    from segmentation.linear_operator import InPlaceOperator
+    from lposs.segmentation.linear_operator import InPlaceOperator
 
     a, b = spd_system(columns=4, seed=2)
     used = {"dots": 0, "update": 0}
@@ -482,7 +482,7 @@ def test_cpu_and_cuda_agree():
 
 @pytest.mark.parametrize("scratch_bytes", [4, 4 * 3 * 7, 2**22])  # one column per slice, 7 with a partial last, all
 def test_column_dot_products_over_slices_equal_float64(monkeypatch, scratch_bytes):
-    import segmentation.label_propagation as engine
+    import lposs.segmentation.label_propagation as engine
 
     monkeypatch.setattr(engine, "_DOT_SCRATCH_BYTES", scratch_bytes)
     g = torch.Generator().manual_seed(3)
@@ -498,7 +498,7 @@ def test_column_dot_products_over_slices_equal_float64(monkeypatch, scratch_byte
 def test_cg_reductions_are_as_accurate_as_a_float64_sum(layout):
     # The CG's r.r and p.Ap set every step size: a float32 reduction that accumulates sequentially (torch's CPU
     # norm kernel did) is 20-500x less accurate than a pairwise sum and moved the solve visibly off SciPy's.
-    from segmentation.label_propagation import _dots, _squared_norms
+    from lposs.segmentation.label_propagation import _dots, _squared_norms
 
     g = torch.Generator().manual_seed(0)
     u = torch.rand(21, 268800, generator=g) if layout == "rows" else torch.rand(2940, 171, generator=g).T

@@ -1,33 +1,48 @@
-"""The floors of the repository: entry points -> evaluation -> segmentation -> models, datasets; no import circle."""
+"""The floors of the package: entry points (lposs.cli, lposs.api, the package face) -> lposs.evaluation ->
+lposs.segmentation -> lposs.models, lposs.datasets; no import circle; one top-level package; thin scripts."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import REPO_ROOT
 
-# A package may import only from the floors below it (and from itself).
+# A floor may import only from the floors below it (and from itself). "scripts" are main_eval.py and tools/*.py.
+ENTRY = {"evaluation", "segmentation", "models", "datasets"}
 FLOORS = {
-    "tools": {"evaluation", "segmentation", "models", "datasets"},
-    "main_eval": {"evaluation", "segmentation", "models", "datasets"},
+    "scripts": {"cli"},
+    "lposs": ENTRY | {"api"},  # the package face re-exports the API and the engine
+    "cli": ENTRY | {"api"},
+    "api": ENTRY | {"cli"},
     "evaluation": {"segmentation", "models", "datasets"},
     "segmentation": {"models", "datasets"},
     "models": set(),
     "datasets": set(),
 }
-PACKAGES = ("segmentation", "evaluation", "models", "datasets")
+PACKAGES = ("cli", "evaluation", "segmentation", "models", "datasets")
+
+
+def floor_of(module: str) -> str:
+    """``lposs.evaluation.loop`` -> ``evaluation``; ``lposs`` -> ``lposs``; ``main_eval``, ``tools.demo`` -> ``scripts``."""
+    parts = module.split(".")
+    if parts[0] != "lposs":
+        return "scripts"
+    return parts[1] if len(parts) > 1 else "lposs"
 
 
 def _module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every first-party module outside tests."""
     files = {"main_eval": REPO_ROOT / "main_eval.py"}
-    for top in (*PACKAGES, "tools"):
-        for path in sorted((REPO_ROOT / top).rglob("*.py")):
-            parts = path.relative_to(REPO_ROOT).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            files[".".join(parts)] = path
+    files.update({f"tools.{path.stem}": path for path in sorted((REPO_ROOT / "tools").glob("*.py"))})
+    for path in sorted((REPO_ROOT / "lposs").rglob("*.py")):
+        parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+        if "configs" in parts:  # mmseg config files (data), not modules
+            continue
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
     return files
 
 
@@ -47,8 +62,7 @@ def _imports(module: str, path: Path) -> set[str]:
                 target = node.module or ""
             found.add(target)
             found.update(f"{target}.{alias.name}" for alias in node.names)
-    first_party = {*PACKAGES, "tools", "main_eval"}
-    return {name for name in found if name.split(".")[0] in first_party}
+    return {name for name in found if name.split(".")[0] == "lposs"}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -61,9 +75,11 @@ def _graph() -> dict[str, set[str]]:
 def test_imports_only_go_down():
     offenders = []
     for module, imported in _graph().items():
-        floor = module.split(".")[0]
+        floor = floor_of(module)
         allowed = FLOORS[floor] | {floor}
-        offenders += [f"{module} imports {name}" for name in imported if name.split(".")[0] not in allowed]
+        offenders += [
+            f"{module} imports {name}" for name in imported if floor_of(name) not in allowed and name != "lposs"
+        ]
     assert not offenders, "imports that go up or sideways:\n" + "\n".join(sorted(offenders))
 
 
@@ -94,18 +110,56 @@ def test_no_import_circle():
 
 def test_layout_checks_can_fail():
     """The checkers see an upward import and a circle when there is one (guards against a vacuous pass)."""
-    assert "evaluation.loop" in _graph()["evaluation.runner"]
-    assert "segmentation.label_propagation" in _graph()["segmentation.segmentor"]
+    assert "lposs.evaluation.loop" in _graph()["lposs.evaluation.runner"]
+    assert "lposs.segmentation.label_propagation" in _graph()["lposs.segmentation.segmentor"]
     assert "evaluation" not in FLOORS["segmentation"]
+    assert floor_of("lposs.segmentation.kernels.cpu") == "segmentation" and floor_of("tools.demo") == "scripts"
 
 
 def test_no_package_holds_more_than_35_percent_of_the_code():
     def lines(path: Path) -> int:
         return sum(1 for line in path.read_text().splitlines() if line.strip())
 
-    files = [p for p in REPO_ROOT.rglob("*.py") if p.relative_to(REPO_ROOT).parts[0] not in ("tests", ".venv")]
-    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(REPO_ROOT).parts)]
+    files = [path for module, path in _module_files().items() if module.startswith("lposs.")]
     total = sum(lines(p) for p in files)
-    for top in (*PACKAGES, "tools"):
-        share = sum(lines(p) for p in files if p.relative_to(REPO_ROOT).parts[0] == top) / total
-        assert share <= 0.35, f"{top}/ holds {share:.0%} of the non-test Python lines"
+    for top in PACKAGES:
+        share = sum(lines(p) for p in files if p.relative_to(REPO_ROOT / "lposs").parts[0] == top) / total
+        assert share <= 0.35, f"lposs/{top}/ holds {share:.0%} of the package's Python lines"
+
+
+def test_one_top_level_package():
+    """Nothing at the top shadows a common name (``datasets``, ``models``...): the code is in ``lposs/`` alone."""
+    packages = sorted(p.name for p in REPO_ROOT.iterdir() if (p / "__init__.py").is_file())
+    assert packages == ["lposs"]
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert 'include = ["lposs*"]' in pyproject
+
+
+def test_scripts_are_thin_wrappers():
+    """``main_eval.py`` and ``tools/<name>.py`` hold no logic: each imports its own ``lposs.cli.<name>`` only."""
+    for module, path in _module_files().items():
+        if floor_of(module) != "scripts":
+            continue
+        name = module.rpartition(".")[2]
+        code = [line for line in path.read_text().splitlines() if line.strip()]
+        assert len(code) <= 12, f"{path.name} has {len(code)} lines: a wrapper should be thin"
+        assert _imports(module, path) <= {
+            f"lposs.cli.{name}",
+            *(f"lposs.cli.{name}.{n}" for n in ("cli", "main", "parse_args")),
+        }
+
+
+def test_no_sys_path_edits():
+    """Imports work through the installed package (``pip install -e .``), never by editing ``sys.path``."""
+    pattern = re.compile(r"sys\.path\.(insert|append)|sys\.path\s*\+?=")
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in [
+            *(REPO_ROOT / "lposs").rglob("*.py"),
+            *(REPO_ROOT / "tools").glob("*.py"),
+            *(REPO_ROOT / "tests").glob("*.py"),
+            REPO_ROOT / "main_eval.py",
+        ]
+        if path.name != "test_layout.py" and pattern.search(path.read_text())
+    ]
+    assert not offenders, f"sys.path edited in {offenders}"

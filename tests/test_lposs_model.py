@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.testing import assert_close
 
-import models.lposs as lposs_module
-import models.maskclip as maskclip_module
-from models import (
+import lposs.models.lposs as lposs_module
+import lposs.models.maskclip as maskclip_module
+from lposs.models import (
     LPOSSBackbones,
     clear_text_cache,
     dense_clip_features,

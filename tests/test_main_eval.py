@@ -15,9 +15,9 @@ from mmseg.core.evaluation import mean_iou
 from PIL import Image
 from tiny_models import TINY_OVERRIDES
 
-import main_eval
-from datasets import DATASET_KEYS, build_dataset, load_label
-from models import LPOSSBackbones
+from lposs.cli import main_eval
+from lposs.datasets import DATASET_KEYS, build_dataset, load_label
+from lposs.models import LPOSSBackbones
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
@@ -312,7 +312,7 @@ def test_failed_run_leaves_earlier_results_untouched(tmp_path, capsys):
 def test_interrupted_run_leaves_earlier_results_untouched(tmp_path, capsys, monkeypatch, error, fail_at):
     out, pred, common = first_run_into(tmp_path)
     before = snapshot(out, pred)
-    from segmentation import Segmentor
+    from lposs.segmentation import Segmentor
 
     calls = []
     original = Segmentor.propagate_columns
@@ -390,7 +390,7 @@ def test_wandb_without_package_is_a_clear_error(tmp_path, capsys, monkeypatch):
 
 
 def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
-    import models
+    from lposs import models
 
     class ModelConfigError(ValueError):
         """Stands for models.ModelConfigError (the models package may not have it yet)."""
@@ -418,8 +418,8 @@ def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
 )
 def test_gpu_index_checked_before_any_work(monkeypatch, device, world_size, expected):
     """A GPU index the machine lacks, or one index for every torchrun process, is one ConfigError line."""
-    from evaluation.config import ConfigError
-    from evaluation.runner import setup_distributed
+    from lposs.evaluation.config import ConfigError
+    from lposs.evaluation.runner import setup_distributed
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # the CUDA-only branch, forced on the CPU
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
@@ -442,7 +442,7 @@ def test_local_rank_beyond_the_gpus_is_one_line_and_exit_2(tmp_path, monkeypatch
 
 def test_each_rank_sets_its_device_before_the_process_group(monkeypatch):
     # NCCL binds a rank's communicator to the current device when the group is created: set_device must come first.
-    from evaluation.runner import setup_distributed
+    from lposs.evaluation.runner import setup_distributed
 
     calls = []
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
@@ -459,7 +459,7 @@ def test_each_rank_sets_its_device_before_the_process_group(monkeypatch):
 
 def test_a_gpu_index_becomes_the_current_device(monkeypatch):
     # device=cuda:1: Triton launches and a bare synchronize() act on the current device, so it must be cuda:1.
-    from evaluation.runner import setup_distributed
+    from lposs.evaluation.runner import setup_distributed
 
     calls = []
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
@@ -471,7 +471,7 @@ def test_a_gpu_index_becomes_the_current_device(monkeypatch):
 
 @pytest.mark.parametrize("value, strict", [("false", False), ("true", True)])
 def test_the_run_applies_the_precision_mode_of_its_config(tmp_path, monkeypatch, value, strict):
-    import evaluation.runner as runner
+    import lposs.evaluation.runner as runner
 
     applied = []
     monkeypatch.setattr(runner, "apply_precision", applied.append)
@@ -482,7 +482,7 @@ def test_the_run_applies_the_precision_mode_of_its_config(tmp_path, monkeypatch,
 
 
 def test_precision_modes_set_the_tf32_flags():
-    from evaluation.device import apply_precision
+    from lposs.evaluation.device import apply_precision
 
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     try:

@@ -11,7 +11,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 from torch.testing import assert_close
 
-from models import IMAGENET_TEMPLATES, clear_text_cache, dense_clip_features, split_aliases, text_classifier
+from lposs.models import IMAGENET_TEMPLATES, clear_text_cache, dense_clip_features, split_aliases, text_classifier
 
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from mmseg.core.evaluation import intersect_and_union, mean_iou
 
-from evaluation.metrics import boundary_iou_counts, format_table, iou_counts, mask_to_boundary, summarize
+from lposs.evaluation.metrics import boundary_iou_counts, format_table, iou_counts, mask_to_boundary, summarize
 
 NUM_CLASSES = 6  # class 5 never occurs: its IoU is NaN and left out of the mean
 

@@ -8,7 +8,7 @@ token changes the text embedding, hence the scores and the paper's numbers.
 
 import pytest
 
-from datasets import class_names
+from lposs.datasets import class_names
 
 VOC_BACKGROUND = "sky;wall;tree;wood;grass;road;sea;river;mountain;sands;desk;"
 VOC_BACKGROUND += "bed;building;cloud;lamp;door;window;wardrobe;ceiling;shelf;curtain;stair;floor;hill;rail;fence"

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation import reporting
-from evaluation.loop import save_label_png
-from evaluation.reporting import atomic_write_text, environment_record, format_paper_table, summary_record
-from evaluation.run_output import StagedFolder
+from lposs.evaluation import reporting
+from lposs.evaluation.loop import save_label_png
+from lposs.evaluation.reporting import atomic_write_text, environment_record, format_paper_table, summary_record
+from lposs.evaluation.run_output import StagedFolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

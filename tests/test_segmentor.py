@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from lp_reference import normalised, reference_patch_graph, reference_pixel_graph
 
-from segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation import Segmentor, SegmentorSettings
 
 ALIAS_TO_CLASS = torch.tensor([0, 0, 1, 2, 2, 2])  # class 0: two aliases, class 2: three
 

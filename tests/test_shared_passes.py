@@ -11,10 +11,10 @@ from fake_datasets import SHAPES, make_dataset
 from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, VOC_MINI, needs_voc, run, shared_backbones  # noqa: F401
 
-import datasets.build as dataset_build
-import evaluation.runner as runner
-from datasets import DATASET_KEYS, build_dataset
-from evaluation.shared_passes import plan_passes
+import lposs.datasets.build as dataset_build
+import lposs.evaluation.runner as runner
+from lposs.datasets import DATASET_KEYS, build_dataset
+from lposs.evaluation.shared_passes import plan_passes
 
 METRICS = ("mIoU", "IoU", "boundary_mIoU", "boundary_IoU", "aAcc", "num_images")
 # The image folder of each pair, for textured images (on flat colours every setting gives the same labels).

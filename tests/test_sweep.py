@@ -12,7 +12,7 @@ from fake_datasets import SHAPES, make_dataset
 from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, run, shared_backbones  # noqa: F401
 
-from evaluation.sweep import PROPAGATION_KEYS, format_sweep_tables
+from lposs.evaluation.sweep import PROPAGATION_KEYS, format_sweep_tables
 
 GRID = ["k=5,10", "alpha=0.9,0.95"]
 NAMES = ["k=5,alpha=0.9", "k=5,alpha=0.95", "k=10,alpha=0.9", "k=10,alpha=0.95"]
@@ -138,7 +138,7 @@ def test_sweep_table_marks_the_best_average():
 
 
 def test_a_setting_listed_twice_is_evaluated_once():
-    from evaluation.sweep import plan_combinations
+    from lposs.evaluation.sweep import plan_combinations
 
     combinations = plan_combinations("lposs.yaml", ["k=10,20,10", "alpha=0.9"], sweep=True)
     assert [c.name for c in combinations] == ["k=10", "k=20"]
@@ -165,8 +165,7 @@ def test_two_process_sweep_equals_one(data, tmp_path):
 
 
 def test_benchmark_sweep_runs_and_labels_agree(capsys):
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    import benchmark_sweep
+    from lposs.cli import benchmark_sweep
 
     argv = ["--small", "--images", "1", "--size", "32", "48", "--short_side", "32", "--k", "5", "--alpha", "0.9"]
     assert benchmark_sweep.main(benchmark_sweep.parse_args(argv)) == 0

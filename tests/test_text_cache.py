@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import clear_text_cache, text_cache_dir, text_classifier
-from models.text_cache import text_weights_fingerprint
+from lposs.models import clear_text_cache, text_cache_dir, text_classifier
+from lposs.models.text_cache import text_weights_fingerprint
 
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.")
 CLASSES = ["cat; kitty", "dog"]

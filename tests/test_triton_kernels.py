@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import segmentation.kernels as kernels
-from segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab
+import lposs.segmentation.kernels as kernels
+from lposs.segmentation.label_propagation import apply_stencil, pixel_affinity, propagate_pixels, rgb_to_lab
 
 triton = pytest.importorskip("triton", reason="triton is not installed (it comes with torch's CUDA wheels)")
-triton_kernels = pytest.importorskip("segmentation.kernels.triton_pixel")
+triton_kernels = pytest.importorskip("lposs.segmentation.kernels.triton_pixel")
 
 TESTS = Path(__file__).resolve().parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.visualise import (
+from lposs.evaluation.visualise import (
     IGNORE_COLOUR,
     OverlayWriter,
     colourise,

@@ -4,8 +4,8 @@ import mmcv
 import numpy as np
 import torch
 
-from segmentation import merge_windows, patch_centres, window_boxes
-from segmentation.windows import resize_to_fit
+from lposs.segmentation import merge_windows, patch_centres, window_boxes
+from lposs.segmentation.windows import resize_to_fit
 
 
 def smooth_image(h, w, seed=0):

@@ -18,9 +18,9 @@ from lp_reference import normalised, reference_pixel_graph
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run with TRITON_INTERPRET=1 (tests/test_triton_kernels.py does)", allow_module_level=True)
 
-import segmentation.kernels as kernels  # noqa: E402
-from segmentation.kernels import triton_pixel as triton_kernels  # noqa: E402
-from segmentation.label_propagation import (  # noqa: E402
+import lposs.segmentation.kernels as kernels  # noqa: E402
+from lposs.segmentation.kernels import triton_pixel as triton_kernels  # noqa: E402
+from lposs.segmentation.label_propagation import (  # noqa: E402
     apply_stencil,
     conjugate_gradient,
     pixel_affinity,

@@ -17,20 +17,13 @@ import argparse
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.config import load_config  # noqa: E402
-from evaluation.device import apply_precision, current_device  # noqa: E402
-from evaluation.visualise import palette  # noqa: E402
-from segmentation import SegmentorSettings  # noqa: E402
-from tools.demo import (  # noqa: E402
+from lposs.cli.demo import (
     METHODS,
     ImageSegmenter,
     display_names,
@@ -41,6 +34,10 @@ from tools.demo import (  # noqa: E402
     pick_device,
     to_rgb_array,
 )
+from lposs.evaluation.config import load_config
+from lposs.evaluation.device import apply_precision, current_device
+from lposs.evaluation.visualise import palette
+from lposs.segmentation import SegmentorSettings
 
 EXAMPLE_CLASSES = "person,dog,cat,grass,tree,building,sky;cloud"
 
@@ -52,7 +49,7 @@ class SegmentationService:
     """
 
     def __init__(self, config_overrides: Sequence[str] = ()) -> None:
-        from models import check_model_config
+        from lposs.models import check_model_config
 
         self.config = load_config("lposs.yaml", config_overrides)  # bad overrides fail now, not on the first click
         self.settings = SegmentorSettings.from_config(self.config)
@@ -64,7 +61,7 @@ class SegmentationService:
 
     def _models(self):
         if self.backbones is None:
-            from models import LPOSSBackbones  # heavy: only once the first image arrives
+            from lposs.models import LPOSSBackbones  # heavy: only once the first image arrives
 
             torch.manual_seed(self.config.seed)  # random-init backbones (pretrained=null) are then reproducible
             self.backbones = LPOSSBackbones.from_config(self.config.model, self.device).eval()
@@ -145,5 +142,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli() -> int:
+    """The console script ``lposs-app``."""
+    return main(parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

@@ -30,13 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets import class_names  # noqa: E402
-from evaluation.device import apply_precision, make_current  # noqa: E402
-from models import LPOSSBackbones  # noqa: E402
-from segmentation import Segmentor, SegmentorSettings  # noqa: E402
-from segmentation.kernels import pixel_backend_ran  # noqa: E402
+from lposs.datasets import class_names
+from lposs.evaluation.device import apply_precision, make_current
+from lposs.models import LPOSSBackbones
+from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation.kernels import pixel_backend_ran
 
 CASES = {"voc": (375, 500), "coco_stuff": (480, 640), "cityscapes": (1024, 2048), "ade20k": (512, 2048)}
 STAGES = ("backbones", "patch_lp", "pixel_lp", "other")

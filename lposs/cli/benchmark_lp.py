@@ -33,13 +33,11 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+import segmentation.label_propagation as engine
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import segmentation.label_propagation as engine  # noqa: E402
-from segmentation.kernels import pixel_backend_ran  # noqa: E402
-from segmentation.label_propagation import propagate_patches, propagate_pixels, rgb_to_lab  # noqa: E402
+from lposs.segmentation.kernels import pixel_backend_ran
+from lposs.segmentation.label_propagation import propagate_patches, propagate_pixels, rgb_to_lab
 
 ALPHA, TOL, MAXITER = 0.95, 1e-6, 10
 MAX_RELATIVE_ERROR = 1e-4

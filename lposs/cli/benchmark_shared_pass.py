@@ -33,11 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lposs.cli.benchmark_eval import smooth_image
 
-from benchmark_eval import smooth_image  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("mIoU", "IoU", "aAcc", "num_images")
 
 
@@ -70,8 +67,7 @@ def evaluate(datasets: str, output: Path, common: list[str]) -> tuple[float, flo
     """One ``main_eval.py`` process; (wall seconds, seconds of its passes as its log reports them)."""
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "main_eval.py", *common, "--dataset", datasets, "--output", str(output)],
-        cwd=REPO_ROOT,
+        [sys.executable, "-m", "lposs.cli.main_eval", *common, "--dataset", datasets, "--output", str(output)],
         capture_output=True,
         text=True,
     )

@@ -18,19 +18,15 @@ import argparse
 import itertools
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmark_eval import smooth_image  # noqa: E402
-
-from datasets import class_names  # noqa: E402
-from evaluation.device import make_current  # noqa: E402
-from models import LPOSSBackbones  # noqa: E402
-from segmentation import Segmentor, SegmentorSettings  # noqa: E402
+from lposs.cli.benchmark_eval import smooth_image
+from lposs.datasets import class_names
+from lposs.evaluation.device import make_current
+from lposs.models import LPOSSBackbones
+from lposs.segmentation import Segmentor, SegmentorSettings
 
 
 def _floats(text: str) -> list[float]:

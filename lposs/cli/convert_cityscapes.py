@@ -20,12 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from datasets.label_conversion import (  # noqa: E402
+from lposs.datasets.label_conversion import (
     cityscapes_lut,
     convert_label_files,
     converter_parser,

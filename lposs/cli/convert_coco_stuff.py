@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.label_conversion import coco_stuff_lut, convert_coco_main, parse_coco_args  # noqa: E402
+from lposs.datasets.label_conversion import coco_stuff_lut, convert_coco_main, parse_coco_args
 
 SUFFIX = "_labelTrainIds.png"
 

@@ -24,11 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets import DatasetError  # noqa: E402
-from datasets.label_conversion import convert_label_files, pascal_context_lut, remap_label, run_converter  # noqa: E402
+from lposs.datasets import DatasetError
+from lposs.datasets.label_conversion import convert_label_files, pascal_context_lut, remap_label, run_converter
 
 SPLITS = ("train", "val")
 

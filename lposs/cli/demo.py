@@ -38,11 +38,9 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.config import ConfigError, load_config  # noqa: E402
-from evaluation.device import apply_precision, make_current  # noqa: E402
-from evaluation.visualise import (  # noqa: E402
+from lposs.evaluation.config import ConfigError, load_config
+from lposs.evaluation.device import apply_precision, make_current
+from lposs.evaluation.visualise import (
     Colour,
     draw_legend,
     overlay,
@@ -51,7 +49,7 @@ from evaluation.visualise import (  # noqa: E402
     save_png,
     side_by_side,
 )
-from segmentation import Segmentor, SegmentorSettings  # noqa: E402
+from lposs.segmentation import Segmentor, SegmentorSettings
 
 METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
@@ -392,7 +390,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device
     config = load_config(f"{args.method}.yaml", args.overrides)
     device = pick_device(config.device)
     apply_precision(config.strict_float32)
-    from models import check_model_config  # heavy imports once the command line is known good
+    from lposs.models import check_model_config  # heavy imports once the command line is known good
 
     check_model_config(config.model, device)  # names, patch sizes, tags, files, dtype: before any weights load
     return classes, config, device, collect_images(args.images)
@@ -407,7 +405,7 @@ def main(args: argparse.Namespace) -> int:
         problems = error.problems if isinstance(error, InputFilesError) else [str(error)]
         print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
-    from models import LPOSSBackbones, WeightsUnavailableError
+    from lposs.models import LPOSSBackbones, WeightsUnavailableError
 
     try:
         torch.manual_seed(config.seed)  # random-init backbones (pretrained=null) are then reproducible
@@ -433,5 +431,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli() -> int:
+    """The console script ``lposs-demo``."""
+    return main(parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

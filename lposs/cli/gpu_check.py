@@ -34,9 +34,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gpu_check_sections import REPO_ROOT, SECTIONS, CheckFailed, Context, Skipped, set_precision  # noqa: E402
+from lposs.cli.gpu_check_sections import REPO_ROOT, SECTIONS, CheckFailed, Context, Skipped, set_precision
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,7 +95,7 @@ def run_section_here(name: str, ctx: Context) -> dict:
 
 def section_command(name: str, args: argparse.Namespace) -> list[str]:
     """The command line of the child process that runs one section."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--output", str(args.output), "--run-section", name]
+    command = [sys.executable, "-m", "lposs.cli.gpu_check", "--output", str(args.output), "--run-section", name]
     command += ["--device", args.device, "--data", str(args.data)] + (["--tiny"] if args.tiny else [])
     return command
 

@@ -20,10 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for path in (REPO_ROOT, REPO_ROOT / "tools"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/ for the GPU tests, the data beside it
 
 TOLERANCE = 1e-4  # relative: max |cpu - gpu| / max |cpu|, float32 against float32 (strict mode)
 # End to end in the users' (the paper's) mode, cuDNN convolutions may run in TF32: its inputs keep 10 mantissa bits
@@ -69,7 +66,7 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
 def set_precision(section: str) -> str:
     """Strict float32 for the stage-wise comparisons (``STRICT_SECTIONS``), the users' mode (the config default,
     ``strict_float32: false``) for everything else; returns the mode's description."""
-    from evaluation.device import apply_precision
+    from lposs.evaluation.device import apply_precision
 
     return apply_precision(section in STRICT_SECTIONS)
 
@@ -103,7 +100,7 @@ def require_within(details: dict, what: str, tolerance: float = TOLERANCE) -> di
 
 @functools.lru_cache(maxsize=2)
 def _backbone_pair(tiny: bool, device: str):
-    from benchmark_eval import build_backbones
+    from lposs.cli.benchmark_eval import build_backbones
 
     cpu = build_backbones(tiny, torch.device("cpu"))
     return cpu, cpu if device == "cpu" else copy.deepcopy(cpu).to(device)
@@ -117,7 +114,7 @@ def backbone_pair(ctx: Context):
 
 def settings(ctx: Context):
     """LPOSS+ with the paper's settings; with ``--tiny`` images are resized to a 112 short side (one window)."""
-    from segmentation import SegmentorSettings
+    from lposs.segmentation import SegmentorSettings
 
     return SegmentorSettings(pixel_refine=True, **({"short_side": 112, "long_side": 224} if ctx.tiny else {}))
 
@@ -194,7 +191,7 @@ def section_gpu_tests(ctx: Context) -> dict:
 
 
 def section_metrics(ctx: Context) -> dict:
-    from evaluation.metrics import boundary_iou_counts, iou_counts
+    from lposs.evaluation.metrics import boundary_iou_counts, iou_counts
 
     rng = np.random.default_rng(0)
     details: dict = {}
@@ -216,7 +213,7 @@ def section_metrics(ctx: Context) -> dict:
 
 
 def section_patch_lp(ctx: Context) -> dict:
-    from segmentation.label_propagation import propagate_patches
+    from lposs.segmentation.label_propagation import propagate_patches
 
     n = (2 if ctx.tiny else 15) * 196
     g = torch.Generator().manual_seed(0)
@@ -232,8 +229,8 @@ def section_patch_lp(ctx: Context) -> dict:
 
 
 def section_pixel_lp(ctx: Context) -> dict:
-    from segmentation.kernels import pixel_backend_ran
-    from segmentation.label_propagation import propagate_pixels
+    from lposs.segmentation.kernels import pixel_backend_ran
+    from lposs.segmentation.label_propagation import propagate_pixels
 
     h, w = (40, 56) if ctx.tiny else (448, 600)
     g = torch.Generator().manual_seed(0)
@@ -255,7 +252,7 @@ def section_pixel_lp(ctx: Context) -> dict:
 
 
 def section_backbones(ctx: Context) -> dict:
-    from datasets import class_names
+    from lposs.datasets import class_names
 
     cpu, dev = backbone_pair(ctx)
     windows = smooth_windows(1 if ctx.tiny else 15)
@@ -309,10 +306,10 @@ def _agreement(scores_cpu: torch.Tensor, scores_dev: torch.Tensor) -> dict:
 def section_end_to_end(ctx: Context) -> dict:
     """LPOSS+ on real images, the device against the CPU: in strict float32 (to ``TOLERANCE``) and in the users'
     mode (the default config; to ``USERS_MODE_TOLERANCE``). mIoU is reported in the users' mode."""
-    from datasets import class_names
-    from evaluation.device import PRECISION_MODES, apply_precision
-    from evaluation.metrics import iou_counts, summarize
-    from segmentation import Segmentor
+    from lposs.datasets import class_names
+    from lposs.evaluation.device import PRECISION_MODES, apply_precision
+    from lposs.evaluation.metrics import iou_counts, summarize
+    from lposs.segmentation import Segmentor
 
     images = voc_mini_images(ctx)
     cpu, dev = backbone_pair(ctx)
@@ -345,10 +342,9 @@ def section_end_to_end(ctx: Context) -> dict:
 
 
 def section_determinism(ctx: Context) -> dict:
-    from benchmark_eval import smooth_image
-
-    from datasets import class_names
-    from segmentation import Segmentor
+    from lposs.cli.benchmark_eval import smooth_image
+    from lposs.datasets import class_names
+    from lposs.segmentation import Segmentor
 
     try:
         image = voc_mini_images(ctx)[0][1]
@@ -370,14 +366,14 @@ def _run_tool(command: list[str]) -> subprocess.CompletedProcess:
     print(run.stdout, run.stderr)
     if run.returncode != 0:
         tail = (run.stderr or run.stdout).strip().splitlines()[-3:]
-        raise CheckFailed(f"{command[0]} exited with {run.returncode}: {' | '.join(tail)}", {"stdout": run.stdout})
+        raise CheckFailed(f"{command[1]} exited with {run.returncode}: {' | '.join(tail)}", {"stdout": run.stdout})
     return run
 
 
 def section_benchmark_lp(ctx: Context) -> dict:
     tiny = ["--classes", "3", "--windows", "2", "--size", "24", "30"] if ctx.tiny else []
     out = ctx.output / "benchmark_lp.json"
-    run = _run_tool(["tools/benchmark_lp.py", "--device", str(ctx.device), "--json", str(out), *tiny])
+    run = _run_tool(["-m", "lposs.cli.benchmark_lp", "--device", str(ctx.device), "--json", str(out), *tiny])
     report = json.loads(out.read_text())
     rows = [{key: row[key] for key in ("level", "classes", "method", "backend", "seconds")} for row in report["rows"]]
     return {
@@ -390,7 +386,7 @@ def section_benchmark_lp(ctx: Context) -> dict:
 def section_benchmark_eval(ctx: Context) -> dict:
     out = ctx.output / "benchmark_eval.json"
     tiny = ["--tiny", "--cases", "voc", "--warmup", "0"] if ctx.tiny else ["--repeats", "3"]
-    run = _run_tool(["tools/benchmark_eval.py", "--device", str(ctx.device), "--json", str(out), *tiny])
+    run = _run_tool(["-m", "lposs.cli.benchmark_eval", "--device", str(ctx.device), "--json", str(out), *tiny])
     report = json.loads(out.read_text())
     results = {r["case"]: r for r in report["results"]}
     details: dict = {"table": run.stdout.strip().splitlines(), "results": list(results.values()), "targets": {}}

@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from datasets import DATASET_KEYS, DatasetError
-from evaluation.config import ConfigError
-from evaluation.distributed import PeerFailure
-from evaluation.interrupts import Terminated, sigterm_raises
-from evaluation.loop import SampleError, is_main_process
-from evaluation.output_checks import OutputLocationError
-from evaluation.output_lock import OutputInUse
-from evaluation.run_output import PublishError
-from evaluation.runner import PAPER_ORDER, dataset_keys, preflight, run
+from lposs.datasets import DATASET_KEYS, DatasetError
+from lposs.evaluation.config import ConfigError
+from lposs.evaluation.distributed import PeerFailure
+from lposs.evaluation.interrupts import Terminated, sigterm_raises
+from lposs.evaluation.loop import SampleError, is_main_process
+from lposs.evaluation.output_checks import OutputLocationError
+from lposs.evaluation.output_lock import OutputInUse
+from lposs.evaluation.run_output import PublishError
+from lposs.evaluation.runner import PAPER_ORDER, dataset_keys, preflight, run
 
 __all__ = ["PAPER_ORDER", "dataset_keys", "main", "parse_args"]
 
@@ -152,5 +152,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli() -> int:
+    """The console script ``lposs-eval``."""
+    return main(parse_args())
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

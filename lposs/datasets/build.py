@@ -20,7 +20,7 @@ from .errors import DatasetError
 
 DATASET_KEYS = ("voc", "voc20", "context", "context59", "coco_object", "coco_stuff", "cityscapes", "ade20k")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "datasets"
-_README_HINT = "see README.md, section 'Preparing the datasets'"
+_DOCS_HINT = "see docs/datasets.md, section 'Preparing the datasets'"
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -60,7 +60,7 @@ def class_names(key: str, aliases: bool = True) -> list[str]:
 def _require_path(key: str, name: str, path: Path, what: str, is_dir: bool) -> None:
     exists = path.is_dir() if is_dir else path.is_file()
     if not exists:
-        raise FileNotFoundError(f"dataset '{key}' ({name}): {what} not found: expected {path}; {_README_HINT} > {name}")
+        raise FileNotFoundError(f"dataset '{key}' ({name}): {what} not found: expected {path}; {_DOCS_HINT} > {name}")
 
 
 def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
@@ -91,7 +91,7 @@ def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
     if len(dataset) == 0:
         raise DatasetError(
             f"dataset '{key}' ({name}): no image with suffix '{dataset.img_suffix}' listed in "
-            f"{test_cfg.get('split') or dataset.img_dir}; {_README_HINT} > {name}"
+            f"{test_cfg.get('split') or dataset.img_dir}; {_DOCS_HINT} > {name}"
         )
     if dataset.reduce_zero_label:
         # mmseg 0.30 applies reduce_zero_label inside its metric, not in get_gt_seg_map_by_idx: move it into

@@ -59,10 +59,15 @@ class ConfigError(ValueError):
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """A path as given, else the same name inside ``configs/``."""
+    """A path as given, else the same name inside the package's ``configs/`` (``lposs/configs/``).
+
+    ``configs/lposs.yaml``, the path from before the configs moved into the package, still names the same file.
+    """
     path = Path(name)
     if path.is_file():
         return path
+    if path.parts[:1] == ("configs",) and len(path.parts) > 1 and not path.is_absolute():
+        path = Path(*path.parts[1:])
     if (CONFIG_DIR / path).is_file():
         return CONFIG_DIR / path
     available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))

@@ -29,11 +29,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from datasets import load_image, load_label, stray_labels
-from segmentation import Segmentor, SegmentorSettings
-from segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
-from segmentation.segmentor import ClassColumns
-from segmentation.windows import resize_to_fit
+from lposs.datasets import load_image, load_label, stray_labels
+from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
+from lposs.segmentation.segmentor import ClassColumns
+from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
 from .metrics import boundary_iou_counts, iou_counts

@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
-from segmentation import Segmentor, SegmentorSettings
-from segmentation.segmentor import ClassColumns
+from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset, class_names
+from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation.segmentor import ClassColumns
 
 from .config import ConfigError
 from .device import apply_precision
@@ -152,7 +152,7 @@ def make_deterministic(seed: int, device: torch.device) -> None:
 
 def _check_models(combinations: list[Combination], device: torch.device) -> None:
     """``models.check_model_config`` on every distinct model config, when the models package has it."""
-    import models
+    from lposs import models
 
     check = getattr(models, "check_model_config", None)
     if check is None:
@@ -463,7 +463,7 @@ def _weights_key(model) -> str:
 
 def run(args: argparse.Namespace, plan: RunPlan) -> None:
     """Evaluate every (setting, dataset) of a checked plan; see the module docstring for the order."""
-    from models import LPOSSBackbones  # heavy imports only once the inputs are known to be fine
+    from lposs.models import LPOSSBackbones  # heavy imports only once the inputs are known to be fine
 
     state = _Run(args, plan)
     main = is_main_process()

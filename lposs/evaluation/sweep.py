@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segmentation.segmentor import ENCODING_FIELDS, SegmentorSettings
+from lposs.segmentation.segmentor import ENCODING_FIELDS, SegmentorSettings
 
 from .config import ConfigError, expand_sweep, load_config, sweep_parameters
 from .reporting import column_name

@@ -2,8 +2,8 @@
 
 Usage::
 
-    from models import LPOSSBackbones
-    from segmentation import Segmentor, SegmentorSettings
+    from lposs.models import LPOSSBackbones
+    from lposs.segmentation import Segmentor, SegmentorSettings
 
     backbones = LPOSSBackbones.from_config(cfg.model, device)
     backbones.set_classes(["sky;cloud", "tree", "person"])

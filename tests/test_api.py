@@ -1,0 +1,103 @@
+"""The one-line API (``lposs.load``) and the package face, on tiny random-weight backbones."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_main_eval import SMALL, TINY, shared_backbones  # noqa: F401 (fixture: backbones built once)
+
+import lposs
+import lposs.segmentation
+from lposs.evaluation.config import ConfigError, resolve_config_path
+from lposs.models import LPOSSBackbones
+
+CLASSES = ["sky;cloud", "tree", "person"]
+OVERRIDES = [*TINY, *SMALL]
+
+
+def _image(height: int = 40, width: int = 56) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([x * 4, y * 5, (x + y) * 2], axis=-1) % 256
+    image[: height // 2, : width // 3] = (200, 30, 30)  # a block with an edge for the pixel level to keep
+    return image.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return lposs.load("lposs_plus", classes=CLASSES, device="cpu", overrides=OVERRIDES)
+
+
+def test_engine_names_at_the_package_face():
+    assert lposs.Segmentor is lposs.segmentation.Segmentor
+    assert lposs.SegmentorSettings is lposs.segmentation.SegmentorSettings
+    assert lposs.propagate_patches is lposs.segmentation.propagate_patches
+    assert lposs.propagate_pixels is lposs.segmentation.propagate_pixels
+    assert {"load", "Segmentor", "propagate_pixels"} <= set(dir(lposs))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        lposs.nothing  # noqa: B018
+
+
+def test_load_predicts_labels_and_scores(predictor):
+    image = _image()
+    scores = predictor.predict_scores(image)
+    labels = predictor.predict(image)
+    assert scores.shape == (3, 40, 56) and scores.dtype == torch.float32
+    assert labels.shape == (40, 56) and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, scores.argmax(0).numpy())
+    assert predictor.classes == CLASSES and predictor.config.pixel_refine is True
+    assert predictor.config.k == 400 and predictor.config.short_side == 48  # paper default kept, override applied
+
+
+def test_load_equals_the_segmentor_built_by_hand(predictor):
+    """The one-liner is the documented ten-line construction, nothing more: same config, same scores."""
+    config = predictor.config
+    torch.manual_seed(config.seed)
+    backbones = LPOSSBackbones.from_config(config.model, "cpu").eval()
+    backbones.set_classes(CLASSES)
+    by_hand = lposs.Segmentor(backbones, lposs.SegmentorSettings.from_config(config))
+    image = _image(33, 61)
+    torch.testing.assert_close(predictor.predict_scores(image), by_hand.predict_scores(image), rtol=0, atol=0)
+
+
+def test_images_as_arrays_pil_or_paths_agree(predictor, tmp_path):
+    image = _image()
+    path = tmp_path / "photo.png"
+    Image.fromarray(image).save(path)
+    expected = predictor.predict(image)
+    for given in (Image.fromarray(image), path, str(path)):
+        np.testing.assert_array_equal(predictor.predict(given), expected)
+
+
+def test_config_names_overrides_and_methods(shared_backbones):  # noqa: F811
+    by_name = lposs.load("lposs", classes=CLASSES, device="cpu", overrides=OVERRIDES)
+    by_file = lposs.load(resolve_config_path("lposs.yaml"), classes=CLASSES, device="cpu", overrides=OVERRIDES)
+    assert by_name.config == by_file.config and by_name.config.pixel_refine is False
+    as_mapping = lposs.load(
+        "lposs.yaml",
+        classes=CLASSES,
+        overrides={**dict(o.split("=", 1) for o in OVERRIDES), "device": "cpu", "model.clip.pretrained": None},
+    )
+    assert as_mapping.config == by_name.config
+    baseline = lposs.load("maskclip", classes=CLASSES, device="cpu", overrides=OVERRIDES)
+    assert baseline.config.patch_propagation is False
+
+
+def test_bad_input_is_one_clear_error_before_weights_load(monkeypatch, predictor):
+    monkeypatch.setattr(LPOSSBackbones, "from_config", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    with pytest.raises(ConfigError, match="nosuch"):
+        lposs.load("nosuch", classes=CLASSES, device="cpu")
+    with pytest.raises(ConfigError, match="k"):
+        lposs.load("lposs_plus", classes=CLASSES, device="cpu", overrides=["k=-1"])
+    with pytest.raises(ValueError, match="model.clip.name"):
+        lposs.load("lposs_plus", classes=CLASSES, device="cpu", overrides=["model.clip.name=NoSuchModel"])
+    with pytest.raises(ValueError, match="non-empty"):
+        predictor.set_classes([])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        predictor.predict(Path("missing.png"))
+
+
+def test_old_configs_path_still_names_the_packaged_file():
+    assert resolve_config_path("configs/lposs_plus.yaml") == resolve_config_path("lposs_plus.yaml")
+    assert resolve_config_path("lposs_plus.yaml").parent == Path(lposs.__file__).parent / "configs"
