@@ -426,7 +426,7 @@ def test_full_disk_mid_run(tmp_path, capsys, monkeypatch):
 def test_full_disk_on_the_log_file_names_it(tmp_path):
     import logging
 
-    from lposs.evaluation.runner import _LogFile
+    from lposs.evaluation.run_state import LogFile as _LogFile
 
     class FullDisk:
         def write(self, text):

@@ -12,6 +12,7 @@ from PIL import Image
 from test_main_eval import REPO_ROOT, SMALL, TINY, VOC_MINI, needs_voc, run, shared_backbones  # noqa: F401
 
 import lposs.datasets.build as dataset_build
+import lposs.evaluation.preflight as preflight
 import lposs.evaluation.runner as runner
 from lposs.datasets import DATASET_KEYS, build_dataset
 from lposs.evaluation.shared_passes import plan_passes
@@ -37,13 +38,13 @@ def passes(monkeypatch):
         return original(segmentor, members, settings, **kwargs)
 
     _built = {}
-    build = runner.build_dataset
+    build = preflight.build_dataset
 
     def remembering(key, root):
         _built[key] = build(key, root)
         return _built[key]
 
-    monkeypatch.setattr(runner, "build_dataset", remembering)
+    monkeypatch.setattr(preflight, "build_dataset", remembering)
     monkeypatch.setattr(runner, "evaluate_pass", recording)
     return seen
 
