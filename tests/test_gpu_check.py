@@ -160,3 +160,18 @@ def test_pytest_reports_its_peak_gpu_memory_when_asked(tmp_path):
     assert child.returncode in (0, 5), child.stdout[-2000:]
     value = json.loads(peak.read_text())
     assert value is None if not __import__("torch").cuda.is_available() else value >= 0
+
+
+def test_knn_near_ties_counts_patches_whose_kth_neighbour_is_not_determined():
+    """Hand-made features: a patch whose k-th and (k+1)-th neighbours are equally similar is a near-tie."""
+    import torch
+
+    from lposs.cli.gpu_check_sections import knn_near_ties
+
+    angles = torch.tensor([0.0, 0.5, 1.0, 1.5, 3.0, 6.0])  # on a circle: distinct similarities for most pairs
+    features = torch.stack([angles.cos(), angles.sin()], 0).reshape(1, 2, 2, 3)  # [B, D, gh, gw]
+    # patch 1 (0.5) has neighbours 0 (0.0) and 2 (1.0) at the same angle: its 2nd and 3rd neighbours tie
+    assert knn_near_ties(features, k=2) >= 1
+    spread = torch.tensor([0.0, 0.3, 0.9, 2.0, 3.5, 5.5])  # no two neighbours equally far from any patch
+    assert knn_near_ties(torch.stack([spread.cos(), spread.sin()], 0).reshape(1, 2, 2, 3), k=2) == 0
+    assert knn_near_ties(features, k=6) == 0  # every patch is a neighbour: nothing to reorder

@@ -2,7 +2,8 @@
 
 Sections: ``environment``; ``gpu_tests`` (``pytest -m gpu``); ``metrics``, ``patch_lp``, ``pixel_lp`` (every
 pixel backend), ``backbones`` (CPU vs GPU on the same windows and weights); ``end_to_end`` (LPOSS+ on the real
-VOC images of ``--data``/voc_mini: scores to 1e-4, labels equal except at near-ties); ``determinism`` (two GPU
+VOC images of ``--data``/voc_mini: scores to 1e-4, labels equal except at near-ties; labels only where the kNN
+graph has near-ties); ``determinism`` (two GPU
 runs bit-identical); ``benchmark_lp`` and ``benchmark_eval`` (``tools/benchmark_*.py --device cuda``, the
 figures and the peak GPU memory, also of the processes a section starts). Backbones are ViT-B/16 at random
 initialisation (``--tiny``: ViT-S/16 and small images). Stage-wise comparisons run in strict float32 (no TF32);

@@ -31,6 +31,13 @@ USERS_MODE_TOLERANCE = 10 * 2.0**-11
 # Sections that compare a stage on the device with the CPU run in strict float32 (no TF32): the comparison is then
 # of float32 against float32. The end-to-end, determinism and benchmark sections run in the users' mode.
 STRICT_SECTIONS = ("metrics", "patch_lp", "pixel_lp", "backbones")
+# Measured on an H200 (random-init ViT-B/16, voc_sample_0001): 365 of 1,764 patches had their k-th and (k+1)-th
+# neighbour within 1e-6 of similarity, so 110 rows picked other neighbours on the GPU than on the CPU, the patch
+# graph differed by 0.8 % and the scores by 1.8e-4 while every stage alone agreed to 1e-5 and every label was the
+# same. Where the CPU's and the device's features (about 2e-6 apart) can reorder a k-th neighbour, the graph is not
+# determined by float32 and only the labels are compared.
+KNN_TIE_GAP = 1e-5
+TIED_GRAPH_LABEL_FRACTION = 1e-3  # labels that may differ on an image whose kNN graph has near-ties
 VOC_MINI = Path("voc_mini/VOCdevkit/VOC2012")
 
 
@@ -303,6 +310,21 @@ def _agreement(scores_cpu: torch.Tensor, scores_dev: torch.Tensor) -> dict:
     }
 
 
+def knn_near_ties(features: torch.Tensor, k: int) -> int:
+    """Patches whose k-th and (k+1)-th nearest neighbours are within ``KNN_TIE_GAP`` of similarity.
+
+    Args:
+        features: ``[B, D, gh, gw]`` L2-normalised patch features of one image's windows.
+        k: the kNN graph's neighbours per patch.
+    """
+    b, d, gh, gw = features.shape
+    flat = features.permute(0, 2, 3, 1).reshape(b * gh * gw, d)  # [N, D]
+    if k >= flat.shape[0]:
+        return 0  # every patch is a neighbour: nothing to reorder
+    top = (flat @ flat.T).topk(k + 1, dim=1).values  # [N, k + 1], descending
+    return int(((top[:, k - 1] - top[:, k]) < KNN_TIE_GAP).sum())
+
+
 def section_end_to_end(ctx: Context) -> dict:
     """LPOSS+ on real images, the device against the CPU: in strict float32 (to ``TOLERANCE``) and in the users'
     mode (the default config; to ``USERS_MODE_TOLERANCE``). mIoU is reported in the users' mode."""
@@ -323,14 +345,20 @@ def section_end_to_end(ctx: Context) -> dict:
         model.set_classes(names)
     bad = {}
     for name, image, label in images:
-        scores_cpu = Segmentor(cpu, settings(ctx)).predict_scores(image)
-        details[name] = {}
+        segmentor_cpu = Segmentor(cpu, settings(ctx))
+        encoding = segmentor_cpu.encode(image)
+        scores_cpu = segmentor_cpu.propagate(encoding)
+        ties = knn_near_ties(encoding.features, settings(ctx).k)
+        details[name] = {"knn_near_tie_rows": ties}
         for mode, tolerance in (("strict", TOLERANCE), ("users", USERS_MODE_TOLERANCE)):
             apply_precision(mode == "strict")
             scores_dev = Segmentor(dev, settings(ctx)).predict_scores(image).cpu()
             agreement = details[name][mode] = _agreement(scores_cpu, scores_dev)
+            if ties:  # the graph itself is not determined by float32: compare the labels only
+                if agreement["labels_differ_fraction"] > TIED_GRAPH_LABEL_FRACTION:
+                    bad[f"{name} ({mode}, kNN near-ties, labels)"] = agreement
             # A label can flip where the margin is below twice the score difference: a near-tie.
-            if agreement["scores"] > tolerance or agreement["largest_margin_where_labels_differ"] > 2 * tolerance:
+            elif agreement["scores"] > tolerance or agreement["largest_margin_where_labels_differ"] > 2 * tolerance:
                 bad[f"{name} ({mode}, tolerance {tolerance:.1e})"] = agreement
         sums["cpu"] += iou_counts(scores_cpu.argmax(0).numpy(), label, 21)
         sums["device"] += iou_counts(scores_dev.argmax(0).numpy(), label, 21)  # the users' mode, run last
