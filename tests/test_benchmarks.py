@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_main_eval import shared_backbones  # noqa: F401 (fixture)
 
 from lposs.cli import benchmark_eval, benchmark_lp, benchmark_shared_pass
 from lposs.datasets import class_names
@@ -74,8 +75,8 @@ def test_benchmark_lp_times_the_previous_cg_in_the_same_run(tmp_path, capsys):
     assert benchmark_lp.engine.conjugate_gradient is not benchmark_lp.previous_conjugate_gradient  # put back
 
 
-def test_benchmark_shared_pass_runs_and_both_arms_agree(capsys):
-    argv = ["--small", "--images", "1", "--size", "48", "64", "--config", "lposs.yaml"]
+def test_benchmark_shared_pass_runs_and_both_arms_agree(capsys, shared_backbones):  # noqa: F811
+    argv = ["--small", "--images", "1", "--size", "48", "64", "--config", "lposs.yaml", "--in_process"]
     argv += ["short_side=48", "crop=64", "stride=32", "k=10"]
     assert benchmark_shared_pass.main(benchmark_shared_pass.parse_args(argv)) == 0
     printed = capsys.readouterr().out.splitlines()

@@ -177,3 +177,53 @@ def test_a_stale_pointer_is_found():
         "segmentation/cpu_kernels.py",
         "README.md, section 'Preparing the datasets'",
     ]
+
+
+_SCRIPT = re.compile(r"(?:^|\s)(main_eval\.py|tools/(\w+)\.py|lposs-(eval|demo|app))(?=\s|$)")
+_CONSOLE = {"eval": "main_eval", "demo": "demo", "app": "app"}
+
+
+def _shown_commands() -> list[tuple[str, str, list[str]]]:
+    """``(page, module, argv)`` of every ``main_eval.py`` / ``tools/*.py`` / ``lposs-*`` command of the README and
+    the docs, in bash blocks or inline code (continuation lines joined, comments dropped, words after the script
+    as argv)."""
+    import shlex
+
+    commands = []
+    for page in [REPO_ROOT / "README.md", *_doc_pages()]:
+        text = page.read_text()
+        blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        blocks += re.findall(r"`((?:python|torchrun|lposs-)[^`\n]*)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #", 1)[0].strip()
+                found = _SCRIPT.search(line)
+                if not found or line.startswith("#"):
+                    continue
+                module = _CONSOLE[found.group(3)] if found.group(3) else (found.group(2) or "main_eval")
+                words = shlex.split(line[found.end() :])
+                words = [w for w in words if not w.startswith("$")]  # shell variables: set in the block itself
+                placeholder = any(w in ("...", "…") or "<" in w for w in words)  # "main_eval.py ..." names a form
+                if words and not placeholder:  # a bare name in prose ("`lposs-eval` (= `main_eval.py`)") neither
+                    commands.append((page.name, module, words))
+    return commands
+
+
+def test_every_command_in_the_readme_and_docs_parses_as_written():
+    """Each shown command names a script that exists, its flags parse, and for ``main_eval.py`` its config, overrides
+    and sweep load and check (every key and value): the commands are a contract."""
+    import importlib
+
+    from lposs.evaluation.sweep import plan_combinations
+
+    commands = _shown_commands()
+    assert len(commands) >= 20 and {m for _, m, _ in commands} >= {"main_eval", "demo", "benchmark_lp", "gpu_check"}
+    for page, module, argv in commands:
+        assert module == "main_eval" or (REPO_ROOT / "tools" / f"{module}.py").is_file(), (page, module)
+        cli = importlib.import_module(f"lposs.cli.{module}")
+        try:
+            args = cli.parse_args(argv)
+        except SystemExit as exit_:
+            raise AssertionError(f"{page}: {module} {' '.join(argv)} does not parse") from exit_
+        if module == "main_eval":
+            plan_combinations(args.config, args.overrides, args.sweep)  # ConfigError on a bad key or value

@@ -1,9 +1,6 @@
 """Datasets that list the same images share one pass through main_eval.py, each with the results of its own run."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -234,20 +231,3 @@ def test_plan_passes_compares_the_image_lists_not_the_keys(tmp_path):
     # two keys of different images never share, whatever their names
     built["voc20"] = build_dataset("ade20k", tmp_path)
     assert plan_passes(["voc", "voc20"], built) == ([["voc"], ["voc20"]], [])
-
-
-def test_two_processes_sharing_a_pass_equal_one_process_alone(tmp_path):
-    make_pair(tmp_path, PAIRS[0])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    common = ["main_eval.py", "lposs_plus.yaml", "--measure_boundary", f"data_root={tmp_path}", "r=5", *SMALL, *TINY]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    shared = [*launcher, *common, "--dataset", "voc,voc20", "--output", str(tmp_path / "two")]
-    done = subprocess.run(shared, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "one pass shared by voc, voc20" in done.stdout and "over 2 process(es)" in done.stdout
-    for key in ("voc", "voc20"):
-        alone = [sys.executable, *common, "--dataset", key, "--output", str(tmp_path / key)]
-        done = subprocess.run(alone, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-        ours, theirs = read(tmp_path / "two" / key / "results.json"), read(tmp_path / key / "results.json")
-        assert {m: ours[m] for m in METRICS} == {m: theirs[m] for m in METRICS}

@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=3, help="number of images")
     parser.add_argument("--size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"), help="generated size")
     parser.add_argument("--data_root", type=Path, help="a data root holding VOCdevkit/VOC2012 (default: generated)")
+    parser.add_argument(
+        "--in_process",
+        action="store_true",
+        help="run each arm in this process (no process start in the wall time; for smoke tests)",
+    )
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides for every run")
     return parser.parse_args(argv)
 
@@ -63,17 +68,20 @@ def write_voc_layout(root: Path, images: int, size: tuple[int, int]) -> None:
     (voc / "ImageSets/Segmentation/val.txt").write_text("".join(f"{name}\n" for name in names))
 
 
-def evaluate(datasets: str, output: Path, common: list[str]) -> tuple[float, float]:
-    """One ``main_eval.py`` process; (wall seconds, seconds of its passes as its log reports them)."""
+def evaluate(datasets: str, output: Path, common: list[str], in_process: bool = False) -> tuple[float, float]:
+    """One ``main_eval.py`` run (its own process, or this one); (wall seconds, seconds of its passes as logged)."""
+    argv = [*common, "--dataset", datasets, "--output", str(output)]
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "lposs.cli.main_eval", *common, "--dataset", datasets, "--output", str(output)],
-        capture_output=True,
-        text=True,
-    )
+    if in_process:
+        from lposs.cli import main_eval
+
+        code, error = main_eval.main(main_eval.parse_args(argv)), "see the log above"
+    else:
+        done = subprocess.run([sys.executable, "-m", "lposs.cli.main_eval", *argv], capture_output=True, text=True)
+        code, error = done.returncode, done.stderr.strip()[-2000:]
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"main_eval.py --dataset {datasets} failed: {done.stderr.strip()[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"main_eval.py --dataset {datasets} failed: {error}")
     passes = re.findall(r"setting\(s\) in ([0-9.]+) s", (output / "eval.log").read_text())
     return wall, sum(float(seconds) for seconds in passes)
 
@@ -100,9 +108,9 @@ def main(args: argparse.Namespace) -> int:
             str(args.images),
             *args.overrides,
         ]
-        evaluate("voc,voc20", tmp_path / "warmup", [*common, "--limit", "1"])
-        shared = evaluate("voc,voc20", tmp_path / "shared", common)
-        alone = [evaluate(key, tmp_path / key, common) for key in ("voc", "voc20")]
+        evaluate("voc,voc20", tmp_path / "warmup", [*common, "--limit", "1"], args.in_process)
+        shared = evaluate("voc,voc20", tmp_path / "shared", common, args.in_process)
+        alone = [evaluate(key, tmp_path / key, common, args.in_process) for key in ("voc", "voc20")]
         same = True
         for key in ("voc", "voc20"):
             ours = json.loads((tmp_path / "shared" / key / "results.json").read_text())
