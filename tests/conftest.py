@@ -11,6 +11,13 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
+# Under pytest-xdist each worker takes its share of the cores: torch's threads of two workers on two cores
+# would otherwise contend, which slows torch down far more than it gains.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 # Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
 # of falling back to the torch paths with a warning, as they do for users.
 if compiler_available():

@@ -150,7 +150,19 @@ def test_pytest_reports_its_peak_gpu_memory_when_asked(tmp_path):
     env = dict(os.environ, LPOSS_PEAK_MEMORY_FILE=str(peak))
     test = REPO_ROOT / "tests" / "test_layout.py"
     child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "floors or circle", str(test)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            "-k",
+            "floors or circle",
+            str(test),
+        ],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -30,7 +30,7 @@ def test_kernels_under_the_interpreter_equal_the_torch_path():
     env = dict(os.environ, TRITON_INTERPRET="1")
     cases = TESTS / "triton_interpreter_cases.py"
     child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", str(cases)],
         cwd=TESTS.parent,
         env=env,
         capture_output=True,

@@ -180,7 +180,19 @@ def section_environment(ctx: Context) -> dict:
 def section_gpu_tests(ctx: Context) -> dict:
     if ctx.device.type != "cuda":
         raise Skipped("no CUDA device: every GPU test would skip")
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "0",
+    ]  # in this process: its peak memory
     peak_file = ctx.output / "sections" / "gpu_tests_peak.json"
     peak_file.unlink(missing_ok=True)
     env = dict(os.environ, LPOSS_PEAK_MEMORY_FILE=str(peak_file))  # tests/conftest.py writes pytest's own peak
