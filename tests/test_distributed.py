@@ -16,6 +16,8 @@ from fake_datasets import SHAPES
 from test_main_eval import REPO_ROOT, SMALL, TINY, run, shared_backbones  # noqa: F401
 from test_shared_passes import PAIRS, make_pair
 
+pytestmark = pytest.mark.slow
+
 METRICS = ("mIoU", "IoU", "boundary_mIoU", "boundary_IoU", "aAcc", "num_images")
 SETTINGS = ("k=5", "k=10")
 

@@ -22,6 +22,7 @@ def report(tmp_path):
     return json.loads((tmp_path / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_smoke_run_on_cpu_reports_every_section(tmp_path):
     assert run(tmp_path, "--sections", *SMOKE) == 0
     sections = report(tmp_path)["sections"]

@@ -26,6 +26,7 @@ TESTS = Path(__file__).resolve().parent
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.slow
 def test_kernels_under_the_interpreter_equal_the_torch_path():
     env = dict(os.environ, TRITON_INTERPRET="1")
     cases = TESTS / "triton_interpreter_cases.py"

@@ -1,0 +1,83 @@
+"""The last CLIP block of training-free dense-prediction methods (docs/method.md, "Heads").
+
+Each head replaces the last residual block of an open_clip ViT; everything before it (the other blocks) and
+after it (`ln_post`, dropping CLS, `proj`) stays as in MaskCLIP. With `x` the output of the second-to-last block
+(CLS first), `q, k, v` the per-head parts of `in_proj(ln_1(x))` and `s = head_dim ** -0.5`:
+
+- `sclip` (SCLIP, wangf3014/SCLIP `clip/model.py`, `csa=True`): `A = softmax(s q qT) + softmax(s k kT)`,
+  `y = x + out_proj(A v)`, `y = y + mlp(ln_2(y))`;
+- `clearclip` (ClearCLIP, mc-lan/ClearCLIP `open_clip/transformer.py`, `model_type='ClearCLIP'`,
+  `ignore_residual=True`): `A = softmax(s q qT)`, `y = out_proj(A v)`, no residual and no MLP;
+- `naclip` (NACLIP, sinahmr/NACLIP `clip/model.py`, `arch='reduced'`, `attn_strategy='naclip'`):
+  `A = softmax(s k kT + Omega)`, `y = out_proj(A v)`, no residual and no MLP; `Omega` a Gaussian of the
+  distance between patch positions (std 5 patches), 0 in the CLS row and column.
+
+Attention is per head (never averaged over heads) and covers every token, CLS included, as in the authors' code.
+`maskclip`, the default, lives in `models.maskclip` and is not computed here.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip")
+# NACLIP's Gaussian window, in patches: its paper's value and its code's default (`gaussian_std=5.`).
+NACLIP_GAUSSIAN_STD = 5.0
+
+
+def check_head(head: str) -> None:
+    """ValueError unless `head` is one of CLIP_HEADS."""
+    if head not in CLIP_HEADS:
+        raise ValueError(f"CLIP head {head!r}: expected one of {', '.join(CLIP_HEADS)}")
+
+
+def neighbourhood_bias(grid: tuple[int, int], std: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """NACLIP's attention addition Omega [1 + gh * gw, 1 + gh * gw] float32 in [0, 1], CLS first.
+
+    `Omega[p, p'] = exp(-((i - i')^2 + (j - j')^2) / (2 std^2))` for patches at row-major grid positions
+    (i, j), (i', j'); the CLS row and column are 0, as NACLIP's `adjust_for_cls`. NACLIP builds the same matrix by
+    convolving one-hot maps with a (2 gh - 1) x (2 gw - 1) Gaussian window, so no offset is ever cut off.
+    """
+    rows = torch.arange(grid[0], dtype=torch.float32, device=device).repeat_interleave(grid[1])
+    cols = torch.arange(grid[1], dtype=torch.float32, device=device).repeat(grid[0])
+    squared = (rows[:, None] - rows[None, :]) ** 2 + (cols[:, None] - cols[None, :]) ** 2  # [gh*gw, gh*gw]
+    return F.pad(torch.exp(-squared / (2.0 * std**2)), (1, 0, 1, 0))  # zero CLS row and column
+
+
+def _per_head(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, N, C] -> [B, heads, N, C / heads] (heads are consecutive channel blocks, as nn.MultiheadAttention)."""
+    batch, tokens, channels = t.shape
+    return t.reshape(batch, tokens, num_heads, channels // num_heads).transpose(1, 2)
+
+
+def _attention(head: str, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The head's attention weights [B, heads, N, N] from per-head q, k [B, heads, N, d]."""
+    scale = q.shape[-1] ** -0.5
+    if head == "clearclip":
+        return torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
+    if head == "sclip":
+        query_query = torch.softmax((q @ q.transpose(-2, -1)) * scale, dim=-1)
+        return query_query + torch.softmax((k @ k.transpose(-2, -1)) * scale, dim=-1)
+    if head == "naclip":
+        omega = neighbourhood_bias(grid, NACLIP_GAUSSIAN_STD, k.device)
+        logits = (k @ k.transpose(-2, -1)) * scale
+        return torch.softmax(logits + omega.to(logits.dtype), dim=-1)
+    raise ValueError(f"no attention for head {head!r}; expected one of {', '.join(CLIP_HEADS[1:])}")
+
+
+def refined_last_block(block: nn.Module, x: torch.Tensor, head: str, grid: tuple[int, int]) -> torch.Tensor:
+    """The last block of `head` (sclip, clearclip or naclip) on batch-first tokens x [B, 1 + gh * gw, C] -> same shape.
+
+    `block` is an open_clip ResidualAttentionBlock whose `attn` is an nn.MultiheadAttention with packed in_proj.
+    """
+    attn = block.attn
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [B, N, 3C], packed q, k, v
+    q, k, v = (_per_head(part, attn.num_heads) for part in qkv.chunk(3, dim=-1))
+    weights = _attention(head, q, k, grid)  # [B, heads, N, N]
+    out = attn.out_proj((weights @ v).transpose(1, 2).flatten(2))  # [B, N, C], heads concatenated
+    if head == "sclip":
+        # SCLIP keeps the residual block around the new attention; layer scales (Identity for CLIP) stay put.
+        y = x + block.ls_1(out)
+        return y + block.ls_2(block.mlp(block.ln_2(y)))
+    # ClearCLIP and NACLIP take the attention output alone ("reduced" block: no residual, no MLP, no layer scale).
+    return out

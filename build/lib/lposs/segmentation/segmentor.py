@@ -1,0 +1,339 @@
+"""The sliding-window LPOSS / LPOSS+ segmentor: steps 2-3, 7-12 (docs/method.md) around the backbones.
+
+Usage::
+
+    from lposs.models import LPOSSBackbones
+    from lposs.segmentation import Segmentor, SegmentorSettings
+
+    backbones = LPOSSBackbones.from_config(cfg.model, device)
+    backbones.set_classes(["sky;cloud", "tree", "person"])
+    segmentor = Segmentor(backbones, SegmentorSettings(pixel_refine=True))  # LPOSS+
+    labels = segmentor.predict(image)  # image: [H, W, 3] uint8 RGB -> [H, W] int64 class ids
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .image_graphs import ImageGraphs
+from .label_propagation import solve_patches
+from .windows import merge_windows, resize_to_fit, window_boxes
+
+__all__ = [
+    "ENCODING_FIELDS",
+    "Backbones",
+    "ClassColumns",
+    "ImageEncoding",
+    "Segmentor",
+    "SegmentorSettings",
+    "max_over_aliases",
+]
+
+
+class Backbones(Protocol):
+    """What the segmentor needs from the models: see ``models.LPOSSBackbones``."""
+
+    alias_to_class: torch.Tensor  # [A] int64, class index of every text row
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``windows [B, 3, h, w]`` in [0, 1] -> (features ``[B, D, gh, gw]`` L2-normalised, scores ``[B, A, gh, gw]``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SegmentorSettings:
+    """Every setting of the method, with the paper's defaults (docs/method.md, Pipeline)."""
+
+    patch_propagation: bool = True  # False: the MaskCLIP baseline (argmax of the initial scores)
+    pixel_refine: bool = False  # True: LPOSS+
+    short_side: int = 448
+    long_side: int = 2048
+    crop: int = 224
+    stride: int = 112
+    window_batch: int = 64
+    k: int = 400
+    gamma: float = 3.0
+    sigma: float = 0.01
+    pix_dist_pow: float = 1.0
+    alpha: float = 0.95
+    knn_backend: str = "torch"
+    tau: float = 0.01
+    r: int = 13
+    pixel_backend: str = "auto"  # auto | triton | torch, see propagate_pixels
+    tol: float = 1e-6
+    maxiter: int = 10
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SegmentorSettings:
+        """Pick this class's fields out of a (larger) config mapping; the rest is ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: config[key] for key in names if key in config})
+
+    @property
+    def method(self) -> str:
+        """``"maskclip"``, ``"lposs"`` or ``"lposs_plus"``."""
+        if not self.patch_propagation:
+            return "maskclip"
+        return "lposs_plus" if self.pixel_refine else "lposs"
+
+
+def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class score = max over its alias rows (step 11, docs/method.md).
+
+    Args:
+        scores: ``[A, H, W]``, one row per alias.
+        alias_to_class: ``[A]`` int64 in ``[0, num_classes)``.
+
+    Returns:
+        ``[num_classes, H, W]``.
+    """
+    index = alias_to_class.to(scores.device).view(-1, 1, 1).expand_as(scores)
+    out = scores.new_full((num_classes,) + tuple(scores.shape[1:]), float("-inf"))
+    return out.scatter_reduce(0, index, scores, reduce="amax")
+
+
+@dataclass
+class ImageEncoding:
+    """What the backbones saw of one image: everything propagation needs, reusable across LP settings."""
+
+    features: torch.Tensor  # [B, D, gh, gw] float32, B = windows of this image
+    scores: torch.Tensor  # [B, A, gh, gw] float32 initial alias scores
+    boxes: list[tuple[int, int, int, int]]  # the B windows (y1, y2, x1, x2) in resized pixels
+    image: torch.Tensor  # [3, h, w] float in [0, 1], the resized image (pixel-level graph)
+    original_size: tuple[int, int]  # (H, W) of the image before resizing
+
+
+@dataclass(frozen=True)
+class ClassColumns:
+    """The alias columns of one class list in an encoding's scores (several datasets can share one encoding)."""
+
+    columns: slice  # its columns of ImageEncoding.scores, e.g. slice(21, 41)
+    alias_to_class: torch.Tensor  # [A] int64 in [0, K): class of each of its A columns
+
+
+# Settings that change what the backbones see: a grid over them needs new encodings (see docs/method.md, "Pipeline").
+ENCODING_FIELDS = ("short_side", "long_side", "crop", "stride")
+
+
+class Segmentor:
+    """Open-vocabulary segmentation with LPOSS, LPOSS+ or the MaskCLIP baseline.
+
+    Two public stages: :meth:`encode_batch` (resize, windows, backbones) and :meth:`propagate` (label propagation
+    with any settings, up to the class scores); :meth:`predict` runs both on one image. :meth:`propagate_columns`
+    propagates several class lists of one encoding at once (datasets that share images), the graphs built once.
+    """
+
+    def __init__(
+        self, backbones: Backbones, settings: SegmentorSettings | None = None, *, profile: bool = False
+    ) -> None:
+        self.backbones = backbones
+        self.settings = settings or SegmentorSettings()
+        self.profile = profile  # when True, stage_seconds accumulates synchronised wall time per stage
+        self.stage_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        if not self.profile:
+            yield
+            return
+        device = self.backbones.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """``[H, W, 3]`` uint8 RGB -> ``[h, w, 3]`` uint8 fitted to ``(long_side, short_side)`` (step 2, docs/method.md).
+
+        Pure numpy (cv2), so that data-loader workers can run it.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+        return resize_to_fit(image, self.settings.short_side, self.settings.long_side)
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (step 2)."""
+        return self._to_tensor(self.resize(image))
+
+    def _to_tensor(self, resized: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(resized)).to(self.backbones.device)
+        return tensor.permute(2, 0, 1).float() / 255.0  # [3, h, w]
+
+    @torch.no_grad()
+    def encode_batch(
+        self, resized_images: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]
+    ) -> list[ImageEncoding]:
+        """Run the windows of several images through the backbones together (steps 3-7, docs/method.md).
+
+        Windows of equal size (all of them once the short side reaches ``crop``) share forwards of at most
+        ``window_batch`` windows, whichever image they come from.
+
+        Args:
+            resized_images: ``[h, w, 3]`` uint8 RGB each, already resized by :meth:`resize`.
+            original_sizes: ``(H, W)`` of each image before resizing.
+
+        Returns:
+            One :class:`ImageEncoding` per image, in order.
+        """
+        s = self.settings
+        images = [self._to_tensor(resized) for resized in resized_images]
+        boxes = [window_boxes(image.shape[1], image.shape[2], s.crop, s.stride) for image in images]
+        windows = [image[:, y1:y2, x1:x2] for image, bs in zip(images, boxes) for y1, y2, x1, x2 in bs]
+        outputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, window in enumerate(windows):
+            by_shape.setdefault(tuple(window.shape), []).append(index)
+        with self._stage("backbones"):
+            for indices in by_shape.values():
+                for start in range(0, len(indices), s.window_batch):
+                    chunk = indices[start : start + s.window_batch]
+                    features, scores = self.backbones(torch.stack([windows[i] for i in chunk]))  # [b, 3, h, w] in
+                    for row, index in enumerate(chunk):
+                        outputs[index] = (features[row].float(), scores[row].float())
+        encodings, first = [], 0
+        for image, bs, size in zip(images, boxes, original_sizes):
+            own = outputs[first : first + len(bs)]
+            first += len(bs)
+            encodings.append(
+                ImageEncoding(
+                    torch.stack([f for f, _ in own]), torch.stack([c for _, c in own]), bs, image, tuple(size)
+                )
+            )
+        return encodings
+
+    def encode(self, image: np.ndarray) -> ImageEncoding:
+        """One ``[H, W, 3]`` uint8 RGB image through resize, windows and backbones (steps 2-7, docs/method.md)."""
+        return self.encode_batch([self.resize(image)], [image.shape[:2]])[0]
+
+    def _check_encoding_settings(self, settings: SegmentorSettings) -> None:
+        for name in ENCODING_FIELDS:
+            if getattr(settings, name) != getattr(self.settings, name):
+                raise ValueError(
+                    f"propagate: settings.{name}={getattr(settings, name)} differs from the encoding's "
+                    f"{getattr(self.settings, name)}; encode again with a Segmentor of those settings"
+                )
+
+    @torch.no_grad()
+    def alias_scores(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
+        """Per-alias scores at the resized resolution after the configured propagation (steps 8-10, docs/method.md).
+
+        Args:
+            encoding: from :meth:`encode_batch`.
+            settings: propagation settings (default: this segmentor's); its encoding fields must match.
+
+        Returns:
+            ``[A, h, w]`` float32.
+        """
+        s = settings or self.settings
+        self._check_encoding_settings(s)
+        return self._propagate_block(encoding, s, encoding.scores, ImageGraphs(encoding))
+
+    def _propagate_block(
+        self, encoding: ImageEncoding, s: SegmentorSettings, scores: torch.Tensor, graphs: ImageGraphs
+    ) -> torch.Tensor:
+        """Steps 8-10 on some alias columns ``scores [B, A, gh, gw]`` of ``encoding`` -> ``[A, h, w]``."""
+        image = encoding.image
+        if s.patch_propagation:
+            b, a, gh, gw = scores.shape
+            flat_scores = scores.permute(0, 2, 3, 1).reshape(-1, a)  # [B * gh * gw, A]
+            with self._stage("patch_lp"):
+                flat_scores = solve_patches(flat_scores, graphs.patch(s), alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
+            scores = flat_scores.reshape(b, gh, gw, a).permute(0, 3, 1, 2)  # back to [B, A, gh, gw]
+        canvas = merge_windows(scores, encoding.boxes, image.shape[1], image.shape[2])
+        if s.pixel_refine:
+            with self._stage("pixel_lp"):
+                canvas = graphs.pixel(s).propagate(canvas, alpha=s.alpha, tol=s.tol, maxiter=s.maxiter)
+        return canvas
+
+    @torch.no_grad()
+    def propagate(self, encoding: ImageEncoding, settings: SegmentorSettings | None = None) -> torch.Tensor:
+        """Class scores at the original size from an encoding (steps 8-12, docs/method.md, before the argmax).
+
+        Args:
+            encoding: from :meth:`encode_batch` of this segmentor.
+            settings: propagation settings (default: this segmentor's); ``short_side``, ``long_side``,
+                ``crop`` and ``stride`` must equal the segmentor's (they shaped the encoding).
+
+        Returns:
+            ``[K, H, W]`` float32, K = number of classes.
+        """
+        every_column = ClassColumns(slice(None), self.backbones.alias_to_class)
+        return self.propagate_columns(encoding, settings, [every_column])[0]
+
+    @torch.no_grad()
+    def propagate_columns(
+        self,
+        encoding: ImageEncoding,
+        settings: SegmentorSettings | None,
+        groups: Sequence[ClassColumns],
+        graphs: ImageGraphs | None = None,
+    ) -> list[torch.Tensor]:
+        """:meth:`propagate` for several class lists whose alias columns share one encoding (datasets of a shared pass).
+
+        The graphs are built once (or taken from ``graphs``, which then keeps them for other settings); each list
+        then gets its own max over aliases and its own resize to the original size.
+
+        Args:
+            encoding: from :meth:`encode_batch` of this segmentor, with the columns of every group.
+            settings: as in :meth:`propagate`.
+            groups: the column ranges and alias-to-class maps of the class lists wanted.
+            graphs: an :class:`~segmentation.image_graphs.ImageGraphs` of ``encoding`` to take graphs from.
+
+        Returns:
+            One ``[K_g, H, W]`` float32 per group, equal bit for bit on the CPU to :meth:`propagate` on an
+            encoding of that group's class list alone.
+        """
+        s = settings or self.settings
+        self._check_encoding_settings(s)
+        graphs = graphs if graphs is not None else ImageGraphs(encoding)
+        canvases: list[torch.Tensor] = []
+        for block in _solve_blocks(groups, encoding.scores.device):
+            parts = [encoding.scores[:, group.columns] for group in block]
+            scores = parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, 1)
+            canvas = self._propagate_block(encoding, s, scores, graphs)
+            canvases += canvas.split([part.shape[1] for part in parts])
+        out = []
+        for group, canvas in zip(groups, canvases):
+            alias_to_class = group.alias_to_class
+            # As the reference: aliases are propagated as separate columns, the max over them comes after.
+            classes = max_over_aliases(canvas, alias_to_class, int(alias_to_class.max()) + 1)
+            out.append(
+                F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
+            )
+        return out
+
+    def predict_scores(self, image: np.ndarray) -> torch.Tensor:
+        """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (steps 2-12)."""
+        return self.propagate(self.encode(image))
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Label map ``[H, W]`` int64 of class indices for an ``[H, W, 3]`` uint8 RGB image."""
+        return self.predict_scores(image).argmax(0).cpu().numpy()
+
+
+def _solve_blocks(groups: Sequence[ClassColumns], device: torch.device) -> list[list[ClassColumns]]:
+    """The groups whose columns go through one CG together: all of them on a GPU, each on its own on the CPU.
+
+    Every column is its own CG, so batching changes no result in exact arithmetic; in float32 it does change the
+    last bits on the CPU, where the CG's dot products over strided columns, the channels-last resize of
+    merge_windows and the pixel level's column chunks all round differently with the number of columns. Solved
+    apart, each group runs the very operations of a run of its class list alone (the graph built once either
+    way), so a dataset of a shared pass keeps the metrics and label maps of its own run bit for bit.
+    """
+    if device.type == "cpu":
+        return [[group] for group in groups]
+    return [list(groups)] if groups else []
