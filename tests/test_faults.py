@@ -269,7 +269,7 @@ def test_second_run_into_a_locked_folder_stops_at_once(tmp_path, capsys, monkeyp
         [
             sys.executable,
             "-c",
-            "import pathlib, sys, time; from evaluation.output_lock import OutputLock; "
+            "import pathlib, sys, time; from lposs.evaluation.output_lock import OutputLock; "
             "OutputLock.acquire(pathlib.Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
             str(out),
         ],

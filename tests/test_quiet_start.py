@@ -23,7 +23,7 @@ def test_help_prints_only_the_help(script):
 def test_other_warnings_and_logs_still_show():
     code = (
         "import logging, warnings\n"
-        "import datasets\n"
+        "import lposs.datasets\n"
         "assert logging.getLogger('torch.utils.cpp_extension').level == logging.NOTSET, 'logger level not restored'\n"
         "warnings.warn('On January 1, 2023, MMCV will release v2.0.0 (a later warning of the same text)')\n"
         "warnings.warn('another warning')\n"
