@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset
+from lposs.datasets import DatasetError, build_dataset, resolve_keys
 
 from .config import ConfigError
 from .distributed import init_process_group, set_collective_timeout
@@ -45,14 +45,8 @@ class RunPlan:
 
 
 def dataset_keys(spec: str) -> list[str]:
-    """``'all'`` or a comma list -> dataset keys, checked."""
-    keys = list(PAPER_ORDER) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
-    keys = list(dict.fromkeys(keys))  # voc,voc is evaluated once
-    for key in keys:
-        if key not in DATASET_KEYS:
-            raise DatasetError(
-                f"unknown dataset {key!r} in --dataset; expected one of {', '.join(DATASET_KEYS)} or 'all'"
-            )
+    """``'all'`` or a comma list of benchmark keys and dataset files (paths or names) -> dataset keys, checked."""
+    keys = list(PAPER_ORDER) if spec == "all" else resolve_keys([k.strip() for k in spec.split(",") if k.strip()])
     if not keys:
         raise DatasetError("--dataset is empty; expected a dataset key, a comma list or 'all'")
     return keys

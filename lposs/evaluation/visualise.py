@@ -33,6 +33,7 @@ __all__ = [
     "draw_legend",
     "legend_font",
     "overlay",
+    "overlay_figure",
     "palette",
     "present_classes",
     "save_png",
@@ -108,6 +109,13 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: Sequence[Colour], al
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colourise(labels, colours).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def overlay_figure(
+    image: np.ndarray, labels: np.ndarray, names: Sequence[str], colours: Sequence[Colour]
+) -> np.ndarray:
+    """``[H, W, 3]`` uint8 image + ``[H, W]`` labels -> overlay with a legend of the classes present (uint8 RGB)."""
+    return draw_legend(overlay(image, labels, colours), names, present_classes(labels, names), colours)
 
 
 def present_classes(labels: np.ndarray, class_names: Sequence[str]) -> list[int]:
