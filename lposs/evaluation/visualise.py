@@ -14,8 +14,6 @@ Label values that are not a class index (255 = ignore, or anything >= the number
 from __future__ import annotations
 
 import colorsys
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .reporting import naming_path
+from .reporting import atomic_target
 
 __all__ = [
     "IGNORE_COLOUR",
@@ -206,8 +204,6 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
             written as a palette PNG whose pixel values are the class indices.
         colours: palette for a label map (at most 256 colours).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if colours is None:
         picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
     else:
@@ -218,15 +214,8 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
             )
         picture = Image.fromarray(image.astype(np.uint8), mode="P")
         picture.putpalette([channel for colour in colours for channel in colour])
-    # a unique hidden name in the same folder (same file system, so the rename is atomic); not mkstemp,
-    # whose 0600 mode would stay on the final file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with naming_path(path):  # a full disk names the file
-            picture.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp:
+        picture.save(tmp, format="PNG")
 
 
 class OverlayWriter:

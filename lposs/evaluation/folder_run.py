@@ -1,0 +1,396 @@
+"""Segmenting a folder of unlabelled images: label maps for every image, on as many ranks as torchrun starts.
+
+Usage::
+
+    seg = lposs.load("lposs_plus", classes=["sky;cloud", "tree", "person"])
+    result = lposs.segment_folder(seg, "photos/", "out/", save_scores=True, overlays=10, resume=True)
+    print(result.segmented, result.failed)
+
+Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; rank ``r`` of ``W``
+takes images ``r, r + W, ...``. For ``photos/a/b.jpg`` it writes, as soon as the image is done:
+
+- ``out/labels/a/b.png``: palette PNG at the image's size, pixel value = class index;
+- ``out/scores/a/b.npy`` (``save_scores``): ``[C, H, W]`` float16 class scores;
+- ``out/overlays/a/b.png`` (the first ``overlays`` images): class colours over the image, with a legend.
+
+No lost results: ``out`` is locked for the run (``.out.lock`` beside it); every file is written under a temporary
+name in its folder and renamed, so a killed run leaves whole files (and stray temporaries, removed by the next run);
+a new run refuses a folder that holds files, and ``resume`` adds only what is missing, after checking that
+``out/run.json`` records the same folder, classes and settings. An image that cannot be decoded is skipped with
+one line and listed in ``out/skipped.txt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from lposs.datasets import DatasetError
+from lposs.datasets.class_lists import display_names
+from lposs.datasets.image_files import ImageReadError, image_suffixes, list_image_files, load_image
+from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation.windows import resize_to_fit
+
+from .distributed import check_peers
+from .loop import _all_reduce, _die_with_parent, _rank_and_world, _reduction_device, all_reduce_sum
+from .output_checks import check_output_locations
+from .reporting import TEMPORARY_NAME, atomic_target, atomic_write_text
+from .run_output import broadcast_from_main, lock_outputs
+from .visualise import overlay_figure, palette, save_png
+
+__all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
+
+RUN_RECORD = "run.json"  # what the folder was made from; --resume checks it
+SKIPPED = "skipped.txt"  # images that could not be decoded, one "path<TAB>why" line each
+_KINDS = {"labels": ".png", "scores": ".npy", "overlays": ".png"}
+
+
+@dataclass
+class FolderPlan:
+    """A checked folder run: what to segment, with which classes, and where the outputs go."""
+
+    folder: Path  # the images (absolute)
+    out: Path  # the outputs (absolute)
+    images: list[Path]  # relative to folder, in the run's order
+    classes: list[str]
+    record: dict  # run.json: images, classes, settings (and model) of the run
+    resume: bool = False
+    save_scores: bool = False
+    overlays: int = 0  # overlays of the first N images
+
+    def output(self, kind: str, image: Path) -> Path:
+        """``out/<kind>/<image path with the kind's suffix>`` (kind: labels, scores or overlays)."""
+        return self.out / kind / image.with_suffix(_KINDS[kind])
+
+    def wanted(self, index: int) -> list[str]:
+        """The kinds of output image ``index`` gets."""
+        return ["labels"] + (["scores"] if self.save_scores else []) + (["overlays"] if index < self.overlays else [])
+
+    def missing(self, index: int) -> list[str]:
+        """The kinds of output image ``index`` still lacks (files are renamed into place whole: there means done)."""
+        return [kind for kind in self.wanted(index) if not self.output(kind, self.images[index]).is_file()]
+
+
+@dataclass
+class FolderResult:
+    """What a folder run did, over all ranks."""
+
+    images: int  # images of the run (after ``limit``)
+    segmented: int  # images segmented by this run
+    complete_before: int  # images whose outputs were already complete (``resume``)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image path relative to the folder, why)
+    seconds: float = 0.0  # wall time of the slowest rank
+
+    @property
+    def images_per_second(self) -> float:
+        return self.segmented / self.seconds if self.seconds > 0 else 0.0
+
+
+def settings_record(settings: SegmentorSettings, model: dict | None = None) -> dict:
+    """What a folder's outputs depend on besides its images and classes (``run.json``): the method's settings
+    (less ``window_batch``, which changes no result) and, when known, the model config."""
+    values = dataclasses.asdict(settings)
+    values.pop("window_batch")
+    return {"settings": values} | ({} if model is None else {"model": model})
+
+
+def _earlier_outputs_problem(out: Path, record: dict, resume: bool) -> str | None:
+    """Why ``out`` cannot take this run's outputs (one line), or None: new runs need an empty folder, and
+    ``resume`` one made by a run with the same images, classes and settings."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    if not resume:
+        return (
+            f"--save_predictions {out} already holds files: add --resume to complete the run that wrote them, "
+            "or choose an empty or new folder (a new run never mixes its outputs with older ones)"
+        )
+    try:
+        earlier = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return f"--resume: {out} holds files but no readable {RUN_RECORD}: it was not made by a folder run"
+    for key in record:
+        if earlier.get(key) != record[key]:
+            return (
+                f"--resume: {out / RUN_RECORD} records other {key} ({earlier.get(key)!r}); this run has "
+                f"{record[key]!r}: choose another folder"
+            )
+    return None
+
+
+def _checked_listing(folder: Path, out: Path, limit: int | None) -> list[Path]:
+    """The images of ``folder`` (see :func:`lposs.datasets.image_files.list_image_files`), checked."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--images {folder}: no such folder")
+    if out == folder or folder in out.parents:
+        raise DatasetError(f"--save_predictions {out} is inside --images {folder}: its outputs would be read as images")
+    images = list_image_files(folder)[:limit]
+    if not images:
+        raise DatasetError(f"--images {folder} holds no image files ({', '.join(sorted(image_suffixes()))})")
+    seen: dict[Path, Path] = {}
+    for image in images:
+        other = seen.setdefault(image.with_suffix(""), image)
+        if other != image:
+            raise DatasetError(
+                f"--images {folder}: {other} and {image} would write the same {image.with_suffix('.png')}; rename one"
+            )
+    return images
+
+
+def plan_folder(
+    folder: str | Path,
+    out: str | Path,
+    classes: Sequence[str],
+    settings: dict,
+    *,
+    resume: bool = False,
+    save_scores: bool = False,
+    overlays: int = 0,
+    limit: int | None = None,
+) -> FolderPlan:
+    """Check a folder run before any weights load (rank 0 lists and checks; every rank gets the plan or the error).
+
+    Args:
+        settings: what the outputs depend on besides the classes (``run.json``; ``resume`` needs it equal).
+
+    Raises:
+        FileNotFoundError, DatasetError, OutputLocationError: one line: no such folder, no image in it, two images
+            with one output name, ``out`` inside the folder, unwritable, or holding files a new run or ``resume``
+            must not mix with.
+    """
+    folder, out = Path(folder).absolute(), Path(out).absolute()
+    record = {"images": str(folder), "classes": list(classes), **settings}
+    plan, error = None, None
+    if _rank_and_world()[0] == 0:
+        try:
+            images = _checked_listing(folder, out, limit)
+            check_output_locations([("--save_predictions", out.parent), ("--save_predictions", out)])
+            problem = _earlier_outputs_problem(out, record, resume)
+            if problem is not None:
+                raise DatasetError(problem)
+            plan = FolderPlan(folder, out, images, list(classes), record, resume, save_scores, overlays)
+        except (OSError, ValueError) as failure:
+            error = failure
+    plan, error = broadcast_from_main((plan, error))
+    if error is not None:
+        raise error
+    return plan
+
+
+class _Images(Dataset):
+    """Images of one rank's share, decoded and resized in the loader workers; a bad file is returned as its error."""
+
+    def __init__(self, plan: FolderPlan, indices: list[int], sides: tuple[int, int]) -> None:
+        self.plan, self.indices, self.sides = plan, indices, sides
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        index = self.indices[i]
+        try:
+            image = load_image(self.plan.folder / self.plan.images[index])
+        except (OSError, ImageReadError) as error:
+            return {"index": index, "error": str(error)}
+        resized = resize_to_fit(image, *self.sides)
+        keep = index < self.plan.overlays  # the original travels only where an overlay needs it
+        return {"index": index, "resized": resized, "size": image.shape[:2], "image": image if keep else None}
+
+
+def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) -> None:
+    """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32."""
+    image = plan.images[sample["index"]]
+    missing = plan.missing(sample["index"])
+    labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
+    if "scores" in missing:
+        with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, scores.cpu().numpy().astype(np.float16))
+    if "overlays" in missing:
+        figure = overlay_figure(sample["image"], labels, display_names(plan.classes), colours)
+        save_png(plan.output("overlays", image), figure)
+    if "labels" in missing:
+        save_png(plan.output("labels", image), labels, colours)
+
+
+def _prepare_outputs(plan: FolderPlan) -> None:
+    """Rank 0, holding the lock: check the folder again, remove temporaries of killed runs, write run.json."""
+    problem = _earlier_outputs_problem(plan.out, plan.record, plan.resume)
+    if problem is not None:
+        raise DatasetError(problem)
+    if plan.out.is_dir():
+        for root, _, files in os.walk(plan.out):
+            for name in files:
+                if TEMPORARY_NAME.fullmatch(name):
+                    os.unlink(os.path.join(root, name))
+    atomic_write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
+
+
+def _progress(total: int, report: bool) -> tqdm:
+    """One line per rank: done / total, images/s and the time left."""
+    rank, world = _rank_and_world()
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=f"rank {rank}/{world}",
+        unit=" images",
+        bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]",
+        position=int(os.environ.get("LOCAL_RANK", 0)) if tty else None,
+        mininterval=0.5 if tty else 30.0,  # logs of long jobs: a line every 30 s, not every 0.1 s
+        disable=not report,
+        file=sys.stderr,
+    )
+
+
+def _segment_share(
+    segmentor: Segmentor, plan: FolderPlan, todo: list[int], options: dict
+) -> tuple[int, list[tuple[str, str]]]:
+    """Segment this rank's images ``todo``: how many were segmented, and those that could not be decoded, with why."""
+    colours, failed, segmented = palette(len(plan.classes)), [], 0
+    s = segmentor.settings
+    loader = DataLoader(
+        _Images(plan, todo, (s.short_side, s.long_side)),
+        batch_size=options["image_batch"],
+        num_workers=options["num_workers"],
+        collate_fn=list,
+        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
+    )
+    with _progress(len(todo), options["report"]) as progress:
+        for batch in loader:
+            good = [sample for sample in batch if "error" not in sample]
+            for sample in batch:
+                if "error" in sample:
+                    failed.append((plan.images[sample["index"]].as_posix(), sample["error"]))
+                    if options["report"]:
+                        progress.write(f"skipped: {sample['error']}", file=sys.stderr)
+            sizes = [sample["size"] for sample in good]
+            for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
+                _write(plan, sample, segmentor.propagate(encoding), colours)
+                segmented += 1
+            progress.update(len(batch))
+    return segmented, failed
+
+
+def _gathered(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every rank's failures, sorted by path (one collective)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return sorted(failed)
+    check_peers()
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, failed)
+    return sorted(item for part in everyone for item in part)
+
+
+def run_folder(
+    segmentor: Segmentor, plan: FolderPlan, *, image_batch: int = 1, num_workers: int = 0, report: bool = True
+) -> FolderResult:
+    """Segment the images of a checked plan (this rank's share); see the module docstring.
+
+    Args:
+        segmentor: ready, its backbones holding ``plan.classes``.
+        image_batch: images whose windows share backbone forwards.
+        num_workers: image-decoding processes of this rank (0: in this process).
+        report: show this rank's progress line and one line per skipped image (stderr).
+
+    Returns:
+        The counts and failures of all ranks (equal on every rank).
+
+    Raises:
+        OutputInUse: another live run holds ``plan.out``.
+        DatasetError: ``plan.out`` changed since the plan was made and cannot take the outputs.
+    """
+    rank, world = _rank_and_world()
+    start = time.perf_counter()
+    locks, notes = lock_outputs([("--save_predictions", plan.out)], rank == 0)
+    try:
+        error = None
+        if rank == 0:
+            for note in notes:
+                print(note, file=sys.stderr)
+            try:
+                _prepare_outputs(plan)
+            except (OSError, ValueError) as failure:
+                error = failure
+        error = broadcast_from_main(error)
+        if error is not None:
+            raise error
+        share = list(range(rank, len(plan.images), world))
+        todo = [index for index in share if plan.missing(index)]
+        options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
+        segmented, failed = _segment_share(segmentor, plan, todo, options)
+        device = _reduction_device(segmentor)
+        counts = all_reduce_sum(np.array([len(share) - len(todo), segmented], np.float64), device)
+        seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
+        failed = _gathered(failed)
+        if rank == 0:
+            _record_failures(plan.out, failed)
+    finally:
+        for lock in locks:
+            lock.release()
+    return FolderResult(len(plan.images), int(counts[1]), int(counts[0]), failed, seconds)
+
+
+def _record_failures(out: Path, failed: list[tuple[str, str]]) -> None:
+    """``out/skipped.txt``: one ``path<TAB>why`` line per image this run could not decode (removed when none)."""
+    if failed:
+        atomic_write_text(out / SKIPPED, "".join(f"{path}\t{why}\n" for path, why in failed))
+    else:
+        (out / SKIPPED).unlink(missing_ok=True)
+
+
+def segment_folder(
+    segmentor: Any,
+    folder: str | Path,
+    out: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    save_scores: bool = False,
+    overlays: int = 0,
+    resume: bool = False,
+    limit: int | None = None,
+    image_batch: int = 1,
+    num_workers: int = 0,
+    report: bool = True,
+) -> FolderResult:
+    """Segment every image under ``folder`` into ``out`` (layout and rules: the module docstring).
+
+    Args:
+        segmentor: a :class:`lposs.Predictor` (``lposs.load``) or a :class:`lposs.Segmentor` with its classes set.
+        folder: the images; searched recursively.
+        out: the output folder: new or empty, or made by an earlier run of the same images, classes and settings
+            when ``resume``.
+        classes: the class names for legends and ``run.json`` (default: the predictor's; for a bare segmentor,
+            ``class 0``, ``class 1``, ...).
+        save_scores: also write ``[C, H, W]`` float16 class scores (``.npy``).
+        overlays: write overlays for the first N images.
+        resume: add only the outputs that ``out`` lacks.
+        limit: only the first N images (quick checks).
+        others: as :func:`run_folder`. Under torchrun (a process group is initialised) each rank segments its share.
+
+    Returns:
+        A :class:`FolderResult`: images, segmented, complete_before, failed ``[(path, why)]``, seconds.
+    """
+    inner = getattr(segmentor, "segmentor", segmentor)  # a Predictor holds its Segmentor
+    num_classes = int(inner.backbones.alias_to_class.max()) + 1
+    classes = list(classes or getattr(segmentor, "classes", None) or [f"class {i}" for i in range(num_classes)])
+    if len(classes) != num_classes:
+        raise ValueError(f"segment_folder: {len(classes)} class names for a segmentor of {num_classes} classes")
+    config = getattr(segmentor, "config", None)  # a Predictor's resolved config
+    model = None if config is None else OmegaConf.to_container(config.model, resolve=True)
+    settings = settings_record(inner.settings, model)
+    options = {"resume": resume, "save_scores": save_scores, "overlays": overlays, "limit": limit}
+    plan = plan_folder(folder, out, classes, settings, **options)
+    return run_folder(inner, plan, image_batch=image_batch, num_workers=num_workers, report=report)
