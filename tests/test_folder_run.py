@@ -1,18 +1,22 @@
 """Segmenting a folder of unlabelled images (lposs/evaluation/folder_run.py, main_eval.py --images): every output,
-the no-lost-results rules, the Python API, two gloo ranks, and --resume after a SIGKILL."""
+the no-lost-results rules, the Python API, two gloo ranks, and --resume after a SIGKILL.
+
+The ranks and the killed run are real processes, forked from the test process: they share its imported modules
+and its random-weight backbones copy-on-write, so that they start at once instead of in ten seconds each.
+"""
 
 import os
 import signal
-import subprocess
 import sys
+import time
+import traceback
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_faults import ENV, beside
+from test_faults import beside, free_port
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
-    REPO_ROOT,
     SMALL,
     TINY,
     assert_one_line_error,
@@ -27,14 +31,14 @@ from lposs.evaluation.config import load_config
 from lposs.models import LPOSSBackbones
 
 CLASSES = "sky;cloud,tree,person"
-# Sorted by path: the run's order. broken.jpg is the third: rank 0's second image under two ranks.
-IMAGES = {"a/b/x2.png": (50, 36), "a/x1.jpg": (40, 60), "y.png": (48, 48), "z.jpg": (36, 52)}
-ORDER = ["a/b/x2.png", "a/x1.jpg", "broken.jpg", "y.png", "z.jpg"]
+# Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png: under two ranks rank 0 takes the first
+# and the third (the broken one), rank 1 the second and the fourth.
+IMAGES = {"a/b/x2.png": (50, 36), "a/x1.jpg": (40, 60), "y.png": (48, 48)}
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """Four images in sub-folders, a corrupt JPEG, and files that are not images (skipped)."""
+    """Three images in sub-folders, a corrupt JPEG, and files that are not images (skipped)."""
     folder = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
     for name, (h, w) in IMAGES.items():
@@ -99,9 +103,9 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
     out = tmp_path / "out"
     assert run(folder_args(photos, out, "--save_scores", "--save_visualisations", "1")) == 0
     printed = capsys.readouterr()
-    assert f"5 images: 4 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
+    assert f"4 images: 3 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
     assert f"skipped: cannot read image {photos}/broken.jpg" in printed.err
-    assert "rank 0/1: 100% 5/5" in printed.err and "images/s]" in printed.err  # the progress line, at its end
+    assert "rank 0/1: 100% 4/4" in printed.err and "images/s]" in printed.err  # the progress line, at its end
     assert_labels_equal(out, labels)  # equal to the one-image API, image by image
     for name in IMAGES:
         png = Image.open(out / "labels" / (os.path.splitext(name)[0] + ".png"))
@@ -124,7 +128,7 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
     assert outputs_of(out) == before
     # --resume with the same classes and settings: nothing to redo, no finished file rewritten
     assert run(folder_args(photos, out, "--resume", "--save_scores", "--save_visualisations", "1")) == 0
-    assert "5 images: 0 segmented, 4 already complete (--resume), 1 skipped" in capsys.readouterr().out
+    assert "4 images: 0 segmented, 3 already complete (--resume), 1 skipped" in capsys.readouterr().out
     assert outputs_of(out) == before
 
 
@@ -135,63 +139,89 @@ def test_segment_folder_from_python(photos, reference, tmp_path):
     first = lposs.segment_folder(predictor, photos, out, limit=2, report=False)
     assert (first.images, first.segmented, first.complete_before, first.failed) == (2, 2, 0, [])
     rest = lposs.segment_folder(predictor, photos, out, resume=True, report=False)
-    assert (rest.images, rest.segmented, rest.complete_before) == (5, 2, 2)
+    assert (rest.images, rest.segmented, rest.complete_before) == (4, 1, 2)
     assert [path for path, _ in rest.failed] == ["broken.jpg"] and "cannot read image" in rest.failed[0][1]
     assert_labels_equal(out, labels)
 
 
+def forked(function, log):
+    """Start ``function()`` in a forked child whose output goes to the file ``log``; its PID. The child exits with
+    what ``function`` returns (99 on an exception) and never returns into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            sys.stdout = sys.stderr = open(log, "w", buffering=1)
+            torch.set_num_threads(1)  # the parent's OpenMP threads are not in the child
+            code = function()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return pid
+
+
+def exit_codes(pids, seconds=300):
+    """Wait for the children; their exit codes (-N: killed by signal N). Kills them all after ``seconds``."""
+    deadline, codes = time.monotonic() + seconds, {}
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in set(pids) - set(codes):
+        os.kill(pid, signal.SIGKILL)
+        codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return [codes[pid] for pid in pids]
+
+
 def test_two_gloo_ranks_cover_each_image_exactly_once(photos, reference, tmp_path):
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "main_eval.py"]
-    done = subprocess.run(
-        [*command, *folder_args(photos, out)], cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    # rank 0 takes images 0, 2, 4 (broken.jpg among them), rank 1 images 1, 3: 5 tasks, each on one rank
-    assert "rank 0/2: 100% 3/3" in done.stderr and "rank 1/2: 100% 2/2" in done.stderr
-    assert "5 images: 4 segmented, 1 skipped" in done.stdout  # 4 segmentations over both ranks, 4 outputs below
-    assert_labels_equal(out, reference[1])
+    out, port = tmp_path / "out", str(free_port())
+
+    def rank(r):
+        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        return run(folder_args(photos, out, "dist_timeout=60"))
+
+    logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+    codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
+    printed = [log.read_text() for log in logs]
+    assert codes == [0, 0], printed
+    # rank 0 takes images 0 and 2 (broken.jpg), rank 1 images 1 and 3: 4 tasks, each on one rank
+    assert "rank 0/2: 100% 2/2" in printed[0] and "rank 1/2: 100% 2/2" in printed[1]
+    assert "4 images: 3 segmented, 1 skipped" in printed[0]  # 3 segmentations over both ranks, 3 outputs below
+    assert_labels_equal(out, reference[1])  # and the very maps of one process
     skipped = (out / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith("broken.jpg\t")
 
 
-# A child run that is SIGKILLed as it renames the label map of its third segmented image into place: the
-# temporary file is written, the rename never happens.
-CHILD = """
-import os, signal, sys
-from lposs.evaluation import reporting
-renames, real = [], os.replace
-def replace(src, dst):
-    if "/labels/" in str(dst):
-        renames.append(dst)
-        if len(renames) == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real(src, dst)
-reporting.os.replace = replace
-from lposs.cli import main_eval
-sys.exit(main_eval.main(main_eval.parse_args(sys.argv[1:])))
-"""
-
-
 def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images(photos, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, *folder_args(photos, out, "--image_batch", "1")],
-        cwd=REPO_ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+
+    def killed_at_the_second_label_map():
+        renames, real = [], os.replace
+
+        def replace(src, dst):  # the temporary file is written; SIGKILL instead of its rename into place
+            renames.append(dst) if "/labels/" in str(dst) else None
+            if len(renames) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+
+        os.replace = replace
+        return run(folder_args(photos, out, "--image_batch", "1"))
+
+    log = tmp_path / "killed.log"
+    assert exit_codes([forked(killed_at_the_second_label_map, log)]) == [-signal.SIGKILL], log.read_text()
     finished = {path: state for path, state in outputs_of(out).items() if not path.name.startswith(".")}
-    assert sorted(p.relative_to(out).as_posix() for p in finished) == ["labels/a/b/x2.png", "labels/a/x1.png"]
-    temporary = [p.name for p in (out / "labels").iterdir() if p.name.startswith(".y.png.")]
+    assert sorted(p.relative_to(out).as_posix() for p in finished) == ["labels/a/b/x2.png"]
+    temporary = [p.name for p in (out / "labels" / "a").iterdir() if p.name.startswith(".x1.png.")]
     assert len(temporary) == 1 and temporary[0].endswith(".tmp")  # whole files or temporaries, never half a file
     assert beside(out) == [".out.lock"]
     assert run(folder_args(photos, out, "--resume")) == 0
     printed = capsys.readouterr()
-    assert "5 images: 2 segmented, 2 already complete (--resume), 1 skipped" in printed.out
+    assert "4 images: 2 segmented, 1 already complete (--resume), 1 skipped" in printed.out
     assert f"took over the lock of {out} left by PID" in printed.err
     assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
     assert not list(out.rglob(".*")) and beside(out) == []
