@@ -43,7 +43,7 @@ def _dataset_file(key: str) -> DatasetFile | None:
     spec = resolve_dataset_file(key)
     if spec is None:
         raise DatasetError(
-            f"unknown dataset {key!r}; expected one of {', '.join(DATASET_KEYS)}, a dataset file (.yaml) or the "
+            f"unknown dataset key {key!r}; valid keys: {', '.join(DATASET_KEYS)}, a dataset file (.yaml) or the "
             f"name of one in {user_dataset_folder()} (docs/datasets.md, section 'Your own dataset')"
         )
     if spec.name in DATASET_KEYS:

@@ -6,8 +6,8 @@ Usage::
     result = lposs.segment_folder(seg, "photos/", "out/", save_scores=True, overlays=10, resume=True)
     print(result.segmented, result.failed)
 
-Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; rank ``r`` of ``W``
-takes images ``r, r + W, ...``. For ``photos/a/b.jpg`` it writes, as soon as the image is done:
+Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; of the images whose
+outputs are not complete yet, rank ``r`` of ``W`` takes the ``r``-th, the ``(r + W)``-th, ... For ``photos/a/b.jpg`` it writes, as soon as the image is done:
 
 - ``out/labels/a/b.png``: palette PNG at the image's size, pixel value = class index;
 - ``out/scores/a/b.npy`` (``save_scores``): ``[C, H, W]`` float16 class scores;
@@ -284,13 +284,13 @@ def _segment_share(
     return segmented, failed
 
 
-def _gathered(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Every rank's failures, sorted by path (one collective)."""
+def _gathered(items: list) -> list:
+    """Every rank's ``items``, merged and sorted (one collective; ``sorted(items)`` without torch.distributed)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return sorted(failed)
+        return sorted(items)
     check_peers()
     everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, failed)
+    dist.all_gather_object(everyone, items)
     return sorted(item for part in everyone for item in part)
 
 
@@ -327,12 +327,13 @@ def run_folder(
         error = broadcast_from_main(error)
         if error is not None:
             raise error
-        share = list(range(rank, len(plan.images), world))
-        todo = [index for index in share if plan.missing(index)]
+        # Each rank checks every world-th image; the images still to do are then dealt out afresh, so that the
+        # ranks of a resumed run get equal shares of what is left, whichever ranks finished theirs before.
+        pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
         options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
-        segmented, failed = _segment_share(segmentor, plan, todo, options)
+        segmented, failed = _segment_share(segmentor, plan, pending[rank::world], options)
         device = _reduction_device(segmentor)
-        counts = all_reduce_sum(np.array([len(share) - len(todo), segmented], np.float64), device)
+        segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
         seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
         failed = _gathered(failed)
         if rank == 0:
@@ -340,7 +341,7 @@ def run_folder(
     finally:
         for lock in locks:
             lock.release()
-    return FolderResult(len(plan.images), int(counts[1]), int(counts[0]), failed, seconds)
+    return FolderResult(len(plan.images), segmented, len(plan.images) - len(pending), failed, seconds)
 
 
 def _record_failures(out: Path, failed: list[tuple[str, str]]) -> None:
