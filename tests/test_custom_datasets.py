@@ -184,18 +184,20 @@ def test_a_label_only_a_full_read_can_judge_stops_the_run_with_earlier_results_u
         Image.fromarray(values.astype(np.float32)).save(tmp_path / "labels" / f"{name}.tif")
         (tmp_path / "labels" / f"{name}.png").unlink()
     out = tmp_path / "out"
-    args = ["maskclip.yaml", "--dataset", str(path), "--output", str(out), *SMALL, *TINY]
-    assert run(args) == 0
-    record = json.loads((out / "results.json").read_text())
-    assert (
-        record["dataset"] == "mydata" and record["num_images"] == 2 and list(record["IoU"]) == ["sky", "tree", "road"]
-    )
+    args = ["lposs.yaml", "--dataset", str(path), "--output", str(out), "--sweep", "k=5,7", *SMALL, *TINY]
+    assert run(args) == 0  # a sweep over a dataset file, as over a benchmark
+    for setting in ("k=5", "k=7"):
+        record = json.loads((out / setting / "mydata" / "results.json").read_text())
+        assert record["dataset"] == "mydata" and record["num_images"] == 2
+        assert list(record["IoU"]) == ["sky", "tree", "road"] and record["config"]["k"] == int(setting[2:])
     before = snapshot(out)
     fractional = raw[SORTED[0]].astype(np.float32)
     fractional[5, 7] = 1.5
     Image.fromarray(fractional).save(tmp_path / "labels" / f"{SORTED[0]}.tif")
     assert_one_line_error(
-        capsys, run([*args, "k=7"]), f"label {tmp_path}/labels/{SORTED[0]}.tif holds non-integer values (e.g. 1.5)"
+        capsys,
+        run([*args, "alpha=0.9"]),
+        f"label {tmp_path}/labels/{SORTED[0]}.tif holds non-integer values (e.g. 1.5)",
     )
     assert snapshot(out) == before
 

@@ -27,6 +27,7 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 
 import lposs
 from lposs.api import Predictor
+from lposs.cli import main_eval
 from lposs.evaluation.config import load_config
 from lposs.models import LPOSSBackbones
 
@@ -226,3 +227,24 @@ def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images
     assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
     assert not list(out.rglob(".*")) and beside(out) == []
     assert_labels_equal(out, reference[1])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--images", "p", "--save_predictions", "o"], "--images needs --classes"),
+        (["--images", "p", "--classes", "a"], "--images needs --save_predictions"),
+        (
+            ["--images", "p", "--classes", "a", "--save_predictions", "o", "--dataset", "voc"],
+            "--dataset does not apply",
+        ),
+        (["--images", "p", "--classes", "a", "--save_predictions", "o", "--output", "r"], "--output does not apply"),
+        (["--images", "p", "--classes", "a", "--save_predictions", "o", "--sweep", "k=1,2"], "--sweep does not apply"),
+        (["--dataset", "voc", "--classes", "a"], "--classes goes with --images"),
+        (["--dataset", "voc", "--save_scores"], "--save_scores goes with --images"),
+    ],
+)
+def test_the_flags_of_the_folder_mode_go_together(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main_eval.parse_args(["lposs_plus.yaml", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
