@@ -149,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
         if error.errno not in _WRITE_ERRORS:
             raise
         path = error.filename or "an output file"
+        if args.images is not None:  # a folder run writes each image's files as it goes, no staging
+            return _fault(f"cannot write {path}: {error.strerror}; the images done so far stay (finish with --resume)")
         return _fault(f"cannot write {path}: {error.strerror}; staging removed, earlier results unchanged")
     except ValueError as error:  # bad model names, patch sizes, pretrained tags (models.ModelConfigError)
         if type(error).__name__ != "ModelConfigError":

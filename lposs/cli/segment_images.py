@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from lposs.datasets.class_lists import parse_class_argument
 from lposs.evaluation.device import apply_precision
-from lposs.evaluation.folder_run import SKIPPED, FolderResult, plan_folder, run_folder, settings_record
+from lposs.evaluation.folder_plan import SKIPPED, FolderResult, plan_folder, settings_record
+from lposs.evaluation.folder_run import run_folder
 from lposs.evaluation.loop import is_main_process
 from lposs.evaluation.preflight import prepare_device
 from lposs.evaluation.runner import make_deterministic

@@ -17,8 +17,8 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.distributed`, :mod:`evaluation.interrupts`: a dead or stalled rank named within
   ``dist_timeout``, SIGTERM handled like Ctrl-C;
 - :mod:`evaluation.visualise`: palettes and overlays;
-- :mod:`evaluation.folder_run`: label maps for a folder of unlabelled images (``segment_folder``), resumable,
-  one share per rank.
+- :mod:`evaluation.folder_plan`, :mod:`evaluation.folder_run`: label maps for a folder of unlabelled images
+  (``segment_folder``), checked first, resumable, one share per rank.
 
 Names are imported on first use, so that ``from evaluation.config import load_config`` does not pull in
 mmsegmentation through the data loading of the loop.

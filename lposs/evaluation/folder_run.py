@@ -7,7 +7,8 @@ Usage::
     print(result.segmented, result.failed)
 
 Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; of the images whose
-outputs are not complete yet, rank ``r`` of ``W`` takes the ``r``-th, the ``(r + W)``-th, ... For ``photos/a/b.jpg`` it writes, as soon as the image is done:
+outputs are not complete yet, rank ``r`` of ``W`` takes the ``r``-th, the ``(r + W)``-th, ... For
+``photos/a/b.jpg`` it writes, as soon as the image is done:
 
 - ``out/labels/a/b.png``: palette PNG at the image's size, pixel value = class index;
 - ``out/scores/a/b.npy`` (``save_scores``): ``[C, H, W]`` float16 class scores;
@@ -22,14 +23,12 @@ one line and listed in ``out/skipped.txt``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,153 +41,26 @@ from tqdm import tqdm
 
 from lposs.datasets import DatasetError
 from lposs.datasets.class_lists import display_names
-from lposs.datasets.image_files import ImageReadError, image_suffixes, list_image_files, load_image
-from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.datasets.image_files import ImageReadError, load_image
+from lposs.segmentation import Segmentor
 from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
+from .folder_plan import (
+    RUN_RECORD,
+    SKIPPED,
+    FolderPlan,
+    FolderResult,
+    earlier_outputs_problem,
+    plan_folder,
+    settings_record,
+)
 from .loop import _all_reduce, _die_with_parent, _rank_and_world, _reduction_device, all_reduce_sum
-from .output_checks import check_output_locations
-from .reporting import TEMPORARY_NAME, atomic_target, atomic_write_text
+from .reporting import TEMPORARY_NAME, atomic_target
 from .run_output import broadcast_from_main, lock_outputs
 from .visualise import overlay_figure, palette, save_png
 
 __all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
-
-RUN_RECORD = "run.json"  # what the folder was made from; --resume checks it
-SKIPPED = "skipped.txt"  # images that could not be decoded, one "path<TAB>why" line each
-_KINDS = {"labels": ".png", "scores": ".npy", "overlays": ".png"}
-
-
-@dataclass
-class FolderPlan:
-    """A checked folder run: what to segment, with which classes, and where the outputs go."""
-
-    folder: Path  # the images (absolute)
-    out: Path  # the outputs (absolute)
-    images: list[Path]  # relative to folder, in the run's order
-    classes: list[str]
-    record: dict  # run.json: images, classes, settings (and model) of the run
-    resume: bool = False
-    save_scores: bool = False
-    overlays: int = 0  # overlays of the first N images
-
-    def output(self, kind: str, image: Path) -> Path:
-        """``out/<kind>/<image path with the kind's suffix>`` (kind: labels, scores or overlays)."""
-        return self.out / kind / image.with_suffix(_KINDS[kind])
-
-    def wanted(self, index: int) -> list[str]:
-        """The kinds of output image ``index`` gets."""
-        return ["labels"] + (["scores"] if self.save_scores else []) + (["overlays"] if index < self.overlays else [])
-
-    def missing(self, index: int) -> list[str]:
-        """The kinds of output image ``index`` still lacks (files are renamed into place whole: there means done)."""
-        return [kind for kind in self.wanted(index) if not self.output(kind, self.images[index]).is_file()]
-
-
-@dataclass
-class FolderResult:
-    """What a folder run did, over all ranks."""
-
-    images: int  # images of the run (after ``limit``)
-    segmented: int  # images segmented by this run
-    complete_before: int  # images whose outputs were already complete (``resume``)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (image path relative to the folder, why)
-    seconds: float = 0.0  # wall time of the slowest rank
-
-    @property
-    def images_per_second(self) -> float:
-        return self.segmented / self.seconds if self.seconds > 0 else 0.0
-
-
-def settings_record(settings: SegmentorSettings, model: dict | None = None) -> dict:
-    """What a folder's outputs depend on besides its images and classes (``run.json``): the method's settings
-    (less ``window_batch``, which changes no result) and, when known, the model config."""
-    values = dataclasses.asdict(settings)
-    values.pop("window_batch")
-    return {"settings": values} | ({} if model is None else {"model": model})
-
-
-def _earlier_outputs_problem(out: Path, record: dict, resume: bool) -> str | None:
-    """Why ``out`` cannot take this run's outputs (one line), or None: new runs need an empty folder, and
-    ``resume`` one made by a run with the same images, classes and settings."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    if not resume:
-        return (
-            f"--save_predictions {out} already holds files: add --resume to complete the run that wrote them, "
-            "or choose an empty or new folder (a new run never mixes its outputs with older ones)"
-        )
-    try:
-        earlier = json.loads((out / RUN_RECORD).read_text())
-    except (OSError, ValueError):
-        return f"--resume: {out} holds files but no readable {RUN_RECORD}: it was not made by a folder run"
-    for key in record:
-        if earlier.get(key) != record[key]:
-            return (
-                f"--resume: {out / RUN_RECORD} records other {key} ({earlier.get(key)!r}); this run has "
-                f"{record[key]!r}: choose another folder"
-            )
-    return None
-
-
-def _checked_listing(folder: Path, out: Path, limit: int | None) -> list[Path]:
-    """The images of ``folder`` (see :func:`lposs.datasets.image_files.list_image_files`), checked."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--images {folder}: no such folder")
-    if out == folder or folder in out.parents:
-        raise DatasetError(f"--save_predictions {out} is inside --images {folder}: its outputs would be read as images")
-    images = list_image_files(folder)[:limit]
-    if not images:
-        raise DatasetError(f"--images {folder} holds no image files ({', '.join(sorted(image_suffixes()))})")
-    seen: dict[Path, Path] = {}
-    for image in images:
-        other = seen.setdefault(image.with_suffix(""), image)
-        if other != image:
-            raise DatasetError(
-                f"--images {folder}: {other} and {image} would write the same {image.with_suffix('.png')}; rename one"
-            )
-    return images
-
-
-def plan_folder(
-    folder: str | Path,
-    out: str | Path,
-    classes: Sequence[str],
-    settings: dict,
-    *,
-    resume: bool = False,
-    save_scores: bool = False,
-    overlays: int = 0,
-    limit: int | None = None,
-) -> FolderPlan:
-    """Check a folder run before any weights load (rank 0 lists and checks; every rank gets the plan or the error).
-
-    Args:
-        settings: what the outputs depend on besides the classes (``run.json``; ``resume`` needs it equal).
-
-    Raises:
-        FileNotFoundError, DatasetError, OutputLocationError: one line: no such folder, no image in it, two images
-            with one output name, ``out`` inside the folder, unwritable, or holding files a new run or ``resume``
-            must not mix with.
-    """
-    folder, out = Path(folder).absolute(), Path(out).absolute()
-    record = {"images": str(folder), "classes": list(classes), **settings}
-    plan, error = None, None
-    if _rank_and_world()[0] == 0:
-        try:
-            images = _checked_listing(folder, out, limit)
-            check_output_locations([("--save_predictions", out.parent), ("--save_predictions", out)])
-            problem = _earlier_outputs_problem(out, record, resume)
-            if problem is not None:
-                raise DatasetError(problem)
-            plan = FolderPlan(folder, out, images, list(classes), record, resume, save_scores, overlays)
-        except (OSError, ValueError) as failure:
-            error = failure
-    plan, error = broadcast_from_main((plan, error))
-    if error is not None:
-        raise error
-    return plan
 
 
 class _Images(Dataset):
@@ -218,7 +90,7 @@ def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) 
     labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
     if "scores" in missing:
         with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, scores.cpu().numpy().astype(np.float16))
+            np.save(handle, scores.to(torch.float16).cpu().numpy())
     if "overlays" in missing:
         figure = overlay_figure(sample["image"], labels, display_names(plan.classes), colours)
         save_png(plan.output("overlays", image), figure)
@@ -226,9 +98,15 @@ def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) 
         save_png(plan.output("labels", image), labels, colours)
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file whole, under a temporary name that a later run recognises (:data:`TEMPORARY_NAME`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
+
+
 def _prepare_outputs(plan: FolderPlan) -> None:
     """Rank 0, holding the lock: check the folder again, remove temporaries of killed runs, write run.json."""
-    problem = _earlier_outputs_problem(plan.out, plan.record, plan.resume)
+    problem = earlier_outputs_problem(plan.out, plan.record, plan.resume)
     if problem is not None:
         raise DatasetError(problem)
     if plan.out.is_dir():
@@ -236,7 +114,7 @@ def _prepare_outputs(plan: FolderPlan) -> None:
             for name in files:
                 if TEMPORARY_NAME.fullmatch(name):
                     os.unlink(os.path.join(root, name))
-    atomic_write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
+    _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 
 def _progress(total: int, report: bool) -> tqdm:
@@ -347,7 +225,7 @@ def run_folder(
 def _record_failures(out: Path, failed: list[tuple[str, str]]) -> None:
     """``out/skipped.txt``: one ``path<TAB>why`` line per image this run could not decode (removed when none)."""
     if failed:
-        atomic_write_text(out / SKIPPED, "".join(f"{path}\t{why}\n" for path, why in failed))
+        _write_text(out / SKIPPED, "".join(f"{path}\t{why}\n" for path, why in failed))
     else:
         (out / SKIPPED).unlink(missing_ok=True)
 
