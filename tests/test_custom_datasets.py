@@ -222,8 +222,10 @@ def test_the_worked_example_of_the_docs(tmp_path, monkeypatch):
     _, raw = make_user_dataset(root, yaml_text, values=(0, 4))  # 0 unlabelled, 1..3 the classes, 255 ignored
     assert command[:2] == ["python", "main_eval.py"]
     monkeypatch.chdir(tmp_path)
-    assert run([*command[2:], "--save_predictions", "pred", *SMALL, *TINY]) == 0
+    assert run([*command[2:], "--save_predictions", "pred", "--save_visualisations", "1", *SMALL, *TINY]) == 0
     out = Path(command[command.index("--output") + 1])
+    overlays = [p.relative_to(out / "visualisations").as_posix() for p in (out / "visualisations").rglob("*.png")]
+    assert overlays == ["site_b/0002.png"]  # the first image of the split, in its sub-folder as its prediction
     record = json.loads((out / "results.json").read_text())
     assert list(record["IoU"]) == ["sky", "tree", "road"] and record["boundary_mIoU"] is not None
     assert json.loads((out / "summary.json").read_text())["datasets"] == ["mydata"]

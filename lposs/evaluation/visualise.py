@@ -219,7 +219,8 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
 
 
 class OverlayWriter:
-    """Writes ``folder/<image stem>.png``: prediction and label overlays side by side, plus a legend.
+    """Writes ``folder/<image path>.png`` (sub-folders kept, as the predictions): prediction and label overlays side
+    by side, plus a legend.
 
     Called as ``writer(index, image, prediction, label)`` by ``evaluation.loop.evaluate``; only the
     first ``limit`` calls write a file. Colours come from ``dataset.PALETTE`` when it has one.
@@ -242,6 +243,6 @@ class OverlayWriter:
         panels = [("prediction", overlay(image, prediction, colours)), ("label", overlay(image, label, colours))]
         present = sorted(set(present_classes(prediction, names)) | set(present_classes(label, names)))
         figure = draw_legend(side_by_side(panels), names, present, colours)
-        path = self.folder / f"{Path(self.dataset.img_infos[index]['filename']).stem}.png"
+        path = self.folder / Path(self.dataset.img_infos[index]["filename"]).with_suffix(".png")
         save_png(path, figure)
         return path
