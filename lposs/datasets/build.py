@@ -115,10 +115,10 @@ def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
     the returned dataset has ``reduce_zero_label=False`` and a label loader that reduces.
 
     Raises:
-        DatasetError: unknown key, or no image found.
+        DatasetError: unknown key, or no image found; for a dataset file also a bad file, or the first sample whose
+            label is missing, unreadable, RGB without a palette, or not its image's size
+            (``lposs.datasets.user_dataset.check_samples``).
         FileNotFoundError: the dataset's image or label folder, or its split file, is missing.
-        DatasetError: for a dataset file also a bad file or the first sample whose label is missing, unreadable,
-            RGB without a palette, or not its image's size (``lposs.datasets.user_dataset.check_samples``).
     """
     spec = _dataset_file(key)
     if spec is not None:
