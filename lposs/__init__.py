@@ -7,6 +7,7 @@ The one-line API::
     labels = seg.predict(image)         # np.ndarray [H, W] int64 class indices
     scores = seg.predict_scores(image)  # torch.Tensor [C, H, W] float32
 
+A folder of images, resumable, on every rank torchrun starts: ``lposs.segment_folder(seg, "photos/", "out/")``.
 The engine: ``from lposs import Segmentor, SegmentorSettings, propagate_patches, propagate_pixels``.
 Subpackages, one floor each (imports only go down): :mod:`lposs.cli` (entry points) -> :mod:`lposs.evaluation`
 (the run) -> :mod:`lposs.segmentation` (the method) -> :mod:`lposs.models`, :mod:`lposs.datasets`.
@@ -27,6 +28,7 @@ _HOMES = {
     "SegmentorSettings": "lposs.segmentation",
     "propagate_patches": "lposs.segmentation",
     "propagate_pixels": "lposs.segmentation",
+    "segment_folder": "lposs.evaluation.folder_run",
 }
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "load",
     "propagate_patches",
     "propagate_pixels",
+    "segment_folder",
 ]
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lposs.cli.demo import load_image, pick_device, to_rgb_array
+from lposs.cli.demo import pick_device
+from lposs.datasets.image_files import load_image, to_rgb_array
 from lposs.evaluation.config import load_config
 from lposs.evaluation.device import apply_precision
 from lposs.models import LPOSSBackbones, check_model_config

@@ -1,4 +1,4 @@
-"""Tiny generated datasets in the SPEC section 3 layouts, for dataset and end-to-end tests."""
+"""Tiny generated datasets in the SPEC section 3 layouts and users' own layouts, for dataset and end-to-end tests."""
 
 import numpy as np
 from PIL import Image
@@ -113,3 +113,40 @@ def expected_label(raw, reduce_zero_label):
     if reduce_zero_label:
         out = np.where((raw == 0) | (raw == 255), 255, out - 1)
     return out
+
+
+# A user's own dataset (docs/datasets.md, "Your own dataset"): images in sub-folders, labels beside them in the
+# same tree, a dataset file. Names sort differently from their split order, as in NAMES above.
+USER_NAMES = ("site_b/0002", "site_a/0001")
+USER_SHAPES = {"site_b/0002": (64, 40), "site_a/0001": (37, 53)}
+
+
+def make_user_dataset(root, text, names=USER_NAMES, values=(0, 3), palette=None, split=None):
+    """Write images and labels under ``root`` and the dataset file ``root/mydata.yaml`` holding ``text``.
+
+    Images go to ``root/images/<name>.jpg``, labels to ``root/labels/<name>.png``: label values drawn from
+    ``range(*values)`` plus 255, or, with ``palette`` (value -> colour), RGB labels of those values' colours.
+
+    Returns:
+        the dataset file's path, and each name's ``[H, W]`` label values (before any conversion).
+    """
+    raw = {}
+    for i, name in enumerate(names):
+        h, w = USER_SHAPES[name]
+        image, label = root / "images" / f"{name}.jpg", root / "labels" / f"{name}.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        label.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(two_colour_image(h, w)).save(image, quality=100)
+        raw[name] = np.random.default_rng(i).integers(*values, size=(h, w)).astype(np.uint8)
+        raw[name][:4, :6] = 255
+        if palette is None:
+            Image.fromarray(raw[name]).save(label)
+        else:
+            lookup = np.zeros((256, 3), np.uint8)
+            for value, colour in palette.items():
+                lookup[value] = colour
+            Image.fromarray(lookup[raw[name]]).save(label)
+    if split is not None:
+        (root / split).write_text("".join(f"{n}\n" for n in names))
+    (root / "mydata.yaml").write_text(text)
+    return root / "mydata.yaml", raw

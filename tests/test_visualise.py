@@ -117,7 +117,8 @@ def test_overlay_writer_limit_names_and_dataset_palette(tmp_path):
     label[:10] = 255
     paths = [writer(i, image, prediction, label) for i in range(3)]
     assert paths[2] is None
-    assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["a_leftImg8bit.png", "b.png"]
+    written = sorted(p.relative_to(tmp_path / "vis").as_posix() for p in (tmp_path / "vis").rglob("*.png"))
+    assert written == ["b.png", "city/a_leftImg8bit.png"]  # sub-folders kept: equal stems in two folders stay apart
     figure = np.asarray(Image.open(paths[0]).convert("RGB"))
     # bottom-left block: the prediction overlay in the dataset's colours
     dataset_colours = [tuple(c) for c in FakeDataset.PALETTE]

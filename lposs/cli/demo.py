@@ -35,15 +35,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm import tqdm
 
+from lposs.datasets import DatasetError
+from lposs.datasets.class_lists import display_names, parse_class_argument
+from lposs.datasets.image_files import ImageReadError, image_suffixes, load_image, to_rgb_array
 from lposs.evaluation.config import ConfigError, load_config
 from lposs.evaluation.device import apply_precision, make_current
 from lposs.evaluation.visualise import (
     Colour,
     draw_legend,
     overlay,
+    overlay_figure,
     palette,
     present_classes,
     save_png,
@@ -55,17 +59,25 @@ METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
 HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
 COMPARE_SIDE = 1024  # long side of each --compare panel, so that large photos give a viewable figure
-# Extensions a folder is searched for (kept to those this Pillow can open, see `image_suffixes`).
-COMMON_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".tif", ".tiff")
-COMMON_IMAGE_SUFFIXES += (".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".qoi")
+__all__ = [  # the image helpers live in lposs.datasets.image_files; named here for the app and lposs.api
+    "ClassListError",
+    "ImageReadError",
+    "ImageSegmenter",
+    "collect_images",
+    "display_names",
+    "load_image",
+    "main",
+    "overlay_figure",
+    "parse_args",
+    "parse_classes",
+    "pick_device",
+    "segment_files",
+    "to_rgb_array",
+]
 
 
 class ClassListError(ValueError):
     """A ``--classes`` string that cannot be used."""
-
-
-class ImageReadError(ValueError):
-    """An image file that exists but cannot be decoded."""
 
 
 class InputFilesError(ValueError):
@@ -100,85 +112,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_classes(text: str) -> list[str]:
-    """``"cat,dog,sky;cloud"`` -> ``["cat", "dog", "sky;cloud"]`` with spaces around names removed.
+    """``"cat,dog,sky;cloud"`` (or the path of a class file, one class per line) -> ``["cat", "dog", "sky;cloud"]``,
+    spaces around names removed.
 
     Raises:
         ClassListError: no class, an empty class or alias name, or a name used twice (case-insensitive).
     """
-    if not text.strip():
-        raise ClassListError('--classes is empty: give comma-separated class names, e.g. --classes "cat,dog,sky;cloud"')
-    classes, seen = [], {}
-    for position, item in enumerate(text.split(","), start=1):
-        aliases = [alias.strip() for alias in item.split(";")]
-        if not all(aliases):
-            raise ClassListError(
-                f"--classes {text!r}: class {position} ({item.strip()!r}) has an empty name; "
-                "separate classes with ',' and aliases with ';'"
-            )
-        for alias in aliases:
-            if alias.lower() in seen:
-                raise ClassListError(
-                    f"--classes {text!r}: {alias!r} is given twice (classes {seen[alias.lower()]} "
-                    f"and {position}); every class and alias name must be unique"
-                )
-            seen[alias.lower()] = position
-        classes.append(";".join(aliases))
-    if len(classes) > 255:
-        raise ClassListError(f"--classes has {len(classes)} classes; at most 255 fit in the labels PNG")
-    return classes
-
-
-def display_names(classes: Sequence[str]) -> list[str]:
-    """Legend name of each class: its first alias."""
-    return [name.split(";")[0] for name in classes]
-
-
-def _to_uint8(values: np.ndarray, limits: Sequence[float] = (255.0, 65535.0)) -> np.ndarray:
-    """Pixels of more than 8 bits -> uint8, scaled by the first of ``limits`` that holds them all (else their max)."""
-    values = values.astype(np.float64)
-    top = float(values.max(initial=0.0))
-    scale = next((limit for limit in limits if top <= limit), top) or 1.0
-    return np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8)
-
-
-def to_rgb_array(picture: Image.Image) -> np.ndarray:
-    """Any PIL image -> ``[H, W, 3]`` uint8 RGB: EXIF rotation applied, transparency composited on white,
-    16-bit greyscale divided by 257, 32-bit / float greyscale scaled by their range, palette and CMYK converted."""
-    picture = ImageOps.exif_transpose(picture)
-    if picture.mode.startswith(("I", "F")):
-        # I;16*: 16-bit files, full range; I (int32) and F (float) say nothing of the range, so guess it
-        limits = {"I": (255.0, 65535.0), "F": (1.0, 255.0, 65535.0)}.get(picture.mode, (65535.0,))
-        grey = _to_uint8(np.asarray(picture), limits)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    if picture.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in picture.info:
-        rgba = picture.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        picture = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(picture.convert("RGB")))
-
-
-def load_image(path: Path) -> np.ndarray:
-    """Read an image file as ``[H, W, 3]`` uint8 RGB (see :func:`to_rgb_array`).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ImageReadError: the file is not a readable image.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            return to_rgb_array(picture)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"cannot read image {path}: {type(error).__name__}: {error}") from error
-
-
-def image_suffixes() -> set[str]:
-    """File extensions (lower case, with the dot) of images that a folder input contributes."""
-    Image.init()
-    openable = {suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.OPEN}
-    return {suffix for suffix in COMMON_IMAGE_SUFFIXES if suffix in openable}
+        return parse_class_argument(text)
+    except (DatasetError, FileNotFoundError) as error:
+        raise ClassListError(str(error)) from None
 
 
 def _unreadable(path: Path) -> str | None:
@@ -284,13 +227,6 @@ def _fit(image: np.ndarray, long_side: int) -> np.ndarray:
         return image
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-
-
-def overlay_figure(
-    image: np.ndarray, labels: np.ndarray, names: Sequence[str], colours: Sequence[Colour]
-) -> np.ndarray:
-    """``[H, W, 3]`` uint8 image + ``[H, W]`` labels -> overlay with a legend of the classes present (uint8 RGB)."""
-    return draw_legend(overlay(image, labels, colours), names, present_classes(labels, names), colours)
 
 
 def write_outputs(

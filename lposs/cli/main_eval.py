@@ -8,12 +8,17 @@ Usage::
     python main_eval.py lposs.yaml --dataset voc k=200 alpha=0.9 data_root=/data
     python main_eval.py lposs_plus.yaml --dataset voc,context59 --output results/ablation \
         --sweep k=100,200,400 alpha=0.9,0.95 tau=0.005,0.01
+    python main_eval.py lposs_plus.yaml --dataset path/to/mydata.yaml --measure_boundary --output results/mydata
+    torchrun --nproc_per_node=8 main_eval.py lposs_plus.yaml --images photos/ --classes "sky;cloud,tree,person" \
+        --save_predictions out/ --save_scores --resume
 
 Sweeps use Hydra's multirun comma syntax (``--sweep``, or ``-m`` / ``--multirun``): every combination is
 evaluated, and the backbones run once per image for all settings that only change the propagation.
 
 Config files are looked up in ``configs/`` when not given as a path; ``key=value`` overrides follow the flags.
-Datasets: voc, voc20, context, context59, coco_object, coco_stuff, cityscapes, ade20k (or ``all``).
+Datasets: voc, voc20, context, context59, coco_object, coco_stuff, cityscapes, ade20k (or ``all``), and your own:
+a dataset file (``mydata.yaml``, or its name in ``$LPOSS_DATASETS``; docs/datasets.md, section 'Your own dataset').
+``--images DIR`` segments every image under DIR (no labels, no metrics): docs/demo.md, section 'Folders at scale'.
 The method, its constants and the reproduced quirks of the paper's code: docs/method.md.
 """
 
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from lposs.cli.segment_images import check_image_args, run_images
 from lposs.datasets import DATASET_KEYS, DatasetError
 from lposs.evaluation.config import ConfigError
 from lposs.evaluation.distributed import PeerFailure
@@ -47,18 +53,26 @@ _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="config file: lposs.yaml, lposs_plus.yaml, maskclip.yaml or a path")
-    parser.add_argument("--dataset", default="voc", help=f"one of {', '.join(DATASET_KEYS)}, a comma list, or 'all'")
+    parser.add_argument(
+        "--dataset",
+        help=f"one of {', '.join(DATASET_KEYS)}, a dataset file (.yaml) or its name, a comma list, or 'all' (default voc)",
+    )
     parser.add_argument(
         "--measure_boundary", action="store_true", help="also compute Boundary IoU (docs/method.md, Metrics)"
     )
     parser.add_argument("--output", type=Path, help="folder for results.json, the resolved config and the log")
     parser.add_argument("--save_predictions", type=Path, help="folder for one label PNG per image")
     parser.add_argument(
+        "--images", type=Path, metavar="DIR", help="segment every image under DIR (no labels, no metrics)"
+    )
+    parser.add_argument("--classes", help="with --images: comma-separated class names (';' aliases), or a class file")
+    parser.add_argument("--save_scores", action="store_true", help="with --images: also write float16 class scores")
+    parser.add_argument(
         "--save_visualisations",
         type=int,
         default=0,
         metavar="N",
-        help="write prediction/label overlays of the first N images of each dataset (needs --output)",
+        help="write overlays of the first N images of each dataset (needs --output; with --images: OUT/overlays)",
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset (quick checks)")
     parser.add_argument(
@@ -89,7 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.overrides = list(args.overrides) + rest
     if args.save_visualisations < 0:
         parser.error(f"--save_visualisations must be >= 0 (images per dataset), got {args.save_visualisations}")
-    if args.save_visualisations and args.output is None:
+    check_image_args(parser, args)
+    args.dataset = args.dataset or "voc"
+    if args.save_visualisations and args.output is None and args.images is None:
         parser.error("--save_visualisations needs --output (the overlays go to OUTPUT/visualisations)")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be >= 1, got {args.limit}")
@@ -112,8 +128,11 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         with sigterm_raises():
-            plan = preflight(args)  # nothing under --output is touched before this passes
-            run(args, plan)
+            if args.images is not None:
+                run_images(args)  # a folder of unlabelled images: label maps, no metrics
+            else:
+                plan = preflight(args)  # nothing under --output is touched before this passes
+                run(args, plan)
         if is_main_process():
             print(f"done in {time.perf_counter() - start:.1f} s")
     except PublishError as error:
@@ -130,6 +149,8 @@ def main(args: argparse.Namespace) -> int:
         if error.errno not in _WRITE_ERRORS:
             raise
         path = error.filename or "an output file"
+        if args.images is not None:  # a folder run writes each image's files as it goes, no staging
+            return _fault(f"cannot write {path}: {error.strerror}; the images done so far stay (finish with --resume)")
         return _fault(f"cannot write {path}: {error.strerror}; staging removed, earlier results unchanged")
     except ValueError as error:  # bad model names, patch sizes, pretrained tags (models.ModelConfigError)
         if type(error).__name__ != "ModelConfigError":
@@ -144,7 +165,9 @@ def main(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Terminated) as stop:
         swept = "completed settings are in place (finish with --resume), " if args.sweep else ""
         what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-        print(f"{what}: {swept}earlier results under --output are otherwise unchanged", file=sys.stderr)
+        done = f"the images done so far are in {args.save_predictions} (finish with --resume)"
+        earlier = done if args.images is not None else f"{swept}earlier results under --output are otherwise unchanged"
+        print(f"{what}: {earlier}", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -1,4 +1,5 @@
-"""The eight benchmark datasets of LPOSS (mmseg 0.30 test splits) and their label conversion tables.
+"""The eight benchmark datasets of LPOSS (mmseg 0.30 test splits), datasets described by a YAML file
+(:mod:`lposs.datasets.custom`), image files as users have them, and the benchmarks' label conversion tables.
 
 This package must keep the name ``datasets`` (the paper's layout); it is not Hugging Face ``datasets``.
 """
@@ -36,17 +37,23 @@ from .build import (  # noqa: E402
     dataset_config,
     load_image,
     load_label,
+    resolve_keys,
     stray_labels,
 )
+from .custom import DatasetFile, load_dataset_file, user_dataset_folder  # noqa: E402
 from .errors import DatasetError  # noqa: E402
 
 __all__ = [
     "DATASET_KEYS",
     "DatasetError",
+    "DatasetFile",
     "build_dataset",
     "class_names",
     "dataset_config",
+    "load_dataset_file",
     "load_image",
     "load_label",
+    "resolve_keys",
     "stray_labels",
+    "user_dataset_folder",
 ]

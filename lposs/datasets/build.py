@@ -1,7 +1,10 @@
-"""Build the eight benchmark test splits (mmseg 0.30 datasets) and load one image or label from them.
+"""Build the eight benchmark test splits (mmseg 0.30 datasets), or a dataset described by a file, and load one
+image or label from them.
 
-Each dataset is described by ``configs/datasets/<key>.py`` (mmseg config format, loaded with
-``mmcv.Config.fromfile``); its ``data_root`` is relative to the data root given to ``build_dataset``.
+Each benchmark is described by ``configs/datasets/<key>.py`` (mmseg config format, loaded with
+``mmcv.Config.fromfile``); its ``data_root`` is relative to the data root given to ``build_dataset``. Wherever a
+benchmark key is taken, so is a dataset file: its path (``mydata.yaml``) or its name in the user dataset folder
+(:mod:`lposs.datasets.custom`); it is then known by the name it gives.
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import numpy as np
 from mmcv.utils import build_from_cfg
 from mmseg.datasets import DATASETS, CustomDataset
 from mmseg.datasets.pipelines import LoadAnnotations
-from PIL import Image
 
 from . import mmseg_datasets  # noqa: F401  (registers PascalVOCDataset20 and COCOObjectDataset)
+from .custom import DatasetFile, resolve_dataset_file, user_dataset_folder
 from .errors import DatasetError
+from .image_files import decoded_image_size
+from .labels import describe_label_value
+from .user_dataset import build_user_dataset
 
 DATASET_KEYS = ("voc", "voc20", "context", "context59", "coco_object", "coco_stuff", "cityscapes", "ade20k")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "datasets"
 _DOCS_HINT = "see docs/datasets.md, section 'Preparing the datasets'"
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def dataset_config(key: str) -> mmcv.Config:
@@ -32,11 +36,45 @@ def dataset_config(key: str) -> mmcv.Config:
     return mmcv.Config.fromfile(str(CONFIG_DIR / f"{key}.py"))
 
 
+def _dataset_file(key: str) -> DatasetFile | None:
+    """None for a benchmark key; the dataset file that ``key`` names (a path or a name); else a DatasetError."""
+    if key in DATASET_KEYS:
+        return None
+    spec = resolve_dataset_file(key)
+    if spec is None:
+        raise DatasetError(
+            f"unknown dataset key {key!r}; valid keys: {', '.join(DATASET_KEYS)}, a dataset file (.yaml) or the "
+            f"name of one in {user_dataset_folder()} (docs/datasets.md, section 'Your own dataset')"
+        )
+    if spec.name in DATASET_KEYS:
+        raise DatasetError(f"dataset file {spec.source}: name {spec.name!r} is a benchmark's key; give it another")
+    return spec
+
+
+def resolve_keys(tokens: list[str]) -> list[str]:
+    """Dataset keys from ``--dataset`` tokens: benchmark keys as they are, dataset files by the name they give.
+
+    A token given twice counts once; two different files giving one name are an error.
+
+    Raises:
+        DatasetError, FileNotFoundError: an unknown key, a missing or bad dataset file (one line naming it).
+    """
+    keys, sources = [], {}
+    for token in tokens:
+        spec = _dataset_file(token)
+        key = token if spec is None else spec.name
+        if spec is not None and sources.setdefault(key, spec.source) != spec.source:
+            raise DatasetError(f"two dataset files are named {key!r}: {sources[key]} and {spec.source}")
+        keys.append(key)
+    return list(dict.fromkeys(keys))
+
+
 def class_names(key: str, aliases: bool = True) -> list[str]:
     """Class names of dataset ``key`` in label order.
 
     Args:
-        key: one of ``DATASET_KEYS``.
+        key: one of ``DATASET_KEYS``, or a dataset file (its path, or its name; aliases as in its class list,
+            ``aliases=False``: the first name of each class).
         aliases: if True, the text prompts exactly as the paper's code writes them: the background row of
             ``voc`` / ``coco_object`` is its alias string (``'sky;wall;...'``, aliases separated by ``;``) and
             the few names the paper spells differently from mmseg are renamed (``prompt_renames`` in the
@@ -46,6 +84,9 @@ def class_names(key: str, aliases: bool = True) -> list[str]:
     Returns:
         ``num_classes`` strings (21, 20, 60, 59, 81, 171, 19 or 150).
     """
+    spec = _dataset_file(key)
+    if spec is not None:
+        return spec.class_names(aliases)
     cfg = dataset_config(key)
     names = list(DATASETS.get(cfg.dataset_type).CLASSES)
     if not aliases:
@@ -67,16 +108,21 @@ def build_dataset(key: str, data_root: str | Path) -> CustomDataset:
     """Build the test split of dataset ``key`` (an mmseg ``CustomDataset`` in test mode).
 
     Args:
-        key: one of ``DATASET_KEYS``.
+        key: one of ``DATASET_KEYS``, or a dataset file (its path, or its name): see :mod:`lposs.datasets.custom`.
         data_root: folder holding the datasets (``VOCdevkit/``, ``coco_stuff164k/``, ... as in the README).
 
     Labels of ``voc20``, ``context59`` and ``ade20k`` are reduced (0 -> 255, others - 1) when loaded, so
     the returned dataset has ``reduce_zero_label=False`` and a label loader that reduces.
 
     Raises:
-        DatasetError: unknown key, or no image found.
+        DatasetError: unknown key, or no image found; for a dataset file also a bad file, or the first sample whose
+            label is missing, unreadable, RGB without a palette, or not its image's size
+            (``lposs.datasets.user_dataset.check_samples``).
         FileNotFoundError: the dataset's image or label folder, or its split file, is missing.
     """
+    spec = _dataset_file(key)
+    if spec is not None:
+        return build_user_dataset(spec, data_root)
     cfg = dataset_config(key)
     test_cfg = cfg.data.test.copy()
     root = Path(data_root) / cfg.data_root
@@ -132,17 +178,6 @@ def load_image(dataset: CustomDataset, idx: int) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(image[..., ::-1]), info  # cv2 decodes BGR
 
 
-def _decoded_image_size(path: Path) -> tuple[int, int]:
-    """``(H, W)`` of the image as cv2 decodes it (EXIF rotation applied), read from the header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception as err:
-        raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
-    return (width, height) if orientation in _TRANSPOSED_ORIENTATIONS else (height, width)
-
-
 def load_label(dataset: CustomDataset, idx: int, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """Load label ``idx`` through the dataset's ``get_gt_seg_map_by_idx`` (applies ``reduce_zero_label``).
 
@@ -164,12 +199,14 @@ def load_label(dataset: CustomDataset, idx: int, image_shape: tuple[int, ...] | 
         raise FileNotFoundError(f"label not found: {path}")
     try:
         label = dataset.get_gt_seg_map_by_idx(idx)
+    except DatasetError:
+        raise  # a dataset file's label loader names the file and the problem itself
     except Exception as err:
         raise DatasetError(f"cannot read label {path}: {type(err).__name__}: {err}") from err
     if label.ndim != 2:
         raise DatasetError(f"label {path} has shape {label.shape}; expected a single-channel [H, W] map")
     if image_shape is None:
-        image_shape = _decoded_image_size(_image_path(dataset, idx))
+        image_shape = decoded_image_size(_image_path(dataset, idx))
     if label.shape != tuple(image_shape[:2]):
         raise DatasetError(
             f"label {path} is {label.shape[0]}x{label.shape[1]} (HxW) but its image "
@@ -187,10 +224,15 @@ def stray_labels(dataset: CustomDataset, idx: int, label: np.ndarray) -> dict | 
         label: ``[H, W]`` from :func:`load_label`.
 
     Returns:
-        ``{"file": label path, "pixels": count, "values": up to 5 distinct stray values}``, or None.
+        ``{"file": label path, "pixels": count, "values": up to 5 distinct stray values}``, or None (values as text:
+        numbers, or the colours of RGB labels that a dataset file's palette lacks).
     """
     stray = label[(label != 255) & ((label < 0) | (label >= len(dataset.CLASSES)))]
     if stray.size == 0:
         return None
     path = Path(dataset.ann_dir) / dataset.img_infos[idx]["ann"]["seg_map"]
-    return {"file": str(path), "pixels": int(stray.size), "values": [int(v) for v in np.unique(stray)[:5]]}
+    return {
+        "file": str(path),
+        "pixels": int(stray.size),
+        "values": [describe_label_value(int(v)) for v in np.unique(stray)[:5]],
+    }

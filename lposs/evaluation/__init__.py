@@ -16,7 +16,9 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
   probed before any work;
 - :mod:`evaluation.distributed`, :mod:`evaluation.interrupts`: a dead or stalled rank named within
   ``dist_timeout``, SIGTERM handled like Ctrl-C;
-- :mod:`evaluation.visualise`: palettes and overlays.
+- :mod:`evaluation.visualise`: palettes and overlays;
+- :mod:`evaluation.folder_plan`, :mod:`evaluation.folder_run`: label maps for a folder of unlabelled images
+  (``segment_folder``), checked first, resumable, one share per rank.
 
 Names are imported on first use, so that ``from evaluation.config import load_config`` does not pull in
 mmsegmentation through the data loading of the loop.
@@ -37,6 +39,7 @@ __all__ = [
     "load_config",
     "preflight",
     "run",
+    "segment_folder",
     "summarize",
 ]
 
@@ -51,6 +54,7 @@ _HOMES = {
     "summarize": "metrics",
     "preflight": "runner",
     "run": "runner",
+    "segment_folder": "folder_run",
 }
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset
+from lposs.datasets import DatasetError, build_dataset, resolve_keys
 
 from .config import ConfigError
 from .distributed import init_process_group, set_collective_timeout
@@ -24,7 +24,15 @@ from .output_checks import check_output_locations
 from .reporting import check_wandb
 from .sweep import Combination, plan_combinations
 
-__all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "relative_folder", "setup_distributed"]
+__all__ = [
+    "PAPER_ORDER",
+    "RunPlan",
+    "dataset_keys",
+    "preflight",
+    "prepare_device",
+    "relative_folder",
+    "setup_distributed",
+]
 
 # The paper's column order (docs/method.md, "Datasets and prompts").
 PAPER_ORDER = ("voc", "context", "coco_object", "voc20", "context59", "coco_stuff", "cityscapes", "ade20k")
@@ -45,14 +53,8 @@ class RunPlan:
 
 
 def dataset_keys(spec: str) -> list[str]:
-    """``'all'`` or a comma list -> dataset keys, checked."""
-    keys = list(PAPER_ORDER) if spec == "all" else [k.strip() for k in spec.split(",") if k.strip()]
-    keys = list(dict.fromkeys(keys))  # voc,voc is evaluated once
-    for key in keys:
-        if key not in DATASET_KEYS:
-            raise DatasetError(
-                f"unknown dataset {key!r} in --dataset; expected one of {', '.join(DATASET_KEYS)} or 'all'"
-            )
+    """``'all'`` or a comma list of benchmark keys and dataset files (paths or names) -> dataset keys, checked."""
+    keys = list(PAPER_ORDER) if spec == "all" else resolve_keys([k.strip() for k in spec.split(",") if k.strip()])
     if not keys:
         raise DatasetError("--dataset is empty; expected a dataset key, a comma list or 'all'")
     return keys
@@ -155,6 +157,15 @@ def _output_folders(args: argparse.Namespace, plan: RunPlan) -> list[tuple[str, 
     return folders
 
 
+def prepare_device(combinations: list[Combination]) -> torch.device:
+    """This rank's device, in torchrun's process group (with ``dist_timeout``); pixel backend and models checked."""
+    set_collective_timeout(combinations[0].config.dist_timeout)
+    device = setup_distributed(combinations[0].config.device)
+    _check_pixel_backend(combinations, device)
+    _check_models(combinations, device)
+    return device
+
+
 def preflight(args: argparse.Namespace) -> RunPlan:
     """Check the whole run before any output is touched or any model loaded.
 
@@ -167,10 +178,7 @@ def preflight(args: argparse.Namespace) -> RunPlan:
     datasets = build_datasets(keys, roots)
     for mode in dict.fromkeys(str(c.config.wandb.mode) for c in combinations):
         check_wandb(mode)
-    set_collective_timeout(combinations[0].config.dist_timeout)
-    device = setup_distributed(combinations[0].config.device)
-    _check_pixel_backend(combinations, device)
-    _check_models(combinations, device)
+    device = prepare_device(combinations)
     plan = RunPlan(combinations, keys, datasets, device)
     check_output_locations(_output_folders(args, plan))
     return plan

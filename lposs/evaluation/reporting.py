@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
@@ -14,6 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "TEMPORARY_NAME",
+    "atomic_target",
     "atomic_write_text",
     "check_wandb",
     "column_name",
@@ -27,6 +31,8 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The names atomic_target writes to before the rename: a run killed meanwhile leaves such a file, never a half one.
+TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 # Distribution names of the packages whose versions go into results.json.
 _VERSIONED_PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "timm": "timm", "mmseg": "mmsegmentation"}
 
@@ -62,6 +68,25 @@ def naming_path(path: Path | str) -> Iterator[None]:
         if error.filename is not None or error.errno is None:
             raise
         raise type(error)(error.errno, error.strerror, str(path)) from error
+
+
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to; renamed to ``path`` when the block ends, removed on any error.
+
+    The name is hidden and unique (``.NAME.PID.XXXXXXXX.tmp``, :data:`TEMPORARY_NAME`), in the same folder (the
+    rename is atomic), and not made by ``mkstemp``, whose 0600 mode would stay on the final file. An ``OSError``
+    without a file name (a full disk) names ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with naming_path(path):
+            yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -14,8 +14,6 @@ Label values that are not a class index (255 = ignore, or anything >= the number
 from __future__ import annotations
 
 import colorsys
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .reporting import naming_path
+from .reporting import atomic_target
 
 __all__ = [
     "IGNORE_COLOUR",
@@ -33,6 +31,7 @@ __all__ = [
     "draw_legend",
     "legend_font",
     "overlay",
+    "overlay_figure",
     "palette",
     "present_classes",
     "save_png",
@@ -108,6 +107,13 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: Sequence[Colour], al
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colourise(labels, colours).astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def overlay_figure(
+    image: np.ndarray, labels: np.ndarray, names: Sequence[str], colours: Sequence[Colour]
+) -> np.ndarray:
+    """``[H, W, 3]`` uint8 image + ``[H, W]`` labels -> overlay with a legend of the classes present (uint8 RGB)."""
+    return draw_legend(overlay(image, labels, colours), names, present_classes(labels, names), colours)
 
 
 def present_classes(labels: np.ndarray, class_names: Sequence[str]) -> list[int]:
@@ -198,8 +204,6 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
             written as a palette PNG whose pixel values are the class indices.
         colours: palette for a label map (at most 256 colours).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if colours is None:
         picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB")
     else:
@@ -210,19 +214,13 @@ def save_png(path: Path, image: np.ndarray, colours: Sequence[Colour] | None = N
             )
         picture = Image.fromarray(image.astype(np.uint8), mode="P")
         picture.putpalette([channel for colour in colours for channel in colour])
-    # a unique hidden name in the same folder (same file system, so the rename is atomic); not mkstemp,
-    # whose 0600 mode would stay on the final file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with naming_path(path):  # a full disk names the file
-            picture.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_target(path) as tmp:
+        picture.save(tmp, format="PNG")
 
 
 class OverlayWriter:
-    """Writes ``folder/<image stem>.png``: prediction and label overlays side by side, plus a legend.
+    """Writes ``folder/<image path>.png`` (sub-folders kept, as the predictions): prediction and label overlays side
+    by side, plus a legend.
 
     Called as ``writer(index, image, prediction, label)`` by ``evaluation.loop.evaluate``; only the
     first ``limit`` calls write a file. Colours come from ``dataset.PALETTE`` when it has one.
@@ -245,6 +243,6 @@ class OverlayWriter:
         panels = [("prediction", overlay(image, prediction, colours)), ("label", overlay(image, label, colours))]
         present = sorted(set(present_classes(prediction, names)) | set(present_classes(label, names)))
         figure = draw_legend(side_by_side(panels), names, present, colours)
-        path = self.folder / f"{Path(self.dataset.img_infos[index]['filename']).stem}.png"
+        path = self.folder / Path(self.dataset.img_infos[index]["filename"]).with_suffix(".png")
         save_png(path, figure)
         return path

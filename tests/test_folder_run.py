@@ -1,0 +1,250 @@
+"""Segmenting a folder of unlabelled images (lposs/evaluation/folder_run.py, main_eval.py --images): every output,
+the no-lost-results rules, the Python API, two gloo ranks, and --resume after a SIGKILL.
+
+The ranks and the killed run are real processes, forked from the test process: they share its imported modules
+and its random-weight backbones copy-on-write, so that they start at once instead of in ten seconds each.
+"""
+
+import os
+import signal
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_faults import beside, free_port
+from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
+    SMALL,
+    TINY,
+    assert_one_line_error,
+    refuse_model_loading,
+    run,
+    shared_backbones,
+)
+
+import lposs
+from lposs.api import Predictor
+from lposs.cli import main_eval
+from lposs.evaluation.config import load_config
+from lposs.models import LPOSSBackbones
+
+CLASSES = "sky;cloud,tree,person"
+# Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png: under two ranks rank 0 takes the first
+# and the third (the broken one), rank 1 the second and the fourth.
+IMAGES = {"a/b/x2.png": (50, 36), "a/x1.jpg": (40, 60), "y.png": (48, 48)}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Three images in sub-folders, a corrupt JPEG, and files that are not images (skipped)."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in IMAGES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        ramp = np.linspace(0, 255, w)[None, :, None] * np.array([1.0, 0.3, 0.6])  # smooth: label maps with regions
+        image = np.clip(ramp + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(folder / name, quality=95)
+    (folder / "broken.jpg").write_bytes((folder / "a/x1.jpg").read_bytes()[:200])  # a truncated JPEG
+    (folder / ".hidden.jpg").write_bytes((folder / "y.png").read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(photos):
+    """A predictor of the same config (on the session's shared backbones), and its label maps and scores of each
+    image, one image at a time (``Predictor.predict_scores``: no loader, no batching, no shares)."""
+    config = load_config("lposs_plus.yaml", [*TINY, *SMALL])
+    cache = shared_backbones.__dict__.setdefault("cache", {})
+    key = (repr(config.model), "cpu")
+    if key not in cache:
+        torch.manual_seed(config.seed)  # as main_eval.py and lposs.load build random-init weights
+        cache[key] = LPOSSBackbones.from_config(config.model, "cpu")
+    cache[key].set_heads(config.model.clip.head, config.model.dino.features)
+    predictor = Predictor(config, cache[key].eval(), CLASSES.split(","))
+    scores = {name: predictor.predict_scores(photos / name).numpy() for name in IMAGES}
+    return predictor, {name: s.argmax(0) for name, s in scores.items()}, scores
+
+
+def read_labels(out):
+    found = {p.relative_to(out / "labels").as_posix(): np.array(Image.open(p)) for p in (out / "labels").rglob("*.png")}
+    return {name: found.get(os.path.splitext(name)[0] + ".png") for name in IMAGES} | {"files": sorted(found)}
+
+
+def assert_labels_equal(out, reference_labels):
+    labels = read_labels(out)
+    assert labels["files"] == sorted(os.path.splitext(name)[0] + ".png" for name in IMAGES)
+    for name in IMAGES:
+        np.testing.assert_array_equal(labels[name], reference_labels[name])
+
+
+def outputs_of(out):
+    """Bytes, inode and mtime of every output file (labels, scores, overlays)."""
+    return {
+        p: (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+        for kind in ("labels", "scores", "overlays")
+        for p in sorted((out / kind).rglob("*"))
+        if p.is_file()
+    }
+
+
+def folder_args(photos, out, *extra):
+    return ["lposs_plus.yaml", "--images", str(photos), "--classes", CLASSES, "--save_predictions", str(out)] + [
+        *extra,
+        *TINY,
+        *SMALL,
+    ]
+
+
+def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, reference, tmp_path, capsys, monkeypatch):
+    _, labels, scores = reference
+    out = tmp_path / "out"
+    assert run(folder_args(photos, out, "--save_scores", "--save_visualisations", "1")) == 0
+    printed = capsys.readouterr()
+    assert f"4 images: 3 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
+    assert f"skipped: cannot read image {photos}/broken.jpg" in printed.err
+    assert "rank 0/1: 100% 4/4" in printed.err and "images/s]" in printed.err  # the progress line, at its end
+    assert_labels_equal(out, labels)  # equal to the one-image API, image by image
+    for name in IMAGES:
+        png = Image.open(out / "labels" / (os.path.splitext(name)[0] + ".png"))
+        assert png.mode == "P" and png.size[::-1] == IMAGES[name]
+        saved = np.load(out / "scores" / (os.path.splitext(name)[0] + ".npy"))
+        assert saved.dtype == np.float16 and saved.shape == (3, *IMAGES[name])
+        np.testing.assert_array_equal(saved, scores[name].astype(np.float16))
+    overlays = sorted(p.relative_to(out / "overlays").as_posix() for p in (out / "overlays").rglob("*.png"))
+    assert overlays == ["a/b/x2.png"]  # --save_visualisations 1: the first image in the run's order
+    assert (out / "skipped.txt").read_text().startswith("broken.jpg\tcannot read image")
+    assert not list(out.rglob(".*")) and beside(out) == []  # no temporary file, no lock left
+    before = outputs_of(out)
+    # a new run refuses a folder with outputs; --resume refuses other classes; both before any weights load
+    with monkeypatch.context() as patch:
+        refuse_model_loading(patch)
+        assert_one_line_error(capsys, run(folder_args(photos, out)), f"--save_predictions {out} already holds files")
+        code = run(folder_args(photos, out, "--resume", "--classes", "sky,tree,person"))
+        assert_one_line_error(capsys, code, "--resume", "run.json records other classes")
+        assert_one_line_error(capsys, run(folder_args(photos, photos / "a" / "out")), "is inside --images")
+    assert outputs_of(out) == before
+    # --resume with the same classes and settings: nothing to redo, no finished file rewritten
+    assert run(folder_args(photos, out, "--resume", "--save_scores", "--save_visualisations", "1")) == 0
+    assert "4 images: 0 segmented, 3 already complete (--resume), 1 skipped" in capsys.readouterr().out
+    assert outputs_of(out) == before
+
+
+def test_segment_folder_from_python(photos, reference, tmp_path):
+    predictor, labels, _ = reference
+    predictor.set_classes(CLASSES.split(","))  # the backbones are shared with the runs of other tests
+    out = tmp_path / "out"
+    first = lposs.segment_folder(predictor, photos, out, limit=2, report=False)
+    assert (first.images, first.segmented, first.complete_before, first.failed) == (2, 2, 0, [])
+    rest = lposs.segment_folder(predictor, photos, out, resume=True, report=False)
+    assert (rest.images, rest.segmented, rest.complete_before) == (4, 1, 2)
+    assert [path for path, _ in rest.failed] == ["broken.jpg"] and "cannot read image" in rest.failed[0][1]
+    assert_labels_equal(out, labels)
+
+
+def forked(function, log):
+    """Start ``function()`` in a forked child whose output goes to the file ``log``; its PID. The child exits with
+    what ``function`` returns (99 on an exception) and never returns into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            sys.stdout = sys.stderr = open(log, "w", buffering=1)
+            torch.set_num_threads(1)  # the parent's OpenMP threads are not in the child
+            code = function()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return pid
+
+
+def exit_codes(pids, seconds=300):
+    """Wait for the children; their exit codes (-N: killed by signal N). Kills them all after ``seconds``."""
+    deadline, codes = time.monotonic() + seconds, {}
+    while len(codes) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid not in codes:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in set(pids) - set(codes):
+        os.kill(pid, signal.SIGKILL)
+        codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return [codes[pid] for pid in pids]
+
+
+def test_two_gloo_ranks_cover_each_image_exactly_once(photos, reference, tmp_path):
+    out, port = tmp_path / "out", str(free_port())
+
+    def rank(r):
+        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        return run(folder_args(photos, out, "dist_timeout=60"))
+
+    logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+    codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
+    printed = [log.read_text() for log in logs]
+    assert codes == [0, 0], printed
+    # rank 0 takes images 0 and 2 (broken.jpg), rank 1 images 1 and 3: 4 tasks, each on one rank
+    assert "rank 0/2: 100% 2/2" in printed[0] and "rank 1/2: 100% 2/2" in printed[1]
+    assert "4 images: 3 segmented, 1 skipped" in printed[0]  # 3 segmentations over both ranks, 3 outputs below
+    assert_labels_equal(out, reference[1])  # and the very maps of one process
+    skipped = (out / "skipped.txt").read_text().splitlines()
+    assert len(skipped) == 1 and skipped[0].startswith("broken.jpg\t")
+
+
+def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images(photos, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+
+    def killed_at_the_second_label_map():
+        renames, real = [], os.replace
+
+        def replace(src, dst):  # the temporary file is written; SIGKILL instead of its rename into place
+            renames.append(dst) if "/labels/" in str(dst) else None
+            if len(renames) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+
+        os.replace = replace
+        return run(folder_args(photos, out, "--image_batch", "1"))
+
+    log = tmp_path / "killed.log"
+    assert exit_codes([forked(killed_at_the_second_label_map, log)]) == [-signal.SIGKILL], log.read_text()
+    finished = {path: state for path, state in outputs_of(out).items() if not path.name.startswith(".")}
+    assert sorted(p.relative_to(out).as_posix() for p in finished) == ["labels/a/b/x2.png"]
+    temporary = [p.name for p in (out / "labels" / "a").iterdir() if p.name.startswith(".x1.png.")]
+    assert len(temporary) == 1 and temporary[0].endswith(".tmp")  # whole files or temporaries, never half a file
+    assert beside(out) == [".out.lock"]
+    assert run(folder_args(photos, out, "--resume")) == 0
+    printed = capsys.readouterr()
+    assert "4 images: 2 segmented, 1 already complete (--resume), 1 skipped" in printed.out
+    assert f"took over the lock of {out} left by PID" in printed.err
+    assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
+    assert not list(out.rglob(".*")) and beside(out) == []
+    assert_labels_equal(out, reference[1])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--images", "p", "--save_predictions", "o"], "--images needs --classes"),
+        (["--images", "p", "--classes", "a"], "--images needs --save_predictions"),
+        (
+            ["--images", "p", "--classes", "a", "--save_predictions", "o", "--dataset", "voc"],
+            "--dataset does not apply",
+        ),
+        (["--images", "p", "--classes", "a", "--save_predictions", "o", "--output", "r"], "--output does not apply"),
+        (["--images", "p", "--classes", "a", "--save_predictions", "o", "--sweep", "k=1,2"], "--sweep does not apply"),
+        (["--dataset", "voc", "--classes", "a"], "--classes goes with --images"),
+        (["--dataset", "voc", "--save_scores"], "--save_scores goes with --images"),
+    ],
+)
+def test_the_flags_of_the_folder_mode_go_together(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main_eval.parse_args(["lposs_plus.yaml", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
