@@ -397,7 +397,7 @@ def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
 
     checked = []
 
-    def check_model_config(model_cfg, device):
+    def check_model_config(model_cfg, device, crop=None):
         checked.append((model_cfg.clip.name, str(device)))
         if model_cfg.clip.name == "ViT-B-32":
             raise ModelConfigError("config value model.clip.name='ViT-B-32' is invalid: patch size 32, expected 16")

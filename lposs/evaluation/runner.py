@@ -151,18 +151,16 @@ def make_deterministic(seed: int, device: torch.device) -> None:
 
 
 def _check_models(combinations: list[Combination], device: torch.device) -> None:
-    """``models.check_model_config`` on every distinct model config, when the models package has it."""
+    """``models.check_model_config`` on every distinct (model config, crop): names, tags, files, dtype and the window
+    side a multiple of both patch sizes, before any weights are read."""
     from lposs import models
 
-    check = getattr(models, "check_model_config", None)
-    if check is None:
-        return
     seen = set()
     for combination in combinations:
-        key = OmegaConf.to_yaml(combination.config.model)
+        key = (OmegaConf.to_yaml(combination.config.model), combination.config.crop)
         if key not in seen:
             seen.add(key)
-            check(combination.config.model, device)
+            models.check_model_config(combination.config.model, device, crop=combination.config.crop)
 
 
 def _check_pixel_backend(combinations: list[Combination], device: torch.device) -> None:
@@ -453,11 +451,18 @@ def _finish(run: _Run) -> None:
             output.publish(publication=publication)
 
 
+# What only picks a head on the loaded weights (LPOSSBackbones.set_heads), per model section.
+_PROXY_KEYS = ("proxy_features", "proxy_beta", "proxy_gamma")
+_HEAD_KEYS = {"clip": ("head", *_PROXY_KEYS), "dino": ("features",)}
+
+
 def _weights_key(model) -> str:
-    """The model config less what only picks a head (``clip.head``, ``dino.features``): equal keys, equal weights."""
+    """The model config less what only picks a head (``clip.head``, ProxyCLIP's settings, ``dino.features``): equal
+    keys, equal weights."""
     weights = OmegaConf.to_container(model, resolve=True)
-    weights["clip"].pop("head", None)
-    weights["dino"].pop("features", None)
+    for section, keys in _HEAD_KEYS.items():
+        for key in keys:
+            weights[section].pop(key, None)
     return json.dumps(weights, sort_keys=True)
 
 
@@ -481,7 +486,8 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
                 loaded.clear()  # one set of models in memory at a time
                 make_deterministic(group[0].config.seed, plan.device)  # random-init weights too (tests, benchmarks)
                 loaded[weights_key] = LPOSSBackbones.from_config(model, plan.device).eval()
-            loaded[weights_key].set_heads(model.clip.head, model.dino.features)
+            proxy = {key: model.clip[key] for key in _PROXY_KEYS}
+            loaded[weights_key].set_heads(model.clip.head, model.dino.features, proxy)
             _evaluate_group(state, group, loaded[weights_key])
         if main:
             _finish(state)
