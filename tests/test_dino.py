@@ -5,8 +5,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from dino_reference import reference_features
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.testing import assert_close
 
 import lposs.models.dino as dino_module
