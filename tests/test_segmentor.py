@@ -165,6 +165,7 @@ def test_refine_with_the_segmentors_own_window_scores_is_predict(changes):
     expected = segmentor.predict_scores(image)
     assert torch.equal(segmentor.refine(image, encoding.scores, encoding.boxes), expected)
     assert torch.equal(segmentor.refine(image, encoding.scores), expected)  # the default boxes are its windows
+    assert segmentor.boxes(image) == encoding.boxes
 
 
 def bilinear_by_hand(scores: torch.Tensor, y: float, x: float, size) -> torch.Tensor:

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
-import segmentation.label_propagation as engine
 import torch
 
+import lposs.segmentation.label_propagation as engine
 from lposs.segmentation.kernels import pixel_backend_ran
 from lposs.segmentation.label_propagation import propagate_patches, propagate_pixels, rgb_to_lab
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .external_scores import check_boxes, scores_per_window
 from .image_graphs import ImageGraphs
 from .label_propagation import solve_patches
-from .windows import PATCH_SIZE, merge_windows, resize_to_fit, window_boxes
+from .windows import PATCH_SIZE, merge_windows, resize_to_fit, resized_size, window_boxes
 
 __all__ = [
     "ENCODING_FIELDS",
@@ -176,6 +176,11 @@ class Segmentor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
         return resize_to_fit(image, self.settings.short_side, self.settings.long_side)
+
+    def boxes(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """The windows ``(y1, y2, x1, x2)`` of an ``[H, W, 3]`` image, in pixels of the resized image (steps 2-3)."""
+        height, width = resized_size(image.shape[0], image.shape[1], self.settings.short_side, self.settings.long_side)
+        return window_boxes(height, width, self.settings.crop, self.settings.stride)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (step 2)."""
@@ -344,7 +349,7 @@ class Segmentor:
             scores: ``[C, h, w]`` for the whole image, any ``h, w`` (sampled bilinearly at the patch centres), or
                 ``[B, C, h, w]`` per window, any grid (resized bilinearly to DINO's), one per box.
             boxes: the windows ``(y1, y2, x1, x2)`` of per-window scores in pixels of the resized image, all of one
-                size; default: this segmentor's own windows (``encode(image).boxes``).
+                size; default: this segmentor's own windows (:meth:`boxes`).
 
         Returns:
             ``[C, H, W]`` float32 refined scores at the image's size, one per score row (no alias max; the argmax
@@ -353,7 +358,7 @@ class Segmentor:
         resized = self.resize(image)
         tensor = self._to_tensor(resized)
         size = (tensor.shape[1], tensor.shape[2])
-        boxes = list(boxes) if boxes is not None else window_boxes(*size, self.settings.crop, self.settings.stride)
+        boxes = list(boxes) if boxes is not None else self.boxes(image)
         check_boxes(boxes, size)
         features_of = getattr(self.backbones, "features", None)
         forward = (lambda w: (features_of(w),)) if features_of is not None else (lambda w: self.backbones(w)[:1])
