@@ -101,7 +101,9 @@ def proxy_attention(proxy: torch.Tensor, beta: float = PROXY_BETA, gamma: float 
     """
     features = F.normalize(proxy.flatten(2).float(), dim=1)  # [B, C, h * w], unit columns
     similarity = features.transpose(1, 2) @ features  # [B, h * w, h * w]
+    # The authors' mean is over dims (1, 2): each window's whole matrix, never the batch's.
     similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
+    # Reproduced as the authors' code: no guard for a row that is -inf throughout (it becomes NaN).
     similarity = similarity.masked_fill(similarity < 0.0, float("-inf"))
     return torch.softmax(similarity, dim=-1)
 
@@ -127,6 +129,7 @@ def proxyclip_last_block(
     qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [B, N, 3C], packed q, k, v
     values = _per_head(qkv.chunk(3, dim=-1)[2][:, 1:], heads)  # [B, heads, gh * gw, d], CLS dropped
     batch, _, _, dim = values.shape
+    # The authors' token_size is (W / p, H / p), right for square windows only: the true (gh, gw) is used here.
     values = values.reshape(batch * heads, grid[0], grid[1], dim).permute(0, 3, 1, 2)  # [B * heads, d, gh, gw]
     size = tuple(proxy.shape[-2:])
     values = F.interpolate(values, size=size, mode="bilinear", align_corners=False)

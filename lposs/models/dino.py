@@ -89,7 +89,7 @@ def _dino_positional_embedding(vit: VisionTransformer, grid: Sequence[int]) -> t
     dim = pos.shape[-1]
     patch_pos = pos[:, n_prefix:].float().reshape(1, grid0[0], grid0[1], dim).permute(0, 3, 1, 2)  # [1, D, gh0, gw0]
     offset, antialias = positional_resize_rule(vit)
-    if offset:
+    if offset:  # reference quirk (DINO, original DINOv2): a scale factor of (g + 0.1) / g0, not the size g
         scale = ((grid[0] + offset) / grid0[0], (grid[1] + offset) / grid0[1])
         resize = {"scale_factor": scale}
     else:
