@@ -7,10 +7,8 @@ import json
 
 import pytest
 from fake_datasets import make_dataset
-from test_main_eval import TINY, assert_one_line_error, refuse_model_loading, run
+from test_main_eval import TINY, assert_one_line_error, cache_from_config, refuse_model_loading, run
 from tiny_models import TINY_CLIP_14, add_tiny_clip_configs
-
-from lposs.models import LPOSSBackbones
 
 S8 = [*TINY, "model.dino.name=vit_small_patch8_224.dino"]
 # short side 48, windows 48 x 64: DINO /8 grid 6 x 8, CLIP /16 grid 3 x 4 (resized to 6 x 8)
@@ -21,21 +19,16 @@ SMALL_14 = ["short_side=42", "crop=56", "stride=28", "r=5"]
 _HEAD_KEYS = ("head", "proxy_features", "proxy_beta", "proxy_gamma")
 
 
+def weights_only(model_cfg) -> str:
+    """The model config less what the run sets on loaded weights (the CLIP head and ProxyCLIP's settings)."""
+    return repr({**model_cfg, "clip": {k: v for k, v in model_cfg["clip"].items() if k not in _HEAD_KEYS}})
+
+
 @pytest.fixture(autouse=True)
 def backbones_by_weights(monkeypatch):
     """One set of random backbones per weights (the run sets the head on them), kept for the whole session."""
     add_tiny_clip_configs()
-    cache = backbones_by_weights.__dict__.setdefault("cache", {})
-    original = LPOSSBackbones.from_config.__func__
-
-    def cached(cls, model_cfg, device="cpu"):
-        weights = {**model_cfg, "clip": {k: v for k, v in model_cfg["clip"].items() if k not in _HEAD_KEYS}}
-        key = (repr(weights), str(device))
-        if key not in cache:
-            cache[key] = original(cls, model_cfg, device)
-        return cache[key]
-
-    monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(cached))
+    cache_from_config(monkeypatch, backbones_by_weights.__dict__.setdefault("cache", {}), weights_only)
 
 
 def read(path):

@@ -28,19 +28,23 @@ TINY = [*TINY_OVERRIDES, "num_workers=0"]
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
 
-@pytest.fixture(autouse=True)
-def shared_backbones(monkeypatch):
-    """Build the random backbones once per session: main() asks for them on every call."""
-    cache = shared_backbones.__dict__.setdefault("cache", {})
+def cache_from_config(monkeypatch, cache: dict, key_of=repr) -> None:
+    """LPOSSBackbones.from_config builds once per (key_of(model config), device), kept in `cache`."""
     original = LPOSSBackbones.from_config.__func__
 
     def cached(cls, model_cfg, device="cpu"):
-        key = (repr(model_cfg), str(device))
+        key = (key_of(model_cfg), str(device))
         if key not in cache:
             cache[key] = original(cls, model_cfg, device)
         return cache[key]
 
     monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(cached))
+
+
+@pytest.fixture(autouse=True)
+def shared_backbones(monkeypatch):
+    """Build the random backbones once per session: main() asks for them on every call."""
+    cache_from_config(monkeypatch, shared_backbones.__dict__.setdefault("cache", {}))
 
 
 def run(argv):
