@@ -31,7 +31,7 @@ _NULL = {"", "null", "none", "false", "0", "no", "off"}
 
 
 class ModelConfigError(ValueError):
-    """A `model.*` config value that cannot work (unknown model, wrong patch size, missing weights file...)."""
+    """A `model.*` config value that cannot work (unknown model, a crop the patch sizes do not divide, missing weights...)."""
 
 
 class CheckpointNotFoundError(ModelConfigError, FileNotFoundError):
