@@ -65,6 +65,21 @@ class Predictor:
         """Label map ``[H, W]`` int64 of indices into :attr:`classes` (argmax of :meth:`predict_scores`)."""
         return self.segmentor.predict(as_rgb_array(image))
 
+    def refine(
+        self, image: ImageLike, scores: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]] | None = None
+    ) -> torch.Tensor:
+        """Another method's class scores refined by this config's LPOSS / LPOSS+ over the image's DINO graph.
+
+        Args:
+            image: as for :meth:`predict`.
+            scores: ``[C, h, w]`` for the whole image (any size), or ``[B, C, h, w]`` per window with ``boxes``.
+            boxes: windows ``(y1, y2, x1, x2)`` in the resized image; see :meth:`~lposs.segmentation.Segmentor.refine`.
+
+        Returns:
+            ``[C, H, W]`` float32 refined scores at the image's original size (the class list is not used).
+        """
+        return self.segmentor.refine(as_rgb_array(image), scores, boxes)
+
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB from an array of that form, a PIL image or a path (read as ``tools/demo.py`` does)."""
@@ -112,7 +127,8 @@ def load(
     resolved = load_config(name, overrides)
     torch_device = pick_device(resolved.device)
     apply_precision(resolved.strict_float32)
-    check_model_config(resolved.model, torch_device)  # names, tags, files, dtype: before any weights load
+    # names, tags, files, dtype, the windows a multiple of both patch sizes: before any weights load
+    check_model_config(resolved.model, torch_device, crop=resolved.crop)
     torch.manual_seed(resolved.seed)  # random-init backbones (pretrained=null) are reproducible
     backbones = LPOSSBackbones.from_config(resolved.model, torch_device).eval()
     return Predictor(resolved, backbones, classes)

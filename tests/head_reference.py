@@ -14,6 +14,16 @@ a `custom_attn` on `ln_1(x)` that folds batch and heads into one axis ([B * head
 
 All of them then apply `ln_post` to every token, project with `proj` and drop CLS. `mutations` plants the bugs a
 test must catch: a wrong std, q where k belongs, a kept residual.
+
+ProxyCLIP, mc-lan/ProxyCLIP `open_clip/transformer.py`, `VisionTransformer.forward` with `ex_feats` and
+`custom_attn` (`proxyclip_reference`): on `ln_1(x)` of the last block, `v` of `in_proj` per head
+([B * heads, N, d]); proxy features [B, C, H, W] flattened and L2-normalised along C, `similarity = q_k^T q_k`
+per window (einsum "b c m, b c n -> b m n"), `(similarity - mean(similarity, dim=(1, 2)) * beta) * gamma`, entries
+below 0 set to -inf, repeated for every head, softmax over the last axis; `v` without CLS reshaped to the token grid
+and resized bilinearly (align_corners False) to (H, W); `out_proj(bmm(attn, v))`, which replaces x (no residual, no
+MLP); then `ln_post` and `proj`. The authors take the token grid as (W / p, H / p): right for their square windows,
+so the tests pass the true grid. Planted bugs: `row_mean` (the mean over one axis), `batch_mean` (over the batch
+too), `keep_residual` (x[1:] + attention).
 """
 
 import math
@@ -30,7 +40,7 @@ STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 def tokens_before_last_block(model, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """Sequence-first tokens [N, B, C] leaving the second-to-last block, and the patch grid.
 
-    The images' sides must be multiples of 16; the patch part of the positional embedding is resized bicubically
+    The images' sides must be multiples of the patch size; the patch part of the positional embedding is resized bicubically
     (size=grid, align_corners False) when the grid is not the pretraining one (LPOSS's protocol).
     """
     visual = model.visual
@@ -116,3 +126,40 @@ def reference_head(model, tokens: torch.Tensor, grid, head: str, std: float = 5.
     features = model.visual.ln_post(x.permute(1, 0, 2)) @ model.visual.proj  # [B, N, E]
     features = features[:, 1:]
     return features.reshape(features.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def proxyclip_reference(model, tokens: torch.Tensor, grid, proxy: torch.Tensor, beta=1.2, gamma=3.0, mutations=()):
+    """ProxyCLIP's dense features [B, E, H, W] from `tokens_before_last_block`'s output and proxy [B, C, H, W]."""
+    block = model.visual.transformer.resblocks[-1]
+    attn_layer = block.attn
+    x = block.ln_1(tokens)
+    _, bsz, embed_dim = x.shape
+    heads = attn_layer.num_heads
+    head_dim = embed_dim // heads
+    v = F.linear(x, attn_layer.in_proj_weight, attn_layer.in_proj_bias).chunk(3, dim=-1)[2]
+    v = v.contiguous().view(-1, bsz * heads, head_dim).transpose(0, 1)
+    _, _, height, width = proxy.shape
+    q_k = F.normalize(proxy.flatten(2, 3), dim=1)
+    similarity = torch.einsum("b c m, b c n -> b m n", q_k, q_k)
+    if "row_mean" in mutations:
+        mean = similarity.mean(dim=2, keepdim=True)
+    elif "batch_mean" in mutations:
+        mean = similarity.mean()
+    else:
+        mean = similarity.mean(dim=(1, 2), keepdim=True)
+    similarity = (similarity - mean * beta) * gamma
+    similarity[similarity < 0.0] = float("-inf")
+    mask = similarity.unsqueeze(1).repeat(1, heads, 1, 1).reshape(bsz * heads, height * width, height * width)
+    weights = F.softmax(mask, dim=-1)
+    v = v[:, 1:, :].reshape(bsz * heads, grid[0], grid[1], head_dim).permute(0, 3, 1, 2)
+    v = F.interpolate(v, size=(height, width), mode="bilinear", align_corners=False)
+    v = v.permute(0, 2, 3, 1).reshape(bsz * heads, height * width, head_dim)
+    out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(-1, bsz, embed_dim)
+    out = attn_layer.out_proj(out)
+    if "keep_residual" in mutations:  # the block input, CLS dropped, resized to the proxy grid as v is
+        residual = tokens[1:].permute(1, 2, 0).reshape(bsz, embed_dim, grid[0], grid[1])
+        residual = F.interpolate(residual, size=(height, width), mode="bilinear", align_corners=False)
+        out = out + residual.flatten(2).permute(2, 0, 1)
+    features = model.visual.ln_post(out.permute(1, 0, 2)) @ model.visual.proj  # [B, H * W, E]
+    return features.reshape(bsz, height, width, -1).permute(0, 3, 1, 2)

@@ -1,5 +1,6 @@
 """The one-line API (``lposs.load``) and the package face, on tiny random-weight backbones."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,19 @@ def test_bad_input_is_one_clear_error_before_weights_load(monkeypatch, predictor
 def test_old_configs_path_still_names_the_packaged_file():
     assert resolve_config_path("configs/lposs_plus.yaml") == resolve_config_path("lposs_plus.yaml")
     assert resolve_config_path("lposs_plus.yaml").parent == Path(lposs.__file__).parent / "configs"
+
+
+def test_refine_with_its_own_maskclip_window_scores_is_predict_exactly(predictor):
+    """LPOSS and LPOSS+ on the MaskCLIP window scores of the toolkit itself, handed in as external scores, give
+    predict_scores bit for bit (one alias per class: class scores are the propagated columns)."""
+    predictor.set_classes(["sky", "tree", "person"])
+    try:
+        image = _image()
+        encoding = predictor.segmentor.encode(image)
+        refined = predictor.refine(image, encoding.scores, encoding.boxes)
+        assert refined.shape == (3, 40, 56) and torch.equal(refined, predictor.predict_scores(image))
+        settings = replace(lposs.SegmentorSettings.from_config(predictor.config), pixel_refine=False)
+        lposs_only = lposs.Segmentor(predictor.backbones, settings)
+        assert torch.equal(lposs_only.refine(image, encoding.scores), lposs_only.predict_scores(image))
+    finally:
+        predictor.set_classes(CLASSES)

@@ -33,9 +33,9 @@ def _with(base: dict, dotted: str, value) -> dict:
     return config
 
 
-def _error(config: dict, device: str = "cpu") -> str:
+def _error(config: dict, device: str = "cpu", crop: int | None = None) -> str:
     with pytest.raises(ModelConfigError) as caught:
-        check_model_config(config, device)
+        check_model_config(config, device, crop=crop)
     message = str(caught.value)
     assert "\n" not in message
     return message
@@ -59,13 +59,12 @@ def test_paper_config_passes_offline_without_loading_anything(no_weights_loaded)
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("clip.name", "ViT-B-32", ["patch size 32", "expected patch size 16", "ViT-B-16"]),
-        ("clip.name", "NoSuch", ["unknown open_clip model", "ViT-B-16"]),
+        ("clip.name", "coca_ViT-B-32", ["attentional pooler", "ViT-L-14"]),
+        ("clip.name", "NoSuch", ["unknown open_clip model", "ViT-B-16", "ViT-L-14", "ViT-B-32"]),
         ("clip.name", "ViT-B-61", ["unknown open_clip model", "close matches", "ViT-B-16"]),
-        ("clip.name", "ViT-B-16-SigLIP", ["timm's", "patch size 16"]),
-        ("clip.name", "RN50", ["not a ViT", "patch size 16"]),
-        ("dino.name", "resnet50", ["ResNet", "not a ViT", "patch size 16", "vit_small_patch16_224.dino"]),
-        ("dino.name", "vit_small_patch8_224.dino", ["patch size 8,", "patch size 16"]),
+        ("clip.name", "ViT-B-16-SigLIP", ["timm's", "open_clip's own ViT"]),
+        ("clip.name", "RN50", ["not a ViT", "ViT-B-16"]),
+        ("dino.name", "resnet50", ["ResNet", "not a ViT", "vit_small_patch16_224.dino", "vit_base_patch8_224.dino"]),
         ("dino.name", "vit_smal_patch16_224.dino", ["unknown timm model", "vit_small_patch16_224.dino"]),
         ("dino.name", "vit_small_patch16_224.nosuch", ["no tag 'nosuch'", "dino"]),
         ("dino.name", "deit_small_distilled_patch16_224", ["prefix tokens"]),
@@ -80,11 +79,47 @@ def test_bad_model_names(no_weights_loaded, key, value, expected):
 
 @pytest.mark.parametrize(
     ("key", "value", "choices"),
-    [("clip.head", "nacl1p", "maskclip, sclip, clearclip, naclip"), ("dino.features", "values", "v, k, q")],
+    [
+        ("clip.head", "nacl1p", "maskclip, sclip, clearclip, naclip, proxyclip"),
+        ("dino.features", "values", "v, k, q, x"),
+        ("clip.proxy_features", "y", "v, k, q, x"),
+    ],
 )
 def test_bad_head_or_feature_kind(no_weights_loaded, key, value, choices):
     assert _error(_with(PAPER, key, value)) == f"model.{key}={value!r}: expected one of {choices}"
     check_model_config(_with(_with(PAPER, "clip.head", "naclip"), "dino.features", "k"), "cpu")  # and good ones pass
+
+
+# The backbones, each CLIP with a DINO: every patch size, DINOv2 with and without registers.
+OTHER_BACKBONES = [
+    ("ViT-L-14", "openai", "vit_small_patch8_224.dino"),
+    ("ViT-L-14-336", "openai", "vit_base_patch8_224.dino"),
+    ("ViT-B-32", "openai", "vit_base_patch14_dinov2.lvd142m"),
+    ("ViT-L-14", "laion2b_s32b_b82k", "vit_base_patch14_reg4_dinov2.lvd142m"),
+    ("ViT-B-16", "laion2b_s34b_b88k", "vit_large_patch14_reg4_dinov2.lvd142m"),
+]
+
+
+@pytest.mark.parametrize(("clip", "tag", "dino"), OTHER_BACKBONES, ids=[f"{c}-{d}" for c, _, d in OTHER_BACKBONES])
+def test_other_patch_sizes_pass_with_a_crop_of_both(no_weights_loaded, clip, tag, dino):
+    config = _with(_with(_with(PAPER, "clip.name", clip), "clip.pretrained", tag), "dino.name", dino)
+    check_model_config(_with(config, "clip.head", "proxyclip"), "cpu", crop=224)  # 224: a multiple of both
+
+
+@pytest.mark.parametrize(
+    ("clip", "dino", "patches", "crop", "lcm"),
+    [
+        ("ViT-L-14", "vit_base_patch8_224.dino", (14, 8), 225, 56),
+        ("ViT-B-16", "vit_small_patch14_reg4_dinov2.lvd142m", (16, 14), 208, 112),  # a multiple of 16, not of 14
+        ("ViT-B-32", "vit_small_patch16_224.dino", (32, 16), 240, 32),
+    ],
+)
+def test_crop_not_a_multiple_of_both_patch_sizes_is_one_line(no_weights_loaded, clip, dino, patches, crop, lcm):
+    config = _with(_with(TINY, "clip.name", clip), "dino.name", dino)
+    message = _error(config, crop=crop)
+    assert message.startswith(f"crop={crop}: expected a multiple of the patch sizes of model.clip.name={clip!r}")
+    assert f"({patches[0]}) and model.dino.name={dino!r} ({patches[1]}), i.e. of {lcm}" in message
+    check_model_config(config, "cpu", crop=4 * lcm)
 
 
 def test_clip_tag_of_another_model_lists_the_tags():

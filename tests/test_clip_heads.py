@@ -1,9 +1,11 @@
-"""CLIP heads (maskclip, sclip, clearclip, naclip) against references written from the authors' code.
+"""CLIP heads (maskclip, sclip, clearclip, naclip, proxyclip) against references written from the authors' code.
 
 The model is open_clip's ViT-B-16-quickgelu (the OpenAI CLIP layout that SCLIP and NACLIP load) with random weights,
 its last block's query/key weights doubled so that attention is far from uniform, run on two structured 224 x 224
 windows. Each comparison is on the features and on their variation between patches (features minus their mean over
-the window), so a head that only gets the part common to all patches right cannot pass.
+the window), so a head that only gets the part common to all patches right cannot pass. ProxyCLIP's proxy is a
+28 x 28 grid of features of the windows' 8 x 8 patches (the grid of DINO ViT-B/8, ProxyCLIP's proxy). Other patch
+sizes run on open_clip's ViT at patch 14 and 32, tiny.
 """
 
 import copy
@@ -12,14 +14,16 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from head_reference import neighbourhood_addition, reference_head, tokens_before_last_block
+from head_reference import neighbourhood_addition, proxyclip_reference, reference_head, tokens_before_last_block
+from tiny_models import TINY_CLIP_14, TINY_CLIP_32, add_tiny_clip_configs
 from torch.testing import assert_close
 
 import lposs.models.clip_heads as clip_heads
-from lposs.models import CLIP_HEADS, dense_clip_features
+from lposs.models import CLIP_HEADS, PROXY_BETA, PROXY_GAMMA, dense_clip_features
 
 RTOL = 1e-5
 REFINED = ("sclip", "clearclip", "naclip")
+ATTENTION_HEADS = CLIP_HEADS[:-1]  # all but proxyclip, which needs proxy features
 # (head, planted bug) pairs: each must move the features far outside the tolerance
 MUTANTS = [
     ("naclip", {"std": 4.0}),
@@ -64,12 +68,18 @@ def tokens(model, windows):
 @pytest.fixture(scope="module")
 def ours(model, windows):
     """One forward per head: [B, E, 14, 14] each."""
-    return {head: dense_clip_features(model, windows, head) for head in CLIP_HEADS}
+    return {head: dense_clip_features(model, windows, head) for head in ATTENTION_HEADS}
 
 
 @pytest.fixture(scope="module")
 def references(model, tokens):
-    return {head: reference_head(model, *tokens, head) for head in CLIP_HEADS}
+    return {head: reference_head(model, *tokens, head) for head in ATTENTION_HEADS}
+
+
+def proxy_of(windows: torch.Tensor, patch: int = 8, channels: int = 24) -> torch.Tensor:
+    """Structured proxy features [B, channels, H / patch, W / patch]: a fixed random projection of each patch."""
+    weight = torch.randn(channels, 3, patch, patch, generator=torch.Generator().manual_seed(1))
+    return F.conv2d(windows - 0.5, weight, stride=patch)
 
 
 def centred(features: torch.Tensor) -> torch.Tensor:
@@ -97,7 +107,7 @@ def test_attention_is_far_from_uniform(model, tokens):
     assert weights.max(dim=-1).values.mean() > 10 / x.shape[0]  # 10x the uniform weight, on average
 
 
-@pytest.mark.parametrize("head", CLIP_HEADS)
+@pytest.mark.parametrize("head", ATTENTION_HEADS)
 def test_head_equals_its_authors_code(ours, references, head):
     out = ours[head]
     assert out.shape == (2, 512, 14, 14) and out.dtype == torch.float32
@@ -112,8 +122,8 @@ def test_default_is_maskclip_bit_for_bit(model, windows, ours, references):
 
 
 def test_every_head_differs_from_every_other(references):
-    for first in CLIP_HEADS:
-        for second in CLIP_HEADS:
+    for first in ATTENTION_HEADS:
+        for second in ATTENTION_HEADS:
             if first != second:
                 assert distance(references[first], references[second]) > 1000 * RTOL, (first, second)
 
@@ -170,5 +180,93 @@ def test_half_precision_autocast_and_non_batch_first(model, windows, ours):
 
 
 def test_unknown_head_is_refused(model, windows):
-    with pytest.raises(ValueError, match="'maskclip2'.*maskclip, sclip, clearclip, naclip"):
+    with pytest.raises(ValueError, match="'maskclip2'.*maskclip, sclip, clearclip, naclip, proxyclip"):
         dense_clip_features(model, windows, "maskclip2")
+    with pytest.raises(ValueError, match=r"proxyclip.*needs proxy \[2, C, h, w\]"):
+        dense_clip_features(model, windows, "proxyclip")
+    with pytest.raises(ValueError, match="for head='proxyclip', not 'naclip'"):
+        dense_clip_features(model, windows, "naclip", proxy=proxy_of(windows))
+
+
+# ProxyCLIP: the proxy on a finer grid than CLIP's (28 x 28 against 14 x 14), as DINO ViT-B/8 with ViT-B/16.
+PROXY_MUTANTS = [{"mutations": ("row_mean",)}, {"mutations": ("batch_mean",)}, {"mutations": ("keep_residual",)}]
+PROXY_MUTANTS += [{"beta": 1.0}, {"gamma": 1.0}]
+
+
+@pytest.fixture(scope="module")
+def proxy(windows):
+    return proxy_of(windows)
+
+
+@pytest.fixture(scope="module")
+def proxy_ours(model, windows, proxy):
+    return dense_clip_features(model, windows, "proxyclip", proxy=proxy)
+
+
+def test_proxyclip_equals_its_authors_code(model, tokens, proxy, proxy_ours):
+    assert proxy_ours.shape == (2, 512, 28, 28) and proxy_ours.dtype == torch.float32  # on the proxy's grid
+    assert_matches(proxy_ours, proxyclip_reference(model, *tokens, proxy))
+    assert (PROXY_BETA, PROXY_GAMMA) == (1.2, 3.0)  # ProxyCLIP's defaults
+
+
+def test_proxy_attention_is_neither_empty_nor_full(proxy):
+    """About half of the similarities fall below beta * mean and are cut: the -inf rule matters here."""
+    weights = clip_heads.proxy_attention(proxy)
+    assert weights.shape == (2, 784, 784) and torch.isfinite(weights).all()
+    assert_close(weights.sum(-1), torch.ones(2, 784))
+    assert 0.2 < (weights == 0).float().mean() < 0.8
+
+
+@pytest.mark.parametrize("bug", PROXY_MUTANTS, ids=lambda bug: "-".join(f"{k}={v}" for k, v in bug.items()))
+def test_proxyclip_planted_bugs_fall_far_outside_the_tolerance(model, tokens, proxy, proxy_ours, bug):
+    """The mean over one axis or over the batch, a kept residual, other constants: > 100x the tolerance."""
+    assert distance(proxyclip_reference(model, *tokens, proxy, **bug), proxy_ours) > 100 * RTOL
+
+
+def test_proxyclip_batch_equals_one_window_at_a_time(model, windows, proxy, proxy_ours):
+    """The mean is each window's own: a window alone gives its row of the batch."""
+    alone = dense_clip_features(model, windows[1:], "proxyclip", proxy=proxy[1:])
+    assert_close(alone, proxy_ours[1:], rtol=RTOL, atol=RTOL * proxy_ours.abs().max().item())
+
+
+def test_proxyclip_constants_and_a_non_square_window(model):
+    """160 x 224: a 10 x 14 CLIP grid resized to a 20 x 28 proxy grid (rows and columns cannot be swapped)."""
+    window = structured_windows(160, 224)[1:]
+    proxy = proxy_of(window)
+    out = dense_clip_features(model, window, "proxyclip", proxy=proxy, beta=1.1, gamma=2.0)
+    assert out.shape == (1, 512, 20, 28)
+    expected = proxyclip_reference(model, *tokens_before_last_block(model, window), proxy, beta=1.1, gamma=2.0)
+    assert_matches(out, expected)
+
+
+@pytest.fixture(scope="module")
+def other_patch_models():
+    """open_clip's ViT at patch 14 and 32 (tiny, registered for the tests), random weights."""
+    add_tiny_clip_configs()
+    torch.manual_seed(0)
+    return {
+        patch: open_clip.create_model(name, pretrained=None).eval()
+        for patch, name in ((14, TINY_CLIP_14), (32, TINY_CLIP_32))
+    }
+
+
+@pytest.mark.parametrize("patch", [14, 32])
+@pytest.mark.parametrize("head", ["maskclip", "naclip", "proxyclip"])
+def test_other_patch_sizes_equal_the_authors_code(other_patch_models, patch, head):
+    """ViT-L/14's and ViT-B/32's layout: the pretraining grid at 224, another grid (resized positions) and black
+    padding to a multiple of the patch at 200 x 150."""
+    model = other_patch_models[patch]
+    for windows in (structured_windows(), structured_windows(200, 150)[:1]):
+        grid = (-(-windows.shape[-2] // patch), -(-windows.shape[-1] // patch))
+        padded = F.pad(windows, (0, grid[1] * patch - windows.shape[-1], 0, grid[0] * patch - windows.shape[-2]))
+        tokens = tokens_before_last_block(model, padded)
+        if head == "proxyclip":
+            proxy = proxy_of(padded, patch=patch // 2)  # a proxy grid twice as fine, as DINO /8 with CLIP /16
+            out, expected = (
+                dense_clip_features(model, windows, head, proxy=proxy),
+                proxyclip_reference(model, *tokens, proxy),
+            )
+        else:
+            out, expected = dense_clip_features(model, windows, head), reference_head(model, *tokens, head)
+            assert out.shape[-2:] == grid
+        assert_matches(out, expected)

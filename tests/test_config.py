@@ -93,7 +93,7 @@ BAD_VALUES = [
     ("strict_float32=maybe", "strict_float32='maybe'"),
     ("short_side=0", "short_side=0"),
     ("long_side=100", "long_side=100"),
-    ("crop=100", "crop=100"),
+    ("crop=-14", "crop=-14"),
     ("crop=0", "crop=0"),
     ("stride=0", "stride=0"),
     ("stride=300", "stride=300"),
@@ -128,7 +128,10 @@ BAD_VALUES = [
     ("model.clip.name=''", "model.clip.name=''"),
     ("model.dino.name=''", "model.dino.name=''"),
     ("model.clip.head=mask_clip", "model.clip.head='mask_clip' is invalid: expected one of maskclip, sclip, clearclip"),
-    ("model.dino.features=value", "model.dino.features='value' is invalid: expected one of v, k, q"),
+    ("model.dino.features=value", "model.dino.features='value' is invalid: expected one of v, k, q, x"),
+    ("model.clip.proxy_features=y", "model.clip.proxy_features='y' is invalid: expected one of v, k, q, x"),
+    ("model.clip.proxy_beta=high", "model.clip.proxy_beta='high'"),
+    ("model.clip.proxy_gamma=-1", "model.clip.proxy_gamma=-1.0 is invalid: expected a number > 0"),
     ("model.dino.pretrained=3", "model.dino.pretrained=3"),
     ("wandb.mode=cloud", "wandb.mode='cloud'"),
     ("model=3", "'model' is a section"),
@@ -228,7 +231,7 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_and_misnamed_files(tmp_path):
-    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, maskclip.yaml, naclip.yaml, sclip.yaml"
+    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
     with pytest.raises(ConfigError, match=f"not found.*available: {available}"):
         load_config("nothere.yaml")
     (tmp_path / "x.yml").write_text("k: 1\n")
@@ -307,7 +310,7 @@ def test_head_and_feature_choices_are_the_models():
     assert CLIP_HEADS == MODEL_HEADS and DINO_FEATURES == MODEL_FEATURES
 
 
-@pytest.mark.parametrize("head", ["sclip", "clearclip", "naclip"])
+@pytest.mark.parametrize("head", ["sclip", "clearclip", "naclip", "proxyclip"])
 def test_head_configs_are_the_baseline_with_that_head(head):
     config = load_config(f"{head}.yaml")
     paper = load_config("maskclip.yaml")
@@ -316,3 +319,5 @@ def test_head_configs_are_the_baseline_with_that_head(head):
     assert config == paper  # nothing else differs from the MaskCLIP baseline
     plus = load_config("lposs_plus.yaml", [f"model.clip.head={head}"])
     assert plus.model.clip.head == head and plus.pixel_refine and plus.patch_propagation
+    clip = plus.model.clip  # ProxyCLIP's constants and proxy, whatever the head
+    assert (clip.proxy_features, clip.proxy_beta, clip.proxy_gamma) == ("x", 1.2, 3.0)

@@ -210,6 +210,15 @@ def test_compare_shows_the_heads_baseline(backbones, config, tmp_path, monkeypat
     assert method_titles() == {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
 
 
+def test_every_head_has_a_title_and_proxyclip_is_named():
+    from lposs.cli.demo import HEAD_TITLES
+    from lposs.models import CLIP_HEADS
+
+    assert tuple(HEAD_TITLES) == CLIP_HEADS
+    expected = {"maskclip": "ProxyCLIP", "lposs": "LPOSS (ProxyCLIP)", "lposs_plus": "LPOSS+ (ProxyCLIP)"}
+    assert method_titles("proxyclip") == expected
+
+
 def test_unique_stems():
     assert unique_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.png"), Path("c/x.gif")]) == ["x", "x-2", "y", "x-3"]
 
@@ -247,7 +256,7 @@ def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.clip.name=ViT-B-32", "error: model.clip.name='ViT-B-32': patch size 32"),
+        ("crop=200", "error: crop=200: expected a multiple of the patch sizes of model.clip.name='ViT-S-16' (16)"),
         ("model.dino.name=resnet50", "error: model.dino.name='resnet50': a ResNet, not a ViT"),
         ("model.dtype=float16", "error: model.dtype='float16' on the CPU"),
     ],

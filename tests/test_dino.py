@@ -1,13 +1,16 @@
-"""DINO value, key and query features against qkv recomputed here from timm's modules and the paper code's rule."""
+"""DINO and DINOv2 features (v, k, q, x) against qkv recomputed from timm's modules and the paper code's rule, and
+against references written from facebookresearch/dino and facebookresearch/dinov2 (tests/dino_reference.py)."""
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from dino_reference import reference_features
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.testing import assert_close
 
-from lposs.models import DINO_FEATURES, dino_features, dino_value_features
+import lposs.models.dino as dino_module
+from lposs.models import DINO_FEATURES, dino_feature_maps, dino_features, dino_value_features
 
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
@@ -147,5 +150,83 @@ def test_kinds_differ_and_v_is_the_default_bit_for_bit(vit, kinds):
 
 
 def test_unknown_kind_is_refused(vit):
-    with pytest.raises(ValueError, match="'x'.*v, k, q"):
-        dino_features(vit, torch.rand(1, 3, 32, 32), "x")
+    with pytest.raises(ValueError, match="'y'.*v, k, q, x"):
+        dino_features(vit, torch.rand(1, 3, 32, 32), "y")
+
+
+RTOL = 1e-5
+# timm name -> the positional resize of the authors' hub: (offset, antialias)
+DINOV2 = {"vit_small_patch14_dinov2.lvd142m": (0.1, False), "vit_small_patch14_reg4_dinov2.lvd142m": (0.0, True)}
+
+
+def jittered(name: str):
+    """A random timm model of `name`, parameters jittered so that biases, norms and layer scales are not 0 / 1."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture(scope="module")
+def dinov2():
+    return {name: jittered(name) for name in DINOV2}
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert_close(actual, expected, rtol=RTOL, atol=RTOL * expected.abs().max().item())
+
+
+# 224: the 16 x 16 grid of a default window, resized from the 37 x 37 of the 518 px pretraining; 56 x 84: a 4 x 6 grid.
+@pytest.mark.parametrize("size", [(224, 224), (56, 84)])
+@pytest.mark.parametrize("name", list(DINOV2))
+def test_dinov2_equals_facebookresearch_dinov2(dinov2, name, size):
+    """kinds x (get_intermediate_layers) and v (the last qkv), registers dropped, each model's positional resize."""
+    vit, images = dinov2[name], torch.rand(1 if size[0] == 224 else 2, 3, *size)
+    ours = dino_feature_maps(vit, images, ("x", "v"))
+    for kind in ("x", "v"):
+        assert ours[kind].shape == (images.shape[0], 384, size[0] // 14, size[1] // 14)
+        assert_matches(ours[kind], reference_features(vit, images, kind, *DINOV2[name]))
+        if size[0] != 224:  # one pass for two kinds = one kind at a time, bit for bit
+            assert torch.equal(ours[kind], dino_features(vit, images, kind))
+
+
+@pytest.mark.parametrize("name", list(DINOV2))
+def test_dinov2_planted_bugs_fail(dinov2, name):
+    """Another model's positional offset / antialias, or registers taken as patches, move the features."""
+    vit, images = dinov2[name], torch.rand(1, 3, 56, 84)
+    ours = dino_features(vit, images, "x")
+    offset, antialias = DINOV2[name]
+    wrong = [reference_features(vit, images, "x", 0.1 - offset, antialias)]  # the other offset
+    wrong.append(reference_features(vit, images, "x", offset, not antialias))
+    if vit.reg_token is not None:
+        wrong.append(reference_features(vit, images, "x", offset, antialias, keep_registers=True))
+    for expected in wrong:
+        with pytest.raises(AssertionError):
+            assert_matches(ours, expected)
+
+
+def test_wrong_positional_rule_in_the_code_fails(dinov2, monkeypatch):
+    """The register model resized with the original models' rule (offset 0.1, no antialias) no longer matches."""
+    name = "vit_small_patch14_reg4_dinov2.lvd142m"
+    vit, images = dinov2[name], torch.rand(1, 3, 56, 84)
+    monkeypatch.setattr(dino_module, "positional_resize_rule", lambda _vit: (0.1, False))
+    with pytest.raises(AssertionError):
+        assert_matches(dino_features(vit, images, "x"), reference_features(vit, images, "x", *DINOV2[name]))
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("vit_small_patch16_224.dino", (224, 224)), ("vit_small_patch8_224.dino", (64, 48))]
+)
+def test_dino_x_equals_facebookresearch_dino(vit, name, size):
+    """DINO's get_intermediate_layers(x, 1)[0][:, 1:]: at patch 16 on the pretraining grid, at patch 8 on an 8 x 6
+    grid (DINO's (g + 0.1) positional resize)."""
+    model = vit if name == "vit_small_patch16_224.dino" else jittered(name)
+    images = torch.rand(1, 3, *size)
+    patch = model.patch_embed.patch_size[0]
+    ours = dino_feature_maps(model, images, ("x", "v"))
+    assert ours["x"].shape == (1, 384, size[0] // patch, size[1] // patch)
+    assert_matches(ours["x"], reference_features(model, images, "x", 0.1, False))
+    assert_matches(ours["v"], reference_features(model, images, "v", 0.1, False))
+    assert (ours["x"] - ours["v"]).abs().max() > 0.1  # x is not the value part

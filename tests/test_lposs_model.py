@@ -1,6 +1,7 @@
 """LPOSSBackbones: config building, shapes, normalisation and scores = cosine(CLIP head, text), heads and kinds."""
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -59,13 +60,61 @@ def test_odd_window_size(backbones):
     assert features.shape == (1, 384, 13, 16) and scores.shape == (1, 4, 13, 16)
 
 
-def test_clip_grid_resized_bilinearly_to_dino_grid(backbones, monkeypatch):
+def test_clip_scores_resized_bilinearly_to_dino_grid(backbones, monkeypatch):
+    """Two grids: the scores of the CLIP grid are resized (align_corners False), not the CLIP features."""
     coarse = torch.randn(1, 384, 7, 7)
     monkeypatch.setattr(lposs_module, "dense_clip_features", lambda _model, _images, *_head: coarse)
     _, scores = backbones(torch.rand(1, 3, 224, 224))
-    resized = F.normalize(F.interpolate(coarse, size=(14, 14), mode="bilinear", align_corners=False), dim=1)
-    expected = torch.einsum("bchw,ac->bahw", resized, backbones.text_embeddings)
+    coarse_scores = torch.einsum("bchw,ac->bahw", F.normalize(coarse, dim=1), backbones.text_embeddings)
+    expected = F.interpolate(coarse_scores, size=(14, 14), mode="bilinear", align_corners=False)
     assert_close(scores, expected, rtol=1e-5, atol=1e-6)
+    resized_features = F.normalize(F.interpolate(coarse, size=(14, 14), mode="bilinear", align_corners=False), dim=1)
+    features_first = torch.einsum("bchw,ac->bahw", resized_features, backbones.text_embeddings)
+    assert (scores - features_first).abs().max() > 1e-3  # resizing the features instead would show
+
+
+@pytest.fixture(scope="module")
+def dino_s8():
+    torch.manual_seed(1)
+    return timm.create_model("vit_small_patch8_224.dino", pretrained=False, num_classes=0).eval()
+
+
+def test_two_grids_dino_s8_with_clip_s16(backbones, dino_s8):
+    """ViT-S/16 CLIP and DINO ViT-S/8: graph on the 8 x 8 grid of a 64 x 64 window, CLIP scores of its 4 x 4 grid
+    resized to it; the patch sizes are reported for the windows and the patch centres."""
+    two = LPOSSBackbones(backbones.clip, backbones.tokenizer, dino_s8, TEMPLATES)
+    two.set_classes(CLASSES)
+    assert (two.patch_size, two.patch_sizes, backbones.patch_sizes) == (8, (16, 8), (16, 16))
+    windows = torch.rand(2, 3, 64, 64)
+    features, scores = two(windows)
+    assert torch.equal(features, dino_features(dino_s8, windows))
+    clip_patches = F.normalize(dense_clip_features(backbones.clip, windows), dim=1)  # [2, 384, 4, 4]
+    on_clip_grid = torch.einsum("behw,ae->bahw", clip_patches, two.text_embeddings)
+    expected = F.interpolate(on_clip_grid, size=(8, 8), mode="bilinear", align_corners=False)
+    assert scores.shape == (2, 4, 8, 8) and torch.equal(scores, expected)
+
+
+def test_proxyclip_head_takes_dino_x_from_the_same_pass(backbones, dino_s8):
+    """ProxyCLIP on DINO S/8's x (its default proxy) while the graph keeps DINO's v: one DINO pass gives both."""
+    proxy = {"proxy_features": "x", "proxy_beta": 1.1, "proxy_gamma": 2.5}
+    head = LPOSSBackbones(backbones.clip, backbones.tokenizer, dino_s8, TEMPLATES, clip_head="proxyclip", proxy=proxy)
+    head.set_classes(CLASSES)
+    windows = torch.rand(2, 3, 64, 64)
+    passes = []
+    handle = dino_s8.patch_embed.proj.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        features, scores = head(windows)
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    assert torch.equal(features, dino_features(dino_s8, windows, "v"))
+    proxy_features = dino_features(dino_s8, windows, "x")
+    clip_patches = dense_clip_features(backbones.clip, windows, "proxyclip", proxy=proxy_features, beta=1.1, gamma=2.5)
+    expected = torch.einsum("behw,ae->bahw", F.normalize(clip_patches, dim=1), head.text_embeddings)
+    assert scores.shape == (2, 4, 8, 8) and torch.equal(scores, expected)  # on the proxy's grid: no resize
+    head.set_heads("proxyclip", "v", {"proxy_features": "k"})
+    assert head.proxy == {"proxy_features": "k", "proxy_beta": 1.2, "proxy_gamma": 3.0}  # the rest ProxyCLIP's
+    assert not torch.equal(head(windows)[1], scores)
 
 
 def test_errors(backbones):
@@ -169,5 +218,9 @@ def test_from_config_reads_head_and_kind(backbones, monkeypatch):
     config = {**CONFIG, "clip": {**CONFIG["clip"], "head": "clearclip"}, "dino": {**CONFIG["dino"], "features": "q"}}
     built = LPOSSBackbones.from_config(config, "cpu")
     assert (built.clip_head, built.dino_kind) == ("clearclip", "q")
+    assert built.proxy == {"proxy_features": "x", "proxy_beta": 1.2, "proxy_gamma": 3.0}  # absent keys: ProxyCLIP's
+    proxy = {"head": "proxyclip", "proxy_features": "k", "proxy_beta": 1.0, "proxy_gamma": 2.0}
+    built = LPOSSBackbones.from_config({**CONFIG, "clip": {**CONFIG["clip"], **proxy}}, "cpu")
+    assert built.clip_head == "proxyclip" and built.proxy == {k: v for k, v in proxy.items() if k != "head"}
     assert (LPOSSBackbones.from_config(CONFIG, "cpu").clip_head, backbones.dino_kind) == ("maskclip", "v")
     assert built.clip_id == {"name": "ViT-S-16", "pretrained": None}  # the text cache key: no head in it

@@ -28,19 +28,23 @@ TINY = [*TINY_OVERRIDES, "num_workers=0"]
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
 
-@pytest.fixture(autouse=True)
-def shared_backbones(monkeypatch):
-    """Build the random backbones once per session: main() asks for them on every call."""
-    cache = shared_backbones.__dict__.setdefault("cache", {})
+def cache_from_config(monkeypatch, cache: dict, key_of=repr) -> None:
+    """LPOSSBackbones.from_config builds once per (key_of(model config), device), kept in `cache`."""
     original = LPOSSBackbones.from_config.__func__
 
     def cached(cls, model_cfg, device="cpu"):
-        key = (repr(model_cfg), str(device))
+        key = (key_of(model_cfg), str(device))
         if key not in cache:
             cache[key] = original(cls, model_cfg, device)
         return cache[key]
 
     monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(cached))
+
+
+@pytest.fixture(autouse=True)
+def shared_backbones(monkeypatch):
+    """Build the random backbones once per session: main() asks for them on every call."""
+    cache_from_config(monkeypatch, shared_backbones.__dict__.setdefault("cache", {}))
 
 
 def run(argv):
@@ -363,7 +367,7 @@ def test_model_config_checked_before_any_work(tmp_path, capsys, monkeypatch):
 
     checked = []
 
-    def check_model_config(model_cfg, device):
+    def check_model_config(model_cfg, device, crop=None):
         checked.append((model_cfg.clip.name, str(device)))
         if model_cfg.clip.name == "ViT-B-32":
             raise ModelConfigError("config value model.clip.name='ViT-B-32' is invalid: patch size 32, expected 16")

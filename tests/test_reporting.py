@@ -94,3 +94,24 @@ def test_summary_holds_the_whole_table():
     assert summary["datasets"] == ["voc", "voc20"] and summary["mIoU"] == {"voc": 60.0, "voc20": 80.0}
     assert summary["boundary_mIoU"] == {"voc": 40.0, "voc20": 50.0}
     assert summary["average"] == {"mIoU": 70.0, "boundary_mIoU": 45.0}
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "label"),
+    [
+        ("lposs_plus.yaml", [], "lposs_plus"),
+        ("proxyclip.yaml", [], "proxyclip"),
+        ("lposs_plus.yaml", ["model.clip.head=proxyclip"], "lposs_plus (proxyclip)"),
+        ("proxyclip.yaml", ["model.clip.proxy_features=k"], "proxyclip (proxy k)"),
+        (
+            "lposs.yaml",
+            ["model.clip.head=proxyclip", "model.clip.proxy_features=v", "model.dino.features=x"],
+            "lposs (proxyclip, proxy v, dino x)",
+        ),
+        ("lposs.yaml", ["model.clip.proxy_features=v"], "lposs"),  # no ProxyCLIP head: its proxy is not used
+    ],
+)
+def test_method_labels_name_the_head_and_its_proxy(config, overrides, label):
+    from lposs.evaluation.config import load_config
+
+    assert reporting.method_label(load_config(config, overrides)) == label

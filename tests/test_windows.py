@@ -1,4 +1,4 @@
-"""Resize, window grid, patch centres and window merging (SPEC steps 2, 3, 8 and 9)."""
+"""Resize, window grid, patch centres (any patch size) and window merging (SPEC steps 2, 3, 8 and 9)."""
 
 import mmcv
 import numpy as np
@@ -47,3 +47,14 @@ def test_merge_windows_averages_overlaps():
     canvas = merge_windows(scores, boxes, 4, 6)
     expected = torch.tensor([1.0, 1.0, 2.0, 2.0, 3.0, 3.0]).expand(1, 4, 6)
     torch.testing.assert_close(canvas, expected)
+
+
+def test_patch_centres_of_other_patch_sizes():
+    """DINO ViT-B/8 (28 x 28 grid of a 224 window) and DINOv2 /14 (16 x 16): origin + p / 2 + p a."""
+    boxes = [(0, 224, 0, 224), (112, 336, 224, 448)]
+    for patch, side in ((8, 28), (14, 16)):
+        centres = patch_centres(boxes, (side, side), patch_size=patch)
+        assert centres.shape == (2 * side * side, 2)
+        assert centres[0].tolist() == [patch / 2, patch / 2]
+        assert centres[side - 1].tolist() == [patch / 2, 224 - patch / 2]  # the last column ends at the window's edge
+        assert centres[side * side + side + 2].tolist() == [112 + patch / 2 + patch, 224 + patch / 2 + 2 * patch]

@@ -55,7 +55,7 @@ class SegmentationService:
         self.settings = SegmentorSettings.from_config(self.config)
         self.device = pick_device(self.config.device)
         apply_precision(self.config.strict_float32)  # process-wide flags: they reach Gradio's worker threads
-        check_model_config(self.config.model, self.device)  # no weights are read here
+        check_model_config(self.config.model, self.device, crop=self.config.crop)  # no weights are read here
         self.backbones = None
         self._lock = threading.Lock()
 

@@ -1,7 +1,7 @@
 """Images per second and seconds per stage of LPOSS+ (backbones, patch LP, pixel LP, the rest) per image size.
 
-The backbones are the real architectures (ViT-B/16 CLIP and DINO) at random initialisation: the same compute
-as the released weights, without needing them. Each case is a smooth random picture of a benchmark's typical
+The backbones are the real architectures (ViT-B/16 CLIP and DINO, or others named by ``--clip`` / ``--dino``) at
+random initialisation: the same compute as the released weights, without needing them. Each case is a smooth random picture of a benchmark's typical
 size with that benchmark's class list (the text rows include the background aliases). After ``--warmup``
 images (1), ``--repeats`` images are timed; on CUDA the peak GPU memory of the case is reported too.
 
@@ -15,6 +15,8 @@ Usage::
     python tools/benchmark_eval.py --device cuda --repeats 5 --json bench.json
     python tools/benchmark_eval.py --cases voc coco_stuff --pixel_backend torch
     python tools/benchmark_eval.py --tiny --cases voc               # ViT-S, small image (smoke test)
+    python tools/benchmark_eval.py --cases voc --dino vit_base_patch8_224.dino            # DINO ViT-B/8
+    python tools/benchmark_eval.py --cases voc --clip ViT-L-14 --dino vit_large_patch14_reg4_dinov2.lvd142m
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed images first (compilation, caches)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--tiny", action="store_true", help=f"ViT-S backbones and {TINY_SIZE} images (smoke test)")
+    parser.add_argument("--clip", default=None, help="open_clip model instead of ViT-B-16 (e.g. ViT-L-14)")
+    parser.add_argument(
+        "--dino", default=None, help="timm DINO model instead of ViT-B/16 (e.g. vit_base_patch8_224.dino)"
+    )
+    parser.add_argument("--head", default="maskclip", help="CLIP head (model.clip.head), e.g. proxyclip")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--pixel_backend", default=None, help="passed to SegmentorSettings.pixel_backend")
     parser.add_argument("--seed", type=int, default=0, help="random backbone weights and image")
@@ -67,12 +74,26 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return (big[0].permute(1, 2, 0) * 255).round().byte().numpy()
 
 
-def build_backbones(tiny: bool, device: torch.device, dtype: str = "float32", seed: int = 0) -> LPOSSBackbones:
-    """CLIP and DINO at random initialisation (ViT-B/16, or ViT-S/16 when ``tiny``), seeded."""
+def backbone_names(tiny: bool, clip: str | None = None, dino: str | None = None) -> tuple[str, str]:
+    """(CLIP, DINO) model names: ViT-B/16 (ViT-S/16 when ``tiny``) unless given."""
+    default = ("ViT-S-16", "vit_small_patch16_224.dino") if tiny else ("ViT-B-16", "vit_base_patch16_224.dino")
+    return clip or default[0], dino or default[1]
+
+
+def build_backbones(
+    tiny: bool,
+    device: torch.device,
+    dtype: str = "float32",
+    seed: int = 0,
+    clip: str | None = None,
+    dino: str | None = None,
+    head: str = "maskclip",
+) -> LPOSSBackbones:
+    """CLIP and DINO at random initialisation (ViT-B/16, or ViT-S/16 when ``tiny``, or the named ones), seeded."""
     torch.manual_seed(seed)
-    clip, dino = ("ViT-S-16", "vit_small_patch16_224.dino") if tiny else ("ViT-B-16", "vit_base_patch16_224.dino")
+    clip, dino = backbone_names(tiny, clip, dino)
     config = {
-        "clip": {"name": clip, "pretrained": None},
+        "clip": {"name": clip, "pretrained": None, "head": head},
         "dino": {"name": dino, "pretrained": None},
         "dtype": dtype,
         "templates": "single",  # one prompt per alias: text encoding is not what is measured
@@ -158,9 +179,10 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    backbones = build_backbones(args.tiny, device, args.dtype, args.seed)
+    backbones = build_backbones(args.tiny, device, args.dtype, args.seed, args.clip, args.dino, args.head)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device {device} ({name}) | {'ViT-S/16' if args.tiny else 'ViT-B/16'} random init | {args.dtype}")
+    clip, dino = backbone_names(args.tiny, args.clip, args.dino)
+    print(f"device {device} ({name}) | CLIP {clip} ({args.head}), DINO {dino}, random init | {args.dtype}")
     print(f"precision: {precision}")
     header = f"{'case':<11}{'size':>10}{'C':>5}{'rows':>6}" + "".join(f"{s:>10}" for s in STAGES)
     print(header + f"{'total s':>9}{'img/s':>8}{'peak GB':>8}  prediction")
@@ -173,6 +195,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"pixel backend that ran: {pixel_backend_ran(device, settings.pixel_backend)}")
     if args.json is not None:
         report = {"device": str(device), "device_name": name, "tiny": args.tiny, "dtype": args.dtype}
+        report.update(clip=clip, dino=dino, head=args.head)
         report["settings"] = dataclasses.asdict(settings)
         report["precision"] = precision
         # the whole process, warm-up images included (each case's own figure covers its timed images only)

@@ -15,6 +15,7 @@ Usage::
     python tools/benchmark_lp.py --device cuda        # GPU: reference, sparse/dense, torch/Triton, one run
     python tools/benchmark_lp.py --classes 21 --repeats 3
     python tools/benchmark_lp.py --levels pixel --cg-baseline --repeats 5   # this CG against the previous one
+    python tools/benchmark_lp.py --levels patch --patch 8   # DINO ViT-B/8: 784 patches per window, N = 11,760
 
 From Python: ``rows = list(benchmark_rows(parse_args(["--device", "cuda"])))``, one dict per timed variant.
 """
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (best is kept)")
     parser.add_argument("--windows", type=int, default=15, help="windows per image at patch level (x 196 patches)")
+    parser.add_argument(
+        "--patch", type=int, default=16, help="DINO patch size: 224 / patch squared patches per window (8: 784)"
+    )
     parser.add_argument(
         "--size", type=int, nargs=2, default=[448, 600], metavar=("H", "W"), help="pixel-level image size"
     )
@@ -265,10 +269,12 @@ def relative_error(ours: torch.Tensor, ref: np.ndarray | torch.Tensor) -> float:
 
 def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DINO-like features ``[N, 768]``, patch centres ``[N, 2]`` of a row of windows, a smooth image ``[3, H, W]``."""
-    n = args.windows * 196
+    side = 224 // args.patch  # patches per window side
+    n = args.windows * side * side
     feats = torch.nn.functional.normalize(torch.randn(n, 768), dim=1)
     # patch centres on a grid of windows 112 px apart, as the segmentor makes them
-    grid = torch.stack(torch.meshgrid(torch.arange(14), torch.arange(14), indexing="ij"), -1).reshape(-1, 2) * 16 + 8
+    grid = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1).reshape(-1, 2)
+    grid = grid * args.patch + args.patch // 2
     locs = torch.cat([grid + torch.tensor([0, 112 * i]) for i in range(args.windows)]).float()
     image = torch.rand(3, *args.size)
     image = torch.nn.functional.avg_pool2d(image[None], 9, 1, 4)[0]  # smooth colours, like a photo's

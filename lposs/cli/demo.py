@@ -57,7 +57,13 @@ from lposs.segmentation import Segmentor, SegmentorSettings
 
 METHODS = ("maskclip", "lposs", "lposs_plus")
 TITLES = {"maskclip": "MaskCLIP", "lposs": "LPOSS", "lposs_plus": "LPOSS+"}
-HEAD_TITLES = {"maskclip": "MaskCLIP", "sclip": "SCLIP", "clearclip": "ClearCLIP", "naclip": "NACLIP"}
+HEAD_TITLES = {
+    "maskclip": "MaskCLIP",
+    "sclip": "SCLIP",
+    "clearclip": "ClearCLIP",
+    "naclip": "NACLIP",
+    "proxyclip": "ProxyCLIP",
+}
 COMPARE_SIDE = 1024  # long side of each --compare panel, so that large photos give a viewable figure
 __all__ = [  # the image helpers live in lposs.datasets.image_files; named here for the app and lposs.api
     "ClassListError",
@@ -189,6 +195,14 @@ class _SharedWindows:
     @property
     def device(self) -> torch.device:
         return self.backbones.device
+
+    @property
+    def patch_size(self) -> int:
+        return getattr(self.backbones, "patch_size", 16)
+
+    @property
+    def patch_sizes(self) -> tuple[int, ...]:
+        return tuple(getattr(self.backbones, "patch_sizes", ()))
 
     def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for seen, outputs in self._seen:
@@ -328,7 +342,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device
     apply_precision(config.strict_float32)
     from lposs.models import check_model_config  # heavy imports once the command line is known good
 
-    check_model_config(config.model, device)  # names, patch sizes, tags, files, dtype: before any weights load
+    # names, tags, files, dtype, the windows a multiple of both patch sizes: before any weights load
+    check_model_config(config.model, device, crop=config.crop)
     return classes, config, device, collect_images(args.images)
 
 

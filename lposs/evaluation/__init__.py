@@ -20,7 +20,7 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.folder_plan`, :mod:`evaluation.folder_run`: label maps for a folder of unlabelled images
   (``segment_folder``), checked first, resumable, one share per rank.
 
-Names are imported on first use, so that ``from evaluation.config import load_config`` does not pull in
+Names are imported on first use, so that ``from lposs.evaluation.config import load_config`` does not pull in
 mmsegmentation through the data loading of the loop.
 """
 

@@ -49,8 +49,8 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _HYDRA_LOCK = threading.Lock()  # Hydra keeps one global state per process: one composition at a time
-CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip")
-DINO_FEATURES = ("v", "k", "q")
+CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
+DINO_FEATURES = ("v", "k", "q", "x")
 _OVERRIDE_FORM = "key=value (e.g. k=200, model.clip.pretrained=null, data_root='/my data')"
 
 
@@ -256,7 +256,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pixel_refine": (lambda v: isinstance(v, bool), "true or false"),
     "short_side": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "long_side": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
-    "crop": (lambda v: _is_int(v) and v >= 16 and v % 16 == 0, "a multiple of 16 (the patch size)"),
+    # a multiple of both backbones' patch sizes: checked with the model names (models.check_crop)
+    "crop": (lambda v: _is_int(v) and v > 0, "an integer > 0 (a multiple of both patch sizes)"),
     "stride": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "window_batch": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "k": (lambda v: _is_int(v) and v > 0, "an integer >= 1"),
@@ -285,6 +286,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # the choices of models.CLIP_HEADS and models.DINO_FEATURES (not imported: configs load without torch)
     "model.clip.head": (lambda v: v in CLIP_HEADS, "one of " + ", ".join(CLIP_HEADS)),
     "model.dino.features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
+    "model.clip.proxy_features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
+    "model.clip.proxy_beta": (_is_number, "a number"),
+    "model.clip.proxy_gamma": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),
 }

@@ -21,7 +21,10 @@ class ClipConfig:
 
     name: str = MISSING
     pretrained: str | None = MISSING  # a pretrained tag, a local checkpoint path, or null (random weights)
-    head: str = MISSING  # the last block: maskclip (the paper's) | sclip | clearclip | naclip
+    head: str = MISSING  # the last block: maskclip (the paper's) | sclip | clearclip | naclip | proxyclip
+    proxy_features: str = MISSING  # proxyclip's proxy: the DINO feature kind v | k | q | x (ProxyCLIP's: x)
+    proxy_beta: float = MISSING  # proxyclip's beta (1.2)
+    proxy_gamma: float = MISSING  # proxyclip's gamma (3.0)
 
 
 @dataclass
@@ -30,7 +33,7 @@ class DinoConfig:
 
     name: str = MISSING
     pretrained: bool | str | None = MISSING  # true (timm's weights), a local checkpoint path, or null/false
-    features: str = MISSING  # the part of the last block's qkv: v (the paper's) | k | q
+    features: str = MISSING  # the graph's features: v (the paper's) | k | q (of the last qkv) | x (the output)
 
 
 @dataclass

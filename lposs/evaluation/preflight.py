@@ -114,18 +114,16 @@ def _cuda_device(device_setting: str, local_rank: int) -> torch.device:
 
 
 def _check_models(combinations: list[Combination], device: torch.device) -> None:
-    """``models.check_model_config`` on every distinct model config, when the models package has it."""
+    """``models.check_model_config`` on every distinct (model config, crop): names, tags, files, dtype and the window
+    side a multiple of both patch sizes, before any weights are read."""
     from lposs import models
 
-    check = getattr(models, "check_model_config", None)
-    if check is None:
-        return
     seen = set()
     for combination in combinations:
-        key = OmegaConf.to_yaml(combination.config.model)
+        key = (OmegaConf.to_yaml(combination.config.model), combination.config.crop)
         if key not in seen:
             seen.add(key)
-            check(combination.config.model, device)
+            models.check_model_config(combination.config.model, device, crop=combination.config.crop)
 
 
 def _check_pixel_backend(combinations: list[Combination], device: torch.device) -> None:

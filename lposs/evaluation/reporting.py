@@ -138,13 +138,16 @@ def format_paper_table(method: str, records: dict[str, dict], order: Sequence[st
 def method_label(config: DictConfig) -> str:
     """The method's name in tables and records: ``maskclip``, ``lposs`` or ``lposs_plus`` for the paper's backbones;
     another CLIP head names the baseline (``naclip``) or is added in brackets (``lposs_plus (naclip)``), and so is a
-    DINO feature kind other than ``v`` where propagation uses it (``lposs (sclip, dino k)``)."""
+    DINO feature kind other than ``v`` where propagation uses it (``lposs (sclip, dino k)``) and a ProxyCLIP proxy
+    other than its ``x`` (``proxyclip (proxy v)``, ``lposs (proxyclip, proxy v)``)."""
     head = OmegaConf.select(config, "model.clip.head", default="maskclip")
+    proxy = OmegaConf.select(config, "model.clip.proxy_features", default="x")
+    proxy_notes = [f"proxy {proxy}"] if head == "proxyclip" and proxy != "x" else []
     if not config.patch_propagation:
-        return head
+        return f"{head} ({proxy_notes[0]})" if proxy_notes else head
     base = "lposs_plus" if config.pixel_refine else "lposs"
     kind = OmegaConf.select(config, "model.dino.features", default="v")
-    notes = ([head] if head != "maskclip" else []) + ([f"dino {kind}"] if kind != "v" else [])
+    notes = ([head] if head != "maskclip" else []) + proxy_notes + ([f"dino {kind}"] if kind != "v" else [])
     return f"{base} ({', '.join(notes)})" if notes else base
 
 

@@ -159,11 +159,18 @@ def _finish(run: RunState) -> None:
             output.publish(publication=publication)
 
 
+# What only picks a head on the loaded weights (LPOSSBackbones.set_heads), per model section.
+_PROXY_KEYS = ("proxy_features", "proxy_beta", "proxy_gamma")
+_HEAD_KEYS = {"clip": ("head", *_PROXY_KEYS), "dino": ("features",)}
+
+
 def _weights_key(model) -> str:
-    """The model config less what only picks a head (``clip.head``, ``dino.features``): equal keys, equal weights."""
+    """The model config less what only picks a head (``clip.head``, ProxyCLIP's settings, ``dino.features``): equal
+    keys, equal weights."""
     weights = OmegaConf.to_container(model, resolve=True)
-    weights["clip"].pop("head", None)
-    weights["dino"].pop("features", None)
+    for section, keys in _HEAD_KEYS.items():
+        for key in keys:
+            weights[section].pop(key, None)
     return json.dumps(weights, sort_keys=True)
 
 
@@ -187,7 +194,8 @@ def run(args: argparse.Namespace, plan: RunPlan) -> None:
                 loaded.clear()  # one set of models in memory at a time
                 make_deterministic(group[0].config.seed, plan.device)  # random-init weights too (tests, benchmarks)
                 loaded[weights_key] = LPOSSBackbones.from_config(model, plan.device).eval()
-            loaded[weights_key].set_heads(model.clip.head, model.dino.features)
+            proxy = {key: model.clip[key] for key in _PROXY_KEYS}
+            loaded[weights_key].set_heads(model.clip.head, model.dino.features, proxy)
             _evaluate_group(state, group, loaded[weights_key])
         if main:
             _finish(state)

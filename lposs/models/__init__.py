@@ -1,8 +1,18 @@
-"""Frozen backbones of LPOSS: dense CLIP features (MaskCLIP and other heads), CLIP text classifier, DINO features."""
+"""Frozen backbones of LPOSS: dense CLIP features (MaskCLIP and other heads), CLIP text classifier, DINO features.
 
-from .checks import DTYPES, CheckpointNotFoundError, ModelConfigError, check_model_config, resolve_dtype
-from .clip_heads import CLIP_HEADS, NACLIP_GAUSSIAN_STD
-from .dino import DINO_FEATURES, IMAGENET_MEAN, IMAGENET_STD, dino_features, dino_value_features
+Any patch size: open_clip ViTs (B/16, L/14, B/32...), timm DINO (S/16, B/16, S/8, B/8) and DINOv2 (/14, registers).
+"""
+
+from .checks import (
+    DTYPES,
+    CheckpointNotFoundError,
+    ModelConfigError,
+    check_crop,
+    check_model_config,
+    resolve_dtype,
+)
+from .clip_heads import CLIP_HEADS, NACLIP_GAUSSIAN_STD, PROXY_BETA, PROXY_GAMMA
+from .dino import DINO_FEATURES, IMAGENET_MEAN, IMAGENET_STD, dino_feature_maps, dino_features, dino_value_features
 from .factory import BUILDERS, WeightsUnavailableError, build_clip, build_dino
 from .lposs import LPOSSBackbones
 from .maskclip import (
@@ -28,15 +38,19 @@ __all__ = [
     "NACLIP_GAUSSIAN_STD",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "PROXY_BETA",
+    "PROXY_GAMMA",
     "CheckpointNotFoundError",
     "LPOSSBackbones",
     "ModelConfigError",
     "WeightsUnavailableError",
     "build_clip",
     "build_dino",
+    "check_crop",
     "check_model_config",
     "clear_text_cache",
     "dense_clip_features",
+    "dino_feature_maps",
     "dino_features",
     "dino_value_features",
     "resolve_dtype",

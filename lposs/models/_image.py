@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-PATCH_SIZE = 16
+PATCH_SIZE = 16  # the paper's backbones' patch size (ViT-B/16): the default padding multiple
 
 
 def check_images(images: torch.Tensor, who: str) -> None:

@@ -6,6 +6,8 @@ device (no memory, no weights), so nothing here goes stale when either library a
 """
 
 import difflib
+import functools
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -15,9 +17,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from ._image import PATCH_SIZE
 from .clip_heads import CLIP_HEADS
-from .dino import DINO_FEATURES, _check_vit_layout
+from .dino import DINO_FEATURES, _check_vit_layout, dino_patch_size
 from .maskclip import TEMPLATE_SETS
 
 Pretrained = str | bool | None
@@ -30,7 +31,7 @@ _NULL = {"", "null", "none", "false", "0", "no", "off"}
 
 
 class ModelConfigError(ValueError):
-    """A `model.*` config value that cannot work (unknown model, wrong patch size, missing weights file...)."""
+    """A `model.*` config value that cannot work (unknown model, a crop the patch sizes do not divide, missing weights...)."""
 
 
 class CheckpointNotFoundError(ModelConfigError, FileNotFoundError):
@@ -86,18 +87,24 @@ def check_dtype(dtype: Any, device: Device) -> torch.dtype:
     return resolved
 
 
-def _native_vit16(name: str) -> bool:
+def _native_vit(name: str) -> bool:
     vision = open_clip.get_model_config(name)["vision_cfg"]
-    return "timm_model_name" not in vision and vision.get("patch_size") == PATCH_SIZE
+    plain = "timm_model_name" not in vision and not vision.get("attentional_pool")
+    return plain and isinstance(vision.get("patch_size"), int)
 
 
 def usable_clip_models() -> list[str]:
-    """open_clip model names with their own ViT visual tower of patch size 16 (what MaskCLIP reads)."""
-    return [name for name in open_clip.list_models() if _native_vit16(name)]
+    """open_clip model names with their own plain ViT visual tower (what the heads read), any patch size."""
+    return [name for name in open_clip.list_models() if _native_vit(name)]
+
+
+def clip_patch_size(name: str) -> int:
+    """The patch size of open_clip model `name`'s visual tower, from its config (no weights)."""
+    return int(open_clip.get_model_config(name)["vision_cfg"]["patch_size"])
 
 
 def check_clip_name(name: Any) -> None:
-    """ModelConfigError unless `name` is an open_clip model with a native ViT visual tower of patch size 16."""
+    """ModelConfigError unless `name` is an open_clip model with a native plain ViT visual tower (any patch size)."""
     key = "model.clip.name"
     known = open_clip.list_models()
     if not isinstance(name, str) or name not in known:
@@ -105,16 +112,15 @@ def check_clip_name(name: Any) -> None:
         hint = f"close matches: {', '.join(close)}" if close else f"usable: {', '.join(usable_clip_models())}"
         raise ModelConfigError(f"{key}={name!r}: unknown open_clip model; {hint}")
     vision = open_clip.get_model_config(name)["vision_cfg"]
-    usable = f"e.g. {', '.join(usable_clip_models()[:6])}"
+    usable = f"e.g. {', '.join(('ViT-B-16', 'ViT-L-14', 'ViT-L-14-336', 'ViT-B-32'))}"
     if "timm_model_name" in vision:
         raise ModelConfigError(
             f"{key}={name!r}: its visual tower is timm's {vision['timm_model_name']!r}; expected open_clip's own ViT "
-            f"with patch size {PATCH_SIZE} (MaskCLIP reads its blocks), {usable}"
+            f"(the heads read its blocks), {usable}"
         )
     patch = vision.get("patch_size")
-    if patch != PATCH_SIZE:
-        found = f"patch size {patch}" if patch is not None else "no patch size (not a ViT)"
-        raise ModelConfigError(f"{key}={name!r}: {found}, expected patch size {PATCH_SIZE}; {usable}")
+    if not isinstance(patch, int):
+        raise ModelConfigError(f"{key}={name!r}: no patch size (not a ViT); expected an open_clip ViT, {usable}")
     if vision.get("attentional_pool"):
         raise ModelConfigError(f"{key}={name!r}: attentional pooler, expected a plain ViT; {usable}")
 
@@ -136,11 +142,13 @@ def check_clip_pretrained(name: str, pretrained: Pretrained) -> None:
 
 
 def _dino_examples() -> str:
-    return ", ".join(timm.list_pretrained(f"vit_*_patch{PATCH_SIZE}_*.dino")) or "a timm ViT with patch size 16"
+    return ", ".join(timm.list_pretrained("vit_*.dino") + timm.list_pretrained("vit_*_dinov2.*")[:2])
 
 
+@functools.lru_cache(maxsize=8)
 def _meta_model(name: str) -> torch.nn.Module:
-    """The timm model `name` built on the meta device: its modules and shapes, no memory and no weights."""
+    """The timm model `name` built on the meta device: its modules and shapes, no memory and no weights (cached:
+    the name check and the crop check both read it)."""
     try:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False, num_classes=0)
@@ -149,7 +157,7 @@ def _meta_model(name: str) -> torch.nn.Module:
 
 
 def check_dino_name(name: Any) -> None:
-    """ModelConfigError unless `name` is a timm VisionTransformer of patch size 16 with the layout read here."""
+    """ModelConfigError unless `name` is a timm VisionTransformer (any square patch size) with the layout read here."""
     key = "model.dino.name"
     if not isinstance(name, str) or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models() + timm.list_pretrained(), n=5, cutoff=0.6)
@@ -163,16 +171,18 @@ def check_dino_name(name: Any) -> None:
         model = _meta_model(name)
     except Exception as error:
         raise ModelConfigError(f"{key}={name!r}: timm cannot build it ({type(error).__name__}: {error})") from error
-    expected = f"expected a timm VisionTransformer with patch size {PATCH_SIZE}, e.g. {_dino_examples()}"
     if not isinstance(model, VisionTransformer):
+        expected = f"expected a timm VisionTransformer, e.g. {_dino_examples()}"
         raise ModelConfigError(f"{key}={name!r}: a {type(model).__name__}, not a ViT; {expected}")
-    patch = tuple(model.patch_embed.patch_size)
-    if patch != (PATCH_SIZE, PATCH_SIZE):
-        raise ModelConfigError(f"{key}={name!r}: patch size {patch[0]}, {expected}")
     try:
         _check_vit_layout(model)
     except ValueError as error:
         raise ModelConfigError(f"{key}={name!r}: {error}") from error
+
+
+def dino_patch_size_of(name: str) -> int:
+    """The patch size of timm model `name` (built on the meta device: no memory, no weights)."""
+    return dino_patch_size(_meta_model(name))
 
 
 def check_dino_pretrained(name: str, pretrained: Pretrained) -> None:
@@ -219,13 +229,33 @@ def check_choice(dotted: str, value: Any, choices: tuple) -> None:
         raise ModelConfigError(f"model.{dotted}={value!r}: expected one of {', '.join(choices)}")
 
 
-def check_model_config(model_cfg: Any, device: Device) -> None:
-    """Check the `model` config section for `device` without loading or downloading any weights.
+def check_crop(crop: Any, model_cfg: Any) -> None:
+    """ModelConfigError unless the window side `crop` is a multiple of both backbones' patch sizes (no weights read).
+
+    Both grids of a window (crop / CLIP patch, crop / DINO patch) must cover it exactly, e.g. 224 for ViT-B/16 with
+    DINO ViT-B/8 or DINOv2 /14, 224 or 448 for ViT-B/32 with DINOv2 /14 (a multiple of 224).
+    """
+    clip_name, dino_name = config_value(model_cfg, "clip.name"), config_value(model_cfg, "dino.name")
+    patches = {f"model.clip.name={clip_name!r}": clip_patch_size(clip_name)}
+    patches[f"model.dino.name={dino_name!r}"] = dino_patch_size_of(dino_name)
+    multiple = math.lcm(*patches.values())
+    if not isinstance(crop, int) or isinstance(crop, bool) or crop < 1 or crop % multiple:
+        names = " and ".join(f"{key} ({patch})" for key, patch in patches.items())
+        raise ModelConfigError(
+            f"crop={crop!r}: expected a multiple of the patch sizes of {names}, i.e. of {multiple} "
+            f"(e.g. {max(1, round(224 / multiple)) * multiple})"
+        )
+
+
+def check_model_config(model_cfg: Any, device: Device, crop: int | None = None) -> None:
+    """Check the `model` config section for `device` (and the window side `crop`) without loading or downloading
+    any weights.
 
     Args:
         model_cfg: mapping with clip.name, clip.pretrained, dino.name, dino.pretrained, dtype, optional templates,
-            optional clip.head and dino.features.
+            optional clip.head, clip.proxy_features and dino.features.
         device: where the backbones will run ('cpu', 'cuda', 'cuda:1' or a torch.device).
+        crop: the config's `crop`, if given: it must be a multiple of both patch sizes (`check_crop`).
 
     Raises:
         ModelConfigError: one line naming the first bad key, its value and what is expected.
@@ -233,6 +263,7 @@ def check_model_config(model_cfg: Any, device: Device) -> None:
     clip_name, dino_name = config_value(model_cfg, "clip.name"), config_value(model_cfg, "dino.name")
     check_choice("clip.head", optional_value(model_cfg, "clip.head", "maskclip"), CLIP_HEADS)
     check_choice("dino.features", optional_value(model_cfg, "dino.features", "v"), DINO_FEATURES)
+    check_choice("clip.proxy_features", optional_value(model_cfg, "clip.proxy_features", "x"), DINO_FEATURES)
     check_clip_name(clip_name)
     check_clip_pretrained(clip_name, config_value(model_cfg, "clip.pretrained"))
     check_dino_name(dino_name)
@@ -241,3 +272,5 @@ def check_model_config(model_cfg: Any, device: Device) -> None:
     templates = model_cfg.get("templates", "imagenet80")
     if templates not in TEMPLATE_SETS:
         raise ModelConfigError(f"model.templates={templates!r}: expected one of {', '.join(TEMPLATE_SETS)}")
+    if crop is not None:
+        check_crop(crop, model_cfg)

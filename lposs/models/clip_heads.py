@@ -10,19 +10,27 @@ after it (`ln_post`, dropping CLS, `proj`) stays as in MaskCLIP. With `x` the ou
   `ignore_residual=True`): `A = softmax(s q qT)`, `y = out_proj(A v)`, no residual and no MLP;
 - `naclip` (NACLIP, sinahmr/NACLIP `clip/model.py`, `arch='reduced'`, `attn_strategy='naclip'`):
   `A = softmax(s k kT + Omega)`, `y = out_proj(A v)`, no residual and no MLP; `Omega` a Gaussian of the
-  distance between patch positions (std 5 patches), 0 in the CLS row and column.
+  distance between patch positions (std 5 patches), 0 in the CLS row and column;
+- `proxyclip` (ProxyCLIP, mc-lan/ProxyCLIP `open_clip/transformer.py`, `VisionTransformer.custom_attn`): the
+  attention comes from proxy features F [C, h * w] of the same window (a vision model's, on its own grid h x w):
+  with F's columns L2-normalised, `S = FT F`, `S' = gamma (S - beta mean(S))` (mean over the window's whole
+  matrix), entries below 0 set to -inf, `A = softmax(S')` shared by all heads; the values (CLS dropped) are resized
+  bilinearly from the CLIP grid to h x w; `y = out_proj(A v)`, no residual and no MLP; the output has no CLS token.
 
-Attention is per head (never averaged over heads) and covers every token, CLS included, as in the authors' code.
-`maskclip`, the default, lives in `models.maskclip` and is not computed here.
+Attention is per head (never averaged over heads) and, but for ProxyCLIP's, covers every token, CLS included, as in
+the authors' code. `maskclip`, the default, lives in `models.maskclip` and is not computed here.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip")
+CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
 # NACLIP's Gaussian window, in patches: its paper's value and its code's default (`gaussian_std=5.`).
 NACLIP_GAUSSIAN_STD = 5.0
+# ProxyCLIP's defaults (`ProxyCLIPSegmentation(beta=1.2, gamma=3.0)`, `custom_attn(beta=1.2, gamma=3.0)`).
+PROXY_BETA = 1.2
+PROXY_GAMMA = 3.0
 
 
 def check_head(head: str) -> None:
@@ -62,7 +70,7 @@ def _attention(head: str, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int
         omega = neighbourhood_bias(grid, NACLIP_GAUSSIAN_STD, k.device)
         logits = (k @ k.transpose(-2, -1)) * scale
         return torch.softmax(logits + omega.to(logits.dtype), dim=-1)
-    raise ValueError(f"no attention for head {head!r}; expected one of {', '.join(CLIP_HEADS[1:])}")
+    raise ValueError(f"no attention for head {head!r}; expected sclip, clearclip or naclip")
 
 
 def refined_last_block(block: nn.Module, x: torch.Tensor, head: str, grid: tuple[int, int]) -> torch.Tensor:
@@ -81,3 +89,52 @@ def refined_last_block(block: nn.Module, x: torch.Tensor, head: str, grid: tuple
         return y + block.ls_2(block.mlp(block.ln_2(y)))
     # ClearCLIP and NACLIP take the attention output alone ("reduced" block: no residual, no MLP, no layer scale).
     return out
+
+
+def proxy_attention(proxy: torch.Tensor, beta: float = PROXY_BETA, gamma: float = PROXY_GAMMA) -> torch.Tensor:
+    """ProxyCLIP's attention weights [B, h * w, h * w] float32 from proxy features [B, C, h, w] (any dtype).
+
+    `S = FT F` of the L2-normalised columns F [C, h * w] of each window, `S' = gamma (S - beta mean(S))`, entries
+    below 0 set to -inf, softmax over the last axis. The mean is over each window's whole matrix (the authors'
+    `mean(dim=(1, 2))`), so a batch of windows gives what each window gives alone. A row whose entries all fall
+    below `beta mean(S)` is NaN, as in the authors' code (it needs `mean(S) > 1 / beta` for the diagonal's 1).
+    """
+    features = F.normalize(proxy.flatten(2).float(), dim=1)  # [B, C, h * w], unit columns
+    similarity = features.transpose(1, 2) @ features  # [B, h * w, h * w]
+    # The authors' mean is over dims (1, 2): each window's whole matrix, never the batch's.
+    similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
+    # Reproduced as the authors' code: no guard for a row that is -inf throughout (it becomes NaN).
+    similarity = similarity.masked_fill(similarity < 0.0, float("-inf"))
+    return torch.softmax(similarity, dim=-1)
+
+
+def proxyclip_last_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    grid: tuple[int, int],
+    proxy: torch.Tensor,
+    beta: float = PROXY_BETA,
+    gamma: float = PROXY_GAMMA,
+) -> torch.Tensor:
+    """ProxyCLIP's last block on batch-first tokens x [B, 1 + gh * gw, C] -> patch tokens [B, h * w, C] (no CLS).
+
+    Args:
+        block: the last open_clip ResidualAttentionBlock (nn.MultiheadAttention with packed in_proj).
+        grid: the CLIP patch grid (gh, gw) of x. (The authors' code takes it as (W / p, H / p), right for their
+            square windows only; the true grid is used here.)
+        proxy: [B, C', h, w] proxy features of the same windows, on their own grid.
+    """
+    attn = block.attn
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [B, N, 3C], packed q, k, v
+    values = _per_head(qkv.chunk(3, dim=-1)[2][:, 1:], heads)  # [B, heads, gh * gw, d], CLS dropped
+    batch, _, _, dim = values.shape
+    # The authors' token_size is (W / p, H / p), right for square windows only: the true (gh, gw) is used here.
+    values = values.reshape(batch * heads, grid[0], grid[1], dim).permute(0, 3, 1, 2)  # [B * heads, d, gh, gw]
+    size = tuple(proxy.shape[-2:])
+    values = F.interpolate(values, size=size, mode="bilinear", align_corners=False)
+    values = values.permute(0, 2, 3, 1).reshape(batch, heads, size[0] * size[1], dim)  # [B, heads, h * w, d]
+    weights = proxy_attention(proxy.to(values.device), beta, gamma).to(values.dtype)  # [B, h * w, h * w]
+    out = (weights[:, None] @ values).transpose(1, 2).flatten(2)  # [B, h * w, C], heads concatenated
+    # The attention output alone: no residual, no MLP, no layer scale (the authors' `custom_attn`).
+    return attn.out_proj(out)

@@ -1,12 +1,14 @@
-"""DINO features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
+"""DINO patch features of the last block (docs/method.md, "Pipeline", step 6) from a timm VisionTransformer.
 
-The value part of the last attention's qkv output is the paper's; its key or query part can be used instead
-(`model.dino.features`), like the paper code's `enc_type_feats`.
+The value part of the last attention's qkv output is the paper's; its key or query part (`k`, `q`, like the paper
+code's `enc_type_feats`) or the last block's output after the final norm (`x`, as DINO's and DINOv2's
+`get_intermediate_layers` return it, and as ProxyCLIP reads its proxy) can be used instead (`model.dino.features`).
 
-The token embedding is computed here rather than by timm's `forward_features`, because for patch grids
-other than the pretraining one the DINO reference (facebookresearch/dino) resizes the positional
-embedding with its own `scale_factor` rule, which timm does not reproduce. The timm internals used
-are checked by `_check_vit_layout`, so a layout change in a future timm fails loudly.
+Any patch size works: DINO ViT-S/16, B/16, S/8, B/8 and DINOv2 S/B/L/14 with or without registers. Prefix tokens
+(CLS and registers) are dropped. The token embedding is computed here rather than by timm's `forward_features`,
+because for patch grids other than the pretraining one each model's authors resize the positional embedding their
+own way (`positional_resize_rule`), which timm does not reproduce for all of them. The timm internals used are
+checked by `_check_vit_layout`, so a layout change in a future timm fails loudly.
 """
 
 from collections.abc import Sequence
@@ -16,12 +18,13 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ._image import PATCH_SIZE, check_images, pad_and_normalize, tokens_to_map
+from ._image import check_images, pad_and_normalize, tokens_to_map
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Which part of the last block's qkv output is the feature; index = position in timm's packed (q, k, v) layout.
-DINO_FEATURES = ("v", "k", "q")
+# The feature kinds: a part of the last block's qkv output (index = position in timm's packed (q, k, v) layout),
+# or `x`, the last block's output after the final norm.
+DINO_FEATURES = ("v", "k", "q", "x")
 _QKV_INDEX = {"q": 0, "k": 1, "v": 2}
 
 
@@ -29,15 +32,26 @@ def _layout_error(what: str) -> ValueError:
     return ValueError(f"dino_features: unsupported timm model, {what}")
 
 
+def dino_patch_size(vit: nn.Module) -> int:
+    """The (square) patch size of a timm ViT: 16 for DINO ViT-B/16, 8 for ViT-B/8, 14 for DINOv2."""
+    size = tuple(vit.patch_embed.patch_size)
+    if len(size) != 2 or size[0] != size[1]:
+        raise _layout_error(f"expected a square patch size, got {size}")
+    return int(size[0])
+
+
 def _check_vit_layout(vit: nn.Module) -> None:
-    """Raise ValueError unless `vit` has the timm ViT layout the qkv features rely on."""
+    """Raise ValueError unless `vit` has the timm ViT layout the features rely on."""
     if not isinstance(vit, VisionTransformer):
         raise _layout_error(f"expected timm VisionTransformer, got {type(vit).__name__}")
+    patch = dino_patch_size(vit)
     proj = getattr(vit.patch_embed, "proj", None)
-    if not isinstance(proj, nn.Conv2d) or tuple(proj.stride) != (PATCH_SIZE, PATCH_SIZE):
-        raise _layout_error(f"expected patch_embed.proj to be a Conv2d with stride {PATCH_SIZE}")
-    if tuple(vit.patch_embed.patch_size) != (PATCH_SIZE, PATCH_SIZE):
-        raise _layout_error(f"expected patch size {PATCH_SIZE}, got {tuple(vit.patch_embed.patch_size)}")
+    if (
+        not isinstance(proj, nn.Conv2d)
+        or tuple(proj.stride) != (patch, patch)
+        or tuple(proj.kernel_size) != (patch,) * 2
+    ):
+        raise _layout_error(f"expected patch_embed.proj to be a Conv2d with kernel and stride {patch}")
     if vit.pos_embed is None:
         raise _layout_error("expected an absolute positional embedding (pos_embed)")
     prefix = (vit.cls_token is not None) + (vit.reg_token.shape[1] if vit.reg_token is not None else 0)
@@ -50,13 +64,22 @@ def _check_vit_layout(vit: nn.Module) -> None:
         raise _layout_error(f"blocks[-1].attn.qkv must be nn.Linear with out_features {3 * vit.embed_dim}")
 
 
+def positional_resize_rule(vit: nn.Module) -> tuple[float, bool]:
+    """(offset, antialias) of the bicubic resize of the patch positional embedding, as the model's authors do it.
+
+    DINO (facebookresearch/dino `interpolate_pos_encoding`) and the original DINOv2 models (facebookresearch/dinov2
+    hub: `interpolate_offset=0.1`, `interpolate_antialias=False`): scale factor `(g + 0.1) / g0`, the 0.1 avoiding
+    floating-point rounding of the output size, no antialias. The DINOv2 models with registers (hub:
+    `interpolate_offset=0.0`, `interpolate_antialias=True`): the output size itself, antialiased.
+    """
+    return (0.0, True) if getattr(vit, "reg_token", None) is not None else (0.1, False)
+
+
 def _dino_positional_embedding(vit: VisionTransformer, grid: Sequence[int]) -> torch.Tensor:
     """Positional embedding [1, P + gh * gw, D] for patch grid (gh, gw); P = prefix rows in pos_embed.
 
-    Reproduces facebookresearch/dino `interpolate_pos_encoding`: bicubic with
-    scale_factor ((gh + 0.1) / gh0, (gw + 0.1) / gw0), the +0.1 avoiding floating-point rounding of the
-    output size. timm's `resample_abs_pos_embed` (dynamic_img_size=True) uses `size=` and antialias=True
-    instead, which gives different values, so it is not used.
+    Resized by `positional_resize_rule` in float32, as the authors' code; timm's `resample_abs_pos_embed`
+    (dynamic_img_size=True) always uses `size=` with antialias, which differs from DINO's and the original DINOv2's.
     """
     pos = vit.pos_embed
     grid0 = tuple(vit.patch_embed.grid_size)
@@ -65,8 +88,13 @@ def _dino_positional_embedding(vit: VisionTransformer, grid: Sequence[int]) -> t
     n_prefix = 0 if vit.no_embed_class else vit.num_prefix_tokens
     dim = pos.shape[-1]
     patch_pos = pos[:, n_prefix:].float().reshape(1, grid0[0], grid0[1], dim).permute(0, 3, 1, 2)  # [1, D, gh0, gw0]
-    scale = ((grid[0] + 0.1) / grid0[0], (grid[1] + 0.1) / grid0[1])
-    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+    offset, antialias = positional_resize_rule(vit)
+    if offset:  # reference quirk (DINO, original DINOv2): a scale factor of (g + 0.1) / g0, not the size g
+        scale = ((grid[0] + offset) / grid0[0], (grid[1] + offset) / grid0[1])
+        resize = {"scale_factor": scale}
+    else:
+        resize = {"size": tuple(grid)}
+    patch_pos = F.interpolate(patch_pos, mode="bicubic", align_corners=False, antialias=antialias, **resize)
     if tuple(patch_pos.shape[-2:]) != tuple(grid):
         raise RuntimeError(f"positional embedding resized to {tuple(patch_pos.shape[-2:])}, expected {tuple(grid)}")
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)  # [1, gh * gw, D]
@@ -74,13 +102,13 @@ def _dino_positional_embedding(vit: VisionTransformer, grid: Sequence[int]) -> t
 
 
 def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Input tokens of the first block, as timm's ViT builds them but with DINO's interpolation.
+    """Input tokens of the first block, as timm's ViT builds them but with the authors' interpolation.
 
     Args:
-        x: [B, 3, H, W] normalised, H and W multiples of 16, in the model's dtype.
+        x: [B, 3, H, W] normalised, H and W multiples of the patch size, in the model's dtype.
 
     Returns:
-        tokens [B, num_prefix_tokens + gh * gw, D] and the patch grid (gh, gw).
+        tokens [B, num_prefix_tokens + gh * gw, D] (CLS, registers, patches) and the patch grid (gh, gw).
     """
     x = vit.patch_embed.proj(x)  # [B, D, gh, gw]
     grid = (x.shape[-2], x.shape[-1])
@@ -88,6 +116,7 @@ def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
     prefix = [t.expand(x.shape[0], -1, -1) for t in (vit.cls_token, vit.reg_token) if t is not None]
     pos = _dino_positional_embedding(vit, grid).to(x.dtype)
     if vit.no_embed_class:
+        # timm folds DINOv2's CLS position into cls_token; registers get no position, as in DINOv2
         x = torch.cat(prefix + [x + pos], dim=1)
     else:
         x = torch.cat(prefix + [x], dim=1) + pos
@@ -95,40 +124,57 @@ def _dino_tokens(vit: VisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor,
     return vit.norm_pre(x), grid
 
 
+def _check_kinds(kinds: Sequence[str]) -> None:
+    for kind in kinds:
+        if kind not in DINO_FEATURES:
+            raise ValueError(f"DINO features {kind!r}: expected one of {', '.join(DINO_FEATURES)}")
+
+
 @torch.no_grad()
-def dino_features(vit: nn.Module, images: torch.Tensor, kind: str = "v") -> torch.Tensor:
-    """L2-normalised value, key or query features of the last block's attention of a timm DINO ViT.
+def dino_feature_maps(vit: nn.Module, images: torch.Tensor, kinds: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Several feature kinds of `dino_features` from one forward pass: {kind: [B, D, gh, gw]}.
 
-    See docs/method.md, "Pipeline", step 6: the output of the last block's qkv layer, the `kind` part, heads
-    concatenated, prefix tokens (CLS, registers) dropped, each patch L2-normalised.
-
-    Args:
-        vit: timm VisionTransformer with patch size 16 (any dtype).
-        images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's).
-        kind: 'v' (the paper's), 'k' or 'q'.
-
-    Returns:
-        [B, D, ceil(H / 16), ceil(W / 16)] float32, unit L2 norm along D (D = embed dim, heads concatenated).
+    Each map equals `dino_features(vit, images, kind)` bit for bit (the same operations run).
     """
     check_images(images, "dino_features")
-    if kind not in _QKV_INDEX:
-        raise ValueError(f"DINO features {kind!r}: expected one of {', '.join(DINO_FEATURES)}")
+    _check_kinds(kinds)
     _check_vit_layout(vit)
     weight = vit.patch_embed.proj.weight
-    x = pad_and_normalize(images.to(weight.device), IMAGENET_MEAN, IMAGENET_STD, weight.dtype)
+    x = pad_and_normalize(images.to(weight.device), IMAGENET_MEAN, IMAGENET_STD, weight.dtype, dino_patch_size(vit))
     tokens, grid = _dino_tokens(vit, x)
     captured: list[torch.Tensor] = []
     handle = vit.blocks[-1].attn.qkv.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         # The whole block stack runs, as in the reference; the final norm cannot change the hooked qkv.
-        vit.blocks(tokens)
+        out = vit.blocks(tokens)  # [B, N, D]
     finally:
         handle.remove()
     qkv = captured[-1]  # [B, N, 3 * D], laid out as (3, heads, head_dim) on the last axis
-    batch, n_tokens, _ = qkv.shape
-    part = qkv.reshape(batch, n_tokens, 3, -1)[:, :, _QKV_INDEX[kind]]  # [B, N, D], heads concatenated
-    part = F.normalize(part[:, vit.num_prefix_tokens :].float(), dim=-1)  # drop CLS / registers
-    return tokens_to_map(part, grid)
+    maps = {}
+    for kind in dict.fromkeys(kinds):
+        if kind == "x":  # get_intermediate_layers(x, 1)[0]: the final norm of the last block's output
+            part = vit.norm(out)
+        else:
+            part = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, -1)[:, :, _QKV_INDEX[kind]]  # [B, N, D], heads concat.
+        part = F.normalize(part[:, vit.num_prefix_tokens :].float(), dim=-1)  # drop CLS / registers
+        maps[kind] = tokens_to_map(part, grid)
+    return maps
+
+
+def dino_features(vit: nn.Module, images: torch.Tensor, kind: str = "v") -> torch.Tensor:
+    """L2-normalised patch features of a timm DINO / DINOv2 ViT (docs/method.md, "Pipeline", step 6).
+
+    Args:
+        vit: timm VisionTransformer of any square patch size p (any dtype), e.g. DINO ViT-B/16, ViT-B/8 or DINOv2.
+        images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's); padded with black to a
+            multiple of p.
+        kind: 'v' (the paper's), 'k' or 'q': that part of the last block's qkv output, heads concatenated;
+            'x': the last block's output after the final norm. Prefix tokens (CLS, registers) are dropped.
+
+    Returns:
+        [B, D, ceil(H / p), ceil(W / p)] float32 on the model's grid, unit L2 norm along D (D = embed dim).
+    """
+    return dino_feature_maps(vit, images, (kind,))[kind]
 
 
 def dino_value_features(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -140,10 +140,10 @@ def _finish(model: nn.Module, device: Device, dtype: str | torch.dtype) -> nn.Mo
 def build_clip(
     name: str, pretrained: Pretrained, device: Device = "cpu", dtype: str | torch.dtype = "float32"
 ) -> tuple[nn.Module, Callable]:
-    """Build an open_clip ViT/16 CLIP model in eval mode, and its tokenizer.
+    """Build an open_clip ViT CLIP model (any patch size) in eval mode, and its tokenizer.
 
     Args:
-        name: open_clip model name, e.g. 'ViT-B-16'.
+        name: open_clip model name, e.g. 'ViT-B-16', 'ViT-L-14', 'ViT-L-14-336', 'ViT-B-32'.
         pretrained: open_clip tag (e.g. 'laion2b_s34b_b88k'), local checkpoint path, or None / false / 'null'.
         device: target device.
         dtype: 'float32' | 'float16' | 'bfloat16'; the whole model is cast to it.
@@ -194,7 +194,8 @@ def _dino_weights(name: str, pretrained: str | bool) -> str:
 def build_dino(
     name: str, pretrained: Pretrained, device: Device = "cpu", dtype: str | torch.dtype = "float32"
 ) -> nn.Module:
-    """Build a timm ViT/16 (e.g. 'vit_base_patch16_224.dino') without head, in eval mode.
+    """Build a timm ViT (e.g. 'vit_base_patch16_224.dino', 'vit_base_patch8_224.dino', 'vit_base_patch14_reg4_dinov2.lvd142m')
+    without head, in eval mode.
 
     Args:
         name: timm model name, optionally with pretrained tag ('arch.tag').

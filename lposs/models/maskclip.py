@@ -1,6 +1,7 @@
 """MaskCLIP dense patch features and the CLIP text classifier (docs/method.md, "Pipeline", steps 4 and 5).
 
-Works on open_clip ViT CLIP models (`open_clip.transformer.VisionTransformer` visual tower).
+Works on open_clip ViT CLIP models (`open_clip.transformer.VisionTransformer` visual tower) of any patch size:
+ViT-B/16 (the paper's), ViT-L/14, ViT-L/14@336, ViT-B/32...
 The open_clip internals used here are checked by `_check_visual_layout`, so a layout change in a
 future open_clip fails loudly instead of silently changing the features.
 """
@@ -17,9 +18,9 @@ from torch import nn
 from tqdm import tqdm
 
 from . import text_cache
-from ._image import PATCH_SIZE, check_images, pad_and_normalize, tokens_to_map
+from ._image import check_images, pad_and_normalize, tokens_to_map
 from ._precision import autocast_context
-from .clip_heads import check_head, refined_last_block
+from .clip_heads import PROXY_BETA, PROXY_GAMMA, check_head, proxyclip_last_block, refined_last_block
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -41,12 +42,21 @@ def _layout_error(what: str) -> ValueError:
     return ValueError(f"dense_clip_features: unsupported open_clip visual tower, {what}")
 
 
+def clip_patch_size(visual: nn.Module) -> int:
+    """The (square) patch size of an open_clip ViT visual tower: 16 for ViT-B/16, 14 for ViT-L/14, 32 for ViT-B/32."""
+    size = tuple(visual.patch_size)
+    if len(size) != 2 or size[0] != size[1]:
+        raise _layout_error(f"expected a square patch size, got {size}")
+    return int(size[0])
+
+
 def _check_visual_layout(visual: nn.Module) -> None:
     """Raise ValueError unless `visual` has the open_clip ViT layout that MaskCLIP relies on."""
     if not isinstance(visual, VisionTransformer):
         raise _layout_error(f"expected open_clip VisionTransformer, got {type(visual).__name__}")
-    if tuple(visual.patch_size) != (PATCH_SIZE, PATCH_SIZE) or tuple(visual.conv1.stride) != (PATCH_SIZE,) * 2:
-        raise _layout_error(f"expected patch size {PATCH_SIZE}, got {tuple(visual.patch_size)}")
+    patch = clip_patch_size(visual)
+    if tuple(visual.conv1.stride) != (patch, patch) or tuple(visual.conv1.kernel_size) != (patch, patch):
+        raise _layout_error(f"expected conv1 with kernel and stride {patch} (the patch size)")
     if getattr(visual, "attn_pool", None) is not None or visual.proj is None:
         raise _layout_error("expected no attentional pooler and a `proj` matrix")
     grid = tuple(visual.grid_size)
@@ -99,24 +109,49 @@ def _maskclip_last_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return v + block.ls_2(block.mlp(block.ln_2(v)))
 
 
+def _check_proxy(head: str, proxy: torch.Tensor | None, batch: int) -> None:
+    if head != "proxyclip":
+        if proxy is not None:
+            raise ValueError(f"dense_clip_features: proxy features are for head='proxyclip', not {head!r}")
+        return
+    if not isinstance(proxy, torch.Tensor) or proxy.ndim != 4 or proxy.shape[0] != batch:
+        shape = tuple(proxy.shape) if isinstance(proxy, torch.Tensor) else proxy
+        raise ValueError(f"dense_clip_features: head='proxyclip' needs proxy [{batch}, C, h, w], got {shape}")
+
+
 @torch.no_grad()
-def dense_clip_features(clip_model: nn.Module, images: torch.Tensor, head: str = "maskclip") -> torch.Tensor:
+def dense_clip_features(
+    clip_model: nn.Module,
+    images: torch.Tensor,
+    head: str = "maskclip",
+    proxy: torch.Tensor | None = None,
+    beta: float = PROXY_BETA,
+    gamma: float = PROXY_GAMMA,
+) -> torch.Tensor:
     """Dense patch features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
     Args:
-        clip_model: open_clip CLIP model with a ViT visual tower of patch size 16 (any dtype).
-        images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's).
-        head: the last block: 'maskclip' (the paper's), 'sclip', 'clearclip' or 'naclip' (docs/method.md, "Heads").
+        clip_model: open_clip CLIP model with a ViT visual tower of any square patch size p (any dtype).
+        images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's); padded with black to a
+            multiple of p.
+        head: the last block: 'maskclip' (the paper's), 'sclip', 'clearclip', 'naclip' or 'proxyclip'
+            (docs/method.md, "Heads").
+        proxy: for 'proxyclip' only: [B, C, h, w] proxy features of the same images on any grid (a vision model's,
+            e.g. `dino_features(vit, images, "x")`); the output is then on that grid.
+        beta, gamma: ProxyCLIP's constants (1.2 and 3.0, its defaults).
 
     Returns:
-        [B, E, ceil(H / 16), ceil(W / 16)] float32, E = CLIP embedding dim; computed in the model's dtype.
+        [B, E, ceil(H / p), ceil(W / p)] float32 ([B, E, h, w] for 'proxyclip'), E = CLIP embedding dim;
+        computed in the model's dtype.
     """
     check_images(images, "dense_clip_features")
     check_head(head)
+    _check_proxy(head, proxy, images.shape[0])
     visual = clip_model.visual
     _check_visual_layout(visual)
     weight = visual.conv1.weight
-    x = pad_and_normalize(images.to(weight.device), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, weight.dtype)
+    patch = clip_patch_size(visual)
+    x = pad_and_normalize(images.to(weight.device), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, weight.dtype, patch)
     x = visual.conv1(x)  # [B, width, gh, gw]
     grid = tuple(x.shape[-2:])
     x = x.flatten(2).transpose(1, 2)  # [B, gh * gw, width]
@@ -126,6 +161,9 @@ def dense_clip_features(clip_model: nn.Module, images: torch.Tensor, head: str =
     x = visual.ln_pre(x)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual.transformer, x, blocks[:-1])
+    if head == "proxyclip":
+        x = proxyclip_last_block(blocks[-1], x, grid, proxy, beta, gamma)  # [B, h * w, width], no CLS
+        return tokens_to_map((visual.ln_post(x) @ visual.proj).float(), tuple(proxy.shape[-2:]))
     if head == "maskclip":
         x = _maskclip_last_block(blocks[-1], x)
     else:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .label_propagation import PixelGraph, build_patch_graph
-from .windows import patch_centres
+from .windows import PATCH_SIZE, patch_centres
 
 __all__ = ["PATCH_GRAPH_FIELDS", "PIXEL_GRAPH_FIELDS", "ImageGraphs", "graph_key"]
 
@@ -48,7 +48,8 @@ class ImageGraphs:
             features, boxes = self.encoding.features, self.encoding.boxes
             b, _, gh, gw = features.shape
             flat_features = features.permute(0, 2, 3, 1).reshape(b * gh * gw, -1)  # [N, D]
-            locations = patch_centres(boxes, (gh, gw), device=features.device)
+            patch = getattr(self.encoding, "patch_size", PATCH_SIZE)
+            locations = patch_centres(boxes, (gh, gw), device=features.device, patch_size=patch)
             self._patch[key] = build_patch_graph(flat_features, locations, **dict(zip(PATCH_GRAPH_FIELDS, key)))
         return self._patch[key]
 

@@ -9,12 +9,13 @@ Usage::
     backbones.set_classes(["sky;cloud", "tree", "person"])
     segmentor = Segmentor(backbones, SegmentorSettings(pixel_refine=True))  # LPOSS+
     labels = segmentor.predict(image)  # image: [H, W, 3] uint8 RGB -> [H, W] int64 class ids
+    refined = segmentor.refine(image, other_scores)  # another method's [C, h, w] scores through LPOSS+
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -23,9 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .external_scores import check_boxes, scores_per_window
 from .image_graphs import ImageGraphs
 from .label_propagation import solve_patches
-from .windows import merge_windows, resize_to_fit, window_boxes
+from .windows import PATCH_SIZE, merge_windows, resize_to_fit, resized_size, window_boxes
 
 __all__ = [
     "ENCODING_FIELDS",
@@ -39,7 +41,11 @@ __all__ = [
 
 
 class Backbones(Protocol):
-    """What the segmentor needs from the models: see ``models.LPOSSBackbones``."""
+    """What the segmentor needs from the models: see ``models.LPOSSBackbones``.
+
+    Optional: ``patch_size`` (DINO's, default 16: the graph's patch centres), ``patch_sizes`` (CLIP's and DINO's: the
+    window side must be a multiple of both) and ``features(windows)`` (DINO features alone, for :meth:`Segmentor.refine`).
+    """
 
     alias_to_class: torch.Tensor  # [A] int64, class index of every text row
 
@@ -112,6 +118,7 @@ class ImageEncoding:
     boxes: list[tuple[int, int, int, int]]  # the B windows (y1, y2, x1, x2) in resized pixels
     image: torch.Tensor  # [3, h, w] float in [0, 1], the resized image (pixel-level graph)
     original_size: tuple[int, int]  # (H, W) of the image before resizing
+    patch_size: int = PATCH_SIZE  # DINO's patch size: patch (a, b) is centred at (y1 + p / 2 + p a, x1 + p / 2 + p b)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,11 @@ class Segmentor:
     ) -> None:
         self.backbones = backbones
         self.settings = settings or SegmentorSettings()
+        sizes = tuple(getattr(backbones, "patch_sizes", ()))
+        if any(self.settings.crop % size for size in sizes):
+            raise ValueError(
+                f"crop={self.settings.crop}: expected a multiple of the backbones' patch sizes {sizes} (CLIP, DINO)"
+            )
         self.profile = profile  # when True, stage_seconds accumulates synchronised wall time per stage
         self.stage_seconds: dict[str, float] = {}
 
@@ -164,6 +176,11 @@ class Segmentor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be an [H, W, 3] uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
         return resize_to_fit(image, self.settings.short_side, self.settings.long_side)
+
+    def boxes(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """The windows ``(y1, y2, x1, x2)`` of an ``[H, W, 3]`` image, in pixels of the resized image (steps 2-3)."""
+        height, width = resized_size(image.shape[0], image.shape[1], self.settings.short_side, self.settings.long_side)
+        return window_boxes(height, width, self.settings.crop, self.settings.stride)
 
     def prepare(self, image: np.ndarray) -> torch.Tensor:
         """``[H, W, 3]`` uint8 RGB -> resized ``[3, h, w]`` float in ``[0, 1]`` on the backbones' device (step 2)."""
@@ -193,27 +210,31 @@ class Segmentor:
         images = [self._to_tensor(resized) for resized in resized_images]
         boxes = [window_boxes(image.shape[1], image.shape[2], s.crop, s.stride) for image in images]
         windows = [image[:, y1:y2, x1:x2] for image, bs in zip(images, boxes) for y1, y2, x1, x2 in bs]
-        outputs: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(windows)
+        outputs = self._run_windows(windows, self.backbones)
+        patch = getattr(self.backbones, "patch_size", PATCH_SIZE)
+        encodings, first = [], 0
+        for image, bs, size in zip(images, boxes, original_sizes):
+            own = outputs[first : first + len(bs)]
+            first += len(bs)
+            features, scores = torch.stack([f for f, _ in own]), torch.stack([c for _, c in own])
+            encodings.append(ImageEncoding(features, scores, bs, image, tuple(size), patch))
+        return encodings
+
+    def _run_windows(self, windows: Sequence[torch.Tensor], forward: Callable) -> list[tuple[torch.Tensor, ...]]:
+        """``forward`` on batches of equal-size windows (at most ``window_batch`` each, whichever image they come
+        from); its outputs (a tuple of ``[b, ...]`` tensors) split back per window, float32, in order."""
+        outputs: list[tuple[torch.Tensor, ...] | None] = [None] * len(windows)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, window in enumerate(windows):
             by_shape.setdefault(tuple(window.shape), []).append(index)
         with self._stage("backbones"):
             for indices in by_shape.values():
-                for start in range(0, len(indices), s.window_batch):
-                    chunk = indices[start : start + s.window_batch]
-                    features, scores = self.backbones(torch.stack([windows[i] for i in chunk]))  # [b, 3, h, w] in
+                for start in range(0, len(indices), self.settings.window_batch):
+                    chunk = indices[start : start + self.settings.window_batch]
+                    result = forward(torch.stack([windows[i] for i in chunk]))  # [b, 3, h, w] in
                     for row, index in enumerate(chunk):
-                        outputs[index] = (features[row].float(), scores[row].float())
-        encodings, first = [], 0
-        for image, bs, size in zip(images, boxes, original_sizes):
-            own = outputs[first : first + len(bs)]
-            first += len(bs)
-            encodings.append(
-                ImageEncoding(
-                    torch.stack([f for f, _ in own]), torch.stack([c for _, c in own]), bs, image, tuple(size)
-                )
-            )
-        return encodings
+                        outputs[index] = tuple(part[row].float() for part in result)
+        return outputs
 
     def encode(self, image: np.ndarray) -> ImageEncoding:
         """One ``[H, W, 3]`` uint8 RGB image through resize, windows and backbones (steps 2-7, docs/method.md)."""
@@ -315,6 +336,40 @@ class Segmentor:
                 F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
             )
         return out
+
+    @torch.no_grad()
+    def refine(
+        self, image: np.ndarray, scores: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]] | None = None
+    ) -> torch.Tensor:
+        """LPOSS or LPOSS+ (this segmentor's settings) on another method's class scores (docs/method.md,
+        "External scores"): they stand in for the CLIP scores; the graphs are this image's DINO graphs.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 RGB.
+            scores: ``[C, h, w]`` for the whole image, any ``h, w`` (sampled bilinearly at the patch centres), or
+                ``[B, C, h, w]`` per window, any grid (resized bilinearly to DINO's), one per box.
+            boxes: the windows ``(y1, y2, x1, x2)`` of per-window scores in pixels of the resized image, all of one
+                size; default: this segmentor's own windows (:meth:`boxes`).
+
+        Returns:
+            ``[C, H, W]`` float32 refined scores at the image's size, one per score row (no alias max; the argmax
+            over ``C`` is the label map).
+        """
+        resized = self.resize(image)
+        tensor = self._to_tensor(resized)
+        size = (tensor.shape[1], tensor.shape[2])
+        boxes = list(boxes) if boxes is not None else self.boxes(image)
+        check_boxes(boxes, size)
+        features_of = getattr(self.backbones, "features", None)
+        forward = (lambda w: (features_of(w),)) if features_of is not None else (lambda w: self.backbones(w)[:1])
+        windows = [tensor[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        features = torch.stack([out[0] for out in self._run_windows(windows, forward)])  # [B, D, gh, gw]
+        patch = getattr(self.backbones, "patch_size", PATCH_SIZE)
+        grid = (features.shape[2], features.shape[3])
+        initial = scores_per_window(scores.to(tensor.device), boxes, grid, size, patch)  # [B, C, gh, gw]
+        encoding = ImageEncoding(features, initial, boxes, tensor, tuple(image.shape[:2]), patch)
+        columns = ClassColumns(slice(None), torch.arange(initial.shape[1], device=tensor.device))
+        return self.propagate_columns(encoding, None, [columns])[0]
 
     def predict_scores(self, image: np.ndarray) -> torch.Tensor:
         """Class scores ``[K, H, W]`` float32 at the original size of an ``[H, W, 3]`` uint8 RGB image (steps 2-12)."""

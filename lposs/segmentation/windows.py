@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 __all__ = ["merge_windows", "patch_centres", "resize_to_fit", "resized_size", "window_boxes"]
 
-PATCH_SIZE = 16
+PATCH_SIZE = 16  # the paper's DINO ViT-B/16; other backbones pass their own
 
 
 def resized_size(height: int, width: int, short_side: int = 448, long_side: int = 2048) -> tuple[int, int]:
@@ -55,21 +55,27 @@ def window_boxes(height: int, width: int, crop: int = 224, stride: int = 112) ->
 
 
 def patch_centres(
-    boxes: list[tuple[int, int, int, int]], grid: tuple[int, int], device: torch.device | None = None
+    boxes: list[tuple[int, int, int, int]],
+    grid: tuple[int, int],
+    device: torch.device | None = None,
+    patch_size: int = PATCH_SIZE,
 ) -> torch.Tensor:
-    """Centres of the ``16 x 16`` patches of every window, in resized-image pixels (docs/method.md step 8).
+    """Centres of the ``p x p`` patches of every window, in resized-image pixels (docs/method.md step 8).
+
+    Patch ``(a, b)`` of the window starting at ``(y1, x1)`` is centred at ``(y1 + p / 2 + p a, x1 + p / 2 + p b)``.
 
     Args:
         boxes: windows as from :func:`window_boxes`.
-        grid: patch grid ``(gh, gw)`` of one window.
+        grid: patch grid ``(gh, gw)`` of one window (the DINO grid, the graph's nodes).
+        patch_size: ``p``, DINO's patch size (16 for the paper's ViT-B/16).
 
     Returns:
         ``[len(boxes) * gh * gw, 2]`` float32 ``(y, x)``, window-major then row-major, matching
         ``features.permute(0, 2, 3, 1).reshape(-1, D)`` of a ``[B, D, gh, gw]`` tensor.
     """
     gh, gw = grid
-    ys = torch.arange(gh, device=device, dtype=torch.float32) * PATCH_SIZE + PATCH_SIZE / 2
-    xs = torch.arange(gw, device=device, dtype=torch.float32) * PATCH_SIZE + PATCH_SIZE / 2
+    ys = torch.arange(gh, device=device, dtype=torch.float32) * patch_size + patch_size / 2
+    xs = torch.arange(gw, device=device, dtype=torch.float32) * patch_size + patch_size / 2
     local = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # [gh * gw, 2]
     origins = torch.tensor([(y1, x1) for y1, _, x1, _ in boxes], device=device, dtype=torch.float32)  # [B, 2]
     return (origins[:, None, :] + local[None]).reshape(-1, 2)

@@ -1,0 +1,73 @@
+"""Other backbones and the ProxyCLIP head through main_eval.py, on tiny random weights: DINO ViT-S/8 with CLIP
+ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, ProxyCLIP alone and under LPOSS+, and a crop
+that is not a multiple of both patch sizes."""
+
+import csv
+import json
+
+import pytest
+from fake_datasets import make_dataset
+from test_main_eval import TINY, assert_one_line_error, cache_from_config, refuse_model_loading, run
+from tiny_models import TINY_CLIP_14, add_tiny_clip_configs
+
+S8 = [*TINY, "model.dino.name=vit_small_patch8_224.dino"]
+# short side 48, windows 48 x 64: DINO /8 grid 6 x 8, CLIP /16 grid 3 x 4 (resized to 6 x 8)
+SMALL_8 = ["short_side=48", "crop=64", "stride=32", "k=50"]
+V2 = [*TINY, "model.dino.name=vit_small_patch14_reg4_dinov2.lvd142m", f"model.clip.name={TINY_CLIP_14}"]
+# short side 42, windows 42 x 56: both grids 3 x 4
+SMALL_14 = ["short_side=42", "crop=56", "stride=28", "r=5"]
+_HEAD_KEYS = ("head", "proxy_features", "proxy_beta", "proxy_gamma")
+
+
+def weights_only(model_cfg) -> str:
+    """The model config less what the run sets on loaded weights (the CLIP head and ProxyCLIP's settings)."""
+    return repr({**model_cfg, "clip": {k: v for k, v in model_cfg["clip"].items() if k not in _HEAD_KEYS}})
+
+
+@pytest.fixture(autouse=True)
+def backbones_by_weights(monkeypatch):
+    """One set of random backbones per weights (the run sets the head on them), kept for the whole session."""
+    add_tiny_clip_configs()
+    cache_from_config(monkeypatch, backbones_by_weights.__dict__.setdefault("cache", {}), weights_only)
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    make_dataset(root, "voc")
+    return root
+
+
+@pytest.mark.parametrize(("config", "method"), [("lposs.yaml", "lposs"), ("proxyclip.yaml", "proxyclip")])
+def test_dino_s8_with_clip_s16(voc, tmp_path, config, method):
+    """Two grids (6 x 8 and 3 x 4 per window); ProxyCLIP alone on S/8's x (the head's config, no propagation)."""
+    out = tmp_path / "out"
+    assert run([config, "--dataset", "voc", f"data_root={voc}", "--output", str(out), *SMALL_8, *S8]) == 0
+    record = read(out / "results.json")
+    assert record["method"] == method and record["num_images"] == 2 and 0 <= record["mIoU"] <= 100
+    assert record["config"]["model"]["dino"]["name"] == "vit_small_patch8_224.dino"
+    assert record["config"]["patch_propagation"] is (method == "lposs")
+
+
+def test_dinov2_registers_with_patch14_clip_and_proxyclip_under_lposs_plus(voc, tmp_path):
+    """LPOSS+ on MaskCLIP and on ProxyCLIP (labelled so) with DINOv2-S/14 + registers and a patch-14 CLIP."""
+    out = tmp_path / "sweep"
+    args = ["lposs_plus.yaml", "--dataset", "voc", f"data_root={voc}", "--output", str(out), *SMALL_14, *V2]
+    assert run([*args, "--sweep", "model.clip.head=maskclip,proxyclip"]) == 0
+    rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+    assert [row["setting"] for row in rows] == ["model.clip.head=maskclip", "model.clip.head=proxyclip"]
+    records = [read(out / row["setting"] / "voc" / "results.json") for row in rows]
+    assert [r["method"] for r in records] == ["lposs_plus", "lposs_plus (proxyclip)"]
+    assert all(r["num_images"] == 2 and 0 <= r["mIoU"] <= 100 for r in records)
+
+
+def test_crop_not_a_multiple_of_both_patch_sizes_exits_2_before_weights_load(voc, capsys, monkeypatch):
+    refuse_model_loading(monkeypatch)
+    code = run(["lposs.yaml", "--dataset", "voc", f"data_root={voc}", *V2, "crop=64", "stride=32"])
+    assert_one_line_error(
+        capsys, code, "crop=64", f"model.clip.name='{TINY_CLIP_14}' (14)", "(14), i.e. of 14 (e.g. 224)"
+    )
