@@ -45,15 +45,16 @@ def test_random_init_builds_and_casts():
     assert not vit.training and vit.num_classes == 0
 
 
-def test_bad_names_and_patch_sizes():
+def test_bad_names_and_models_that_are_not_vits():
+    """Any ViT patch size is built (two grids, docs/method.md); names that do not exist and non-ViTs are refused."""
     with pytest.raises(ValueError, match="ViT-Q-99"):
         build_clip("ViT-Q-99", None)
-    with pytest.raises(ValueError, match="patch size 16"):
-        build_clip("ViT-B-32", None)
+    with pytest.raises(ValueError, match="model.clip.name='RN50': no patch size"):
+        build_clip("RN50", None)
     with pytest.raises(ValueError, match="vit_nope_patch16"):
         build_dino("vit_nope_patch16", None)
-    with pytest.raises(ValueError, match="patch size 16"):
-        build_dino("vit_small_patch32_224", None)
+    with pytest.raises(ValueError, match="model.dino.name='resnet50': a ResNet, not a ViT"):
+        build_dino("resnet50", None)
     with pytest.raises(ValueError, match="model.dtype"):
         build_clip("ViT-S-16", None, dtype="half")
     with pytest.raises(ValueError, match="not_a_tag"):
