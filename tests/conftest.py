@@ -26,9 +26,15 @@ if compiler_available():
 
 @pytest.fixture(autouse=True, scope="session")
 def _text_cache_in_tmp(tmp_path_factory):
-    """The text-embedding cache of the whole session (subprocesses included) in a temporary folder."""
+    """The text-embedding cache of the whole session (subprocesses included) in a temporary folder, shared by the
+    xdist workers of one run (entries are written atomically): a class list is encoded once per run."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    cache = root / "lposs_cache"
+    cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LPOSS_CACHE_DIR", str(tmp_path_factory.mktemp("lposs_cache")))
+        patch.setenv("LPOSS_CACHE_DIR", str(cache))
         yield
 
 
