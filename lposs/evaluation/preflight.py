@@ -20,7 +20,7 @@ from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset
 
 from .config import ConfigError
 from .distributed import init_process_group, set_collective_timeout
-from .output_checks import check_output_locations
+from .output_checks import check_output_locations, check_staging
 from .reporting import check_wandb
 from .sweep import Combination, plan_combinations
 
@@ -140,12 +140,12 @@ def _check_pixel_backend(combinations: list[Combination], device: torch.device) 
 
 
 def _output_folders(args: argparse.Namespace, plan: RunPlan) -> list[tuple[str, object]]:
-    """Every folder the run writes: beside and in ``--output`` / ``--save_predictions``, per (setting, dataset)."""
+    """Every folder the run writes: ``--output`` / ``--save_predictions`` and their (setting, dataset) folders."""
     folders = []
     for flag, root in (("--output", args.output), ("--save_predictions", args.save_predictions)):
         if root is None:
             continue
-        folders += [(flag, root.absolute().parent), (flag, root)]  # staging and lock beside, results in it
+        folders.append((flag, root))
         for combination in plan.combinations:
             for key in plan.keys:
                 folder = root / relative_folder(plan, combination, key)
@@ -172,7 +172,11 @@ def preflight(args: argparse.Namespace) -> RunPlan:
     _check_pixel_backend(combinations, device)
     _check_models(combinations, device)
     plan = RunPlan(combinations, keys, datasets, device)
-    check_output_locations(_output_folders(args, plan))
+    folders = _output_folders(args, plan)
+    check_output_locations(folders)
+    for flag, root in (("--output", args.output), ("--save_predictions", args.save_predictions)):
+        if root is not None:  # staged beside or inside it (a mount point): the publish's renames must work there
+            check_staging(flag, root, [folder for _, folder in folders])
     return plan
 
 
