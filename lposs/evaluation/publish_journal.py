@@ -101,8 +101,8 @@ def _undo(entry: dict) -> bool:
     if _is(target, entry["file"]):
         source.parent.mkdir(parents=True, exist_ok=True)
         os.replace(target, source)  # back into staging: computed results are never deleted by an undo
-    elif os.path.lexists(target):  # the earlier file, never moved; or another file put there since
-        return backup is not None and os.path.lexists(backup)
+    elif os.path.lexists(target):  # the earlier file, never moved aside; or another file put there since
+        return backup is None or os.path.lexists(backup)
     if backup is not None and os.path.lexists(backup):
         os.replace(backup, target)
     return False

@@ -213,8 +213,13 @@ class StagedFolder:
             (Path(staging) / _OWNER).write_text(json.dumps(holder_record()) + "\n")
             paths = (str(final), staging)
         folder = cls(*map(Path, broadcast_from_main(paths)))
-        if shared_by is not None:
-            folder._check_shared(shared_by)
+        try:
+            if shared_by is not None:
+                folder._check_shared(shared_by)
+        except BaseException:
+            if is_main:
+                folder.discard()
+            raise
         return folder
 
     def _check_shared(self, flag: str) -> None:

@@ -180,7 +180,9 @@ class RunState:
         rel = self.relative(combination, key)
         found, written = len(self.predictions.files(rel)), self.records[combination.name][key]["num_images"]
         if found != written:
-            self.predictions.keep = True
+            for folder in (self.output, self.predictions):  # a failed publish keeps the computed results
+                if folder is not None:
+                    folder.keep = True
             raise PublishError(
                 errno.ENOENT,
                 f"{found} of the {written} prediction files the ranks wrote are in the staging folder; the others "
