@@ -10,12 +10,14 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.sweep`: settings grouped by what the backbones see, the sweep tables;
 - :mod:`evaluation.shared_passes`: datasets grouped into passes by the images they list;
 - :mod:`evaluation.runner`: pre-flight checks, then datasets x settings, then the published results;
-- :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders published all or nothing, atomic
-  writes, JSON records;
-- :mod:`evaluation.output_lock`, :mod:`evaluation.output_checks`: one run per output folder, output folders
-  probed before any work;
+- :mod:`evaluation.run_output`, :mod:`evaluation.publish_journal`, :mod:`evaluation.reporting`: staged folders
+  published all or nothing with one commit point (a journal made durable first), atomic writes, JSON records;
+- :mod:`evaluation.output_place`, :mod:`evaluation.output_lock`, :mod:`evaluation.output_checks`,
+  :mod:`evaluation.output_recovery`: where a run stages and locks (the output's own file system), one run per
+  output folder, output folders probed before any work, what dead runs left finished or undone;
 - :mod:`evaluation.distributed`, :mod:`evaluation.interrupts`: a dead or stalled rank named within
-  ``dist_timeout``, SIGTERM handled like Ctrl-C;
+  ``dist_timeout``, SIGTERM handled like Ctrl-C, signals held over a commit, loader workers that end with
+  their rank;
 - :mod:`evaluation.visualise`: palettes and overlays.
 
 Names are imported on first use, so that ``from evaluation.config import load_config`` does not pull in
