@@ -30,10 +30,10 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 )
 
 from lposs.cli import main_eval
-from lposs.evaluation.output_checks import OutputLocationError, check_output_locations
-from lposs.evaluation.output_lock import OutputInUse, OutputLock, lock_path
 from lposs.evaluation.reporting import atomic_write_text
 from lposs.evaluation.run_output import PublishError, StagedFolder, all_or_nothing
+from lposs.outputs.checks import OutputLocationError, check_output_locations
+from lposs.outputs.lock import OutputInUse, OutputLock, lock_path
 
 # A child run that signals when it has started segmenting (the loader workers are running, the staging folder
 # exists), then blocks there, or kills or stops itself (a dead or stalled rank).
@@ -244,7 +244,7 @@ def test_second_run_into_a_locked_folder_stops_at_once(tmp_path, capsys, monkeyp
         [
             sys.executable,
             "-c",
-            "import pathlib, sys, time; from lposs.evaluation.output_lock import OutputLock; "
+            "import pathlib, sys, time; from lposs.outputs.lock import OutputLock; "
             "OutputLock.acquire(pathlib.Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
             str(out),
         ],

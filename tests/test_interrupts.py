@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lposs.evaluation.interrupts import die_with_parent, signals_held
-from lposs.evaluation.output_lock import process_start_ticks
+from lposs.outputs.lock import process_start_ticks
 
 
 def test_signals_held_are_delivered_once_afterwards_in_order():

@@ -17,7 +17,7 @@ from fake_datasets import make_dataset
 from test_faults import ENV, beside, dead_pid, files_of
 from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, run, shared_backbones  # noqa: F401
 
-from lposs.evaluation.output_lock import OutputInUse, OutputLock, lock_path
+from lposs.outputs.lock import OutputInUse, OutputLock, lock_path
 
 # ------------------------------------------------------------------------------------------ paths
 
@@ -108,8 +108,8 @@ def test_parent_that_refuses_new_files_stages_inside_the_output(tmp_path, monkey
 MOUNTED = """
 import sys
 from pathlib import Path
-from lposs.evaluation.output_checks import check_staging
-from lposs.evaluation.output_lock import OutputInUse
+from lposs.outputs.checks import check_staging
+from lposs.outputs.lock import OutputInUse
 from lposs.evaluation.output_recovery import lock_outputs
 from lposs.evaluation.run_output import StagedFolder
 folder = Path(sys.argv[1])

@@ -20,8 +20,8 @@ from test_faults import beside, dead_pid, files_of, publish_run, stage_new_run
 
 from lposs.evaluation.interrupts import sigterm_raises
 from lposs.evaluation.output_recovery import clean_stale_staging, lock_outputs
-from lposs.evaluation.publish_journal import COMMITTED, JOURNAL
 from lposs.evaluation.run_output import StagedFolder
+from lposs.outputs.journal import COMMITTED, JOURNAL
 
 STEPS = ("replace", "rename", "unlink", "rmdir")  # the os calls a publish changes names with
 

@@ -33,10 +33,10 @@ from lposs.evaluation.config import ConfigError
 from lposs.evaluation.distributed import PeerFailure
 from lposs.evaluation.interrupts import Terminated, sigterm_raises
 from lposs.evaluation.loop import SampleError, is_main_process
-from lposs.evaluation.output_checks import OutputLocationError
-from lposs.evaluation.output_lock import OutputInUse
 from lposs.evaluation.run_output import PublishError
 from lposs.evaluation.runner import PAPER_ORDER, RunReport, dataset_keys, preflight, run
+from lposs.outputs.checks import OutputLocationError
+from lposs.outputs.lock import OutputInUse
 
 __all__ = ["PAPER_ORDER", "dataset_keys", "main", "parse_args"]
 

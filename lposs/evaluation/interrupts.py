@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .output_lock import process_alive
+from lposs.outputs.lock import process_alive
 
 __all__ = ["Terminated", "die_with_parent", "signals_held", "sigterm_raises"]
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lposs.datasets import load_image, load_label, stray_labels
+from lposs.outputs.lock import process_start_ticks
 from lposs.segmentation import Segmentor, SegmentorSettings
 from lposs.segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
 from lposs.segmentation.segmentor import ClassColumns
@@ -35,7 +36,6 @@ from lposs.segmentation.windows import resize_to_fit
 from .distributed import check_peers
 from .interrupts import die_with_parent
 from .metrics import boundary_iou_counts, iou_counts
-from .output_lock import process_start_ticks
 from .reporting import default_file_mode, naming_path
 
 __all__ = [

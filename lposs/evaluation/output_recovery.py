@@ -1,11 +1,11 @@
 """What a run does first with its output folders: lock them, then clear what dead runs left in them.
 
-Rank 0 locks every output folder (:class:`lposs.evaluation.output_lock.OutputLock`), then looks at each
-folder's staging folders (:func:`lposs.evaluation.output_place.staging_folders`). One whose owner no longer runs
+Rank 0 locks every output folder (:class:`lposs.outputs.lock.OutputLock`), then looks at each
+folder's staging folders (:func:`lposs.outputs.place.staging_folders`). One whose owner no longer runs
 is stale: while this run holds a working ``flock`` on the folder, every staging folder of it is (its owner held
 the same lock), whatever host made it; otherwise the ``.owner`` record decides (a dead process of this host).
 A stale staging folder with an unfinished publish has it finished or undone from its journal
-(:class:`lposs.evaluation.publish_journal.Plan`), over every folder that publish touched, while the locks of
+(:class:`lposs.outputs.journal.Plan`), over every folder that publish touched, while the locks of
 those folders are held; then it is removed. Each folder handled or left is one log line.
 """
 
@@ -15,9 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-from .output_lock import OutputInUse, OutputLock, describe, is_dead_here
-from .output_place import resolved, staging_folders
-from .publish_journal import Plan, pending_journal
+from lposs.outputs.journal import Plan, pending_journal
+from lposs.outputs.lock import OutputInUse, OutputLock, describe, is_dead_here
+from lposs.outputs.place import resolved, staging_folders
+
 from .run_output import broadcast_from_main
 
 __all__ = ["clean_stale_staging", "lock_outputs"]

@@ -1,7 +1,7 @@
 """Pre-flight of a run: the whole plan checked before any output is touched or any model loaded.
 
 Every config of the grid, every dataset, wandb, the device and process group, the pixel backend, every model
-config and every output folder (:mod:`lposs.evaluation.output_checks`) is checked here; a problem is one line
+config and every output folder (:mod:`lposs.outputs.checks`) is checked here; a problem is one line
 naming the bad input (exit 2 in ``main_eval.py``).
 """
 
@@ -17,10 +17,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from lposs.datasets import DATASET_KEYS, DatasetError, build_dataset
+from lposs.outputs.checks import check_output_locations, check_staging
 
 from .config import ConfigError
 from .distributed import init_process_group, set_collective_timeout
-from .output_checks import check_output_locations, check_staging
 from .reporting import check_wandb
 from .sweep import Combination, plan_combinations
 

@@ -1,11 +1,11 @@
 """Output folders that a failed or interrupted run leaves exactly as they were.
 
 A run writes into a hidden staging folder on the output's own file system (beside it, or inside it when it is
-a mount point: :mod:`lposs.evaluation.output_place`), with an ``.owner`` record (host, PID, start time), and
+a mount point: :mod:`lposs.outputs.place`), with an ``.owner`` record (host, PID, start time), and
 moves each finished set of files (one dataset's results and predictions, then the run's summary) into place
 in one :class:`Publication`: its whole plan is journalled and made durable before the first move, a file it
 replaces is first put aside in the staging folder, and one marker is the commit point
-(:mod:`lposs.evaluation.publish_journal`). On any error or signal every move is undone (signals are held
+(:mod:`lposs.outputs.journal`). On any error or signal every move is undone (signals are held
 meanwhile), so the final folders hold either all of the set or exactly what they held before; after a crash
 at any step the next run into either folder does the same (:mod:`lposs.evaluation.output_recovery`). A failed
 publish keeps the computed results: the staging folder is renamed ``...unpublished-XXXX`` and named in the
@@ -24,11 +24,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from lposs.outputs.checks import OutputLocationError
+from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id, fsync_all
+from lposs.outputs.lock import holder_record
+from lposs.outputs.place import resolved, staging_prefix, staging_root
+
 from .interrupts import signals_held
-from .output_checks import OutputLocationError
-from .output_lock import holder_record
-from .output_place import resolved, staging_prefix, staging_root
-from .publish_journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id, fsync_all
 from .reporting import default_file_mode
 
 __all__ = ["Publication", "PublishError", "StagedFolder", "all_or_nothing", "broadcast_from_main"]
@@ -37,7 +38,7 @@ __all__ = ["Publication", "PublishError", "StagedFolder", "all_or_nothing", "bro
 _LAST = "results.json"
 # Logs are appended to at the end of a run (see StagedFolder.append_to), never replaced by publish.
 _APPENDED = ("eval.log",)
-_OWNER = ".owner"  # who made a staging folder (output_lock.holder_record)
+_OWNER = ".owner"  # who made a staging folder (lposs.outputs.lock.holder_record)
 
 
 class PublishError(OSError):

@@ -1,7 +1,7 @@
 """One run per output folder: lock files that name their holder (host, PID, start time).
 
 ``DIR`` is locked by ``.DIR.lock`` beside it and, once it exists, by ``DIR/.lposs/lock`` inside it (where each
-goes: :mod:`lposs.evaluation.output_place`). Each file is a one-line JSON record::
+goes: :mod:`lposs.outputs.place`). Each file is a one-line JSON record::
 
     {"host": "node7", "pid": 4242, "started": "2025-06-01T12:00:00", "process_start": 123456, "argv": [...]}
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .output_place import HIDDEN, lock_files, resolved
+from .place import HIDDEN, lock_files, resolved
 
 __all__ = [
     "OutputInUse",

@@ -5,7 +5,7 @@ permission stops the run at once (one line, exit 2) instead of after the evaluat
 where it will be written (its resolved path): the folder itself when it exists, else the nearest existing folder
 above it (where it will be created). A probe file (``.lposs-probe-*``) is created there and removed at once:
 permission bits alone do not tell (root, ACLs, read-only mounts). Then a probe file is renamed from where the
-run will stage its files (:mod:`lposs.evaluation.output_place`) into every existing folder its results go to,
+run will stage its files (:mod:`lposs.outputs.place`) into every existing folder its results go to,
 as the publish will: a folder on another mount than its staging fails here, not after hours of evaluation.
 """
 
@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .output_place import probe_rename, resolved, staging_root
+from .place import probe_rename, resolved, staging_root
 
 __all__ = ["OutputLocationError", "check_output_locations", "check_staging"]
 
