@@ -179,6 +179,21 @@ def test_recovery_undoes_only_what_is_still_the_killed_runs(tmp_path):
     assert (out / "voc/visualisations/a.png").read_text() == "old a.png"
 
 
+def test_staging_of_another_host_is_stale_while_this_run_holds_the_flock(tmp_path):
+    out, pred = earlier_results(tmp_path)
+    before = files_of(out, pred)
+    output, predictions = stage_new_run(out, pred)
+    assert in_child(killed_at(10, output, predictions)) == -signal.SIGKILL
+    for folder in (output, predictions):  # made in a container that has gone, or on another node
+        owner = json.loads((folder.staging / ".owner").read_text())
+        (folder.staging / ".owner").write_text(json.dumps({**owner, "host": "elsewhere"}))
+    lines = clean_stale_staging(out)  # without the lock: its owner may still run
+    assert len(lines) == 1 and "may still run" in lines[0] and files_of(out, pred) != before
+    notes = recover(out, pred)  # with the lock (a working flock): no other run can own it
+    assert "its unfinished publish undone" in notes[0] and "PID" in notes[0] and "host elsewhere" in notes[0]
+    assert files_of(out, pred) == before and beside(out) == beside(pred) == []
+
+
 def test_journal_and_folders_are_durable_before_the_first_move_and_at_the_commit(tmp_path, monkeypatch):
     out, pred = earlier_results(tmp_path)
     output, predictions = stage_new_run(out, pred)
@@ -213,7 +228,7 @@ def test_journal_and_folders_are_durable_before_the_first_move_and_at_the_commit
 def test_staging_left_by_a_dead_run_is_found_by_its_escaped_name_and_the_line_is_honest(tmp_path, monkeypatch):
     owner = {"host": socket.gethostname(), "pid": dead_pid(), "started": "x"}
     folders = {}
-    for name in ("res[1]", "res1", "res*"):
+    for name in ("res[1]", "res1", "res*", "res[1].partial-b"):  # the last: another folder, a name like ours
         staging = tmp_path / f".{name}.partial-abc"
         staging.mkdir()
         (staging / ".owner").write_text(json.dumps(owner))
@@ -222,7 +237,7 @@ def test_staging_left_by_a_dead_run_is_found_by_its_escaped_name_and_the_line_is
     assert lines == [
         f"removed the staging folder {folders['res[1]']} of a run that no longer runs (PID {owner['pid']} on host {owner['host']}, started x)"
     ]
-    assert folders["res1"].is_dir() and folders["res*"].is_dir()  # other folders' staging untouched
+    assert all(folders[name].is_dir() for name in ("res1", "res*", "res[1].partial-b"))  # other folders' staging
     real_rmdir = os.rmdir
 
     def busy(path, *args, **kwargs):

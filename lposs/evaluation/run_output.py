@@ -310,7 +310,8 @@ class StagedFolder:
         if (self.staging / JOURNAL).exists() or (self.staging / JOINED).exists():
             return self.staging
         if self.keep:
-            kept = self.staging.with_name(self.staging.name.replace("partial-", "unpublished-", 1))
+            head, _, suffix = self.staging.name.rpartition("partial-")  # the folder's own name may hold it too
+            kept = self.staging.with_name(f"{head}unpublished-{suffix}")
             try:
                 os.rename(self.staging, kept)
             except OSError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 HIDDEN = ".lposs"  # the run's private folder inside DIR: staging (where needed) and the lock file
+_SUFFIX = re.compile(r"[a-z0-9_]+")  # what tempfile.mkdtemp appends to a staging folder's prefix
 
 
 def resolved(folder: Path | str) -> Path:
@@ -97,8 +99,9 @@ def staging_folders(final: Path) -> list[Path]:
     """Every staging folder of ``final`` in either place (left by this run or by earlier ones)."""
     final = resolved(final)
     found = []
-    if final.parent != final and final.parent.is_dir():
-        found += sorted(final.parent.glob(glob.escape(f".{final.name}.partial-") + "*"))
-    if (final / HIDDEN).is_dir():
-        found += sorted((final / HIDDEN).glob("partial-*"))
+    for root in ([final.parent] if final.parent != final else []) + [final / HIDDEN]:
+        prefix = staging_prefix(final, root)
+        if root.is_dir():  # the name's characters taken as they are; then only mkdtemp's suffixes: ".a.partial-*"
+            matches = root.glob(glob.escape(prefix) + "*")  # must not take the staging of "a.partial-b"
+            found += sorted(p for p in matches if _SUFFIX.fullmatch(p.name[len(prefix) :]))
     return [path for path in found if path.is_dir() and not path.is_symlink()]
