@@ -28,19 +28,26 @@ TINY = [*TINY_OVERRIDES, "num_workers=0"]
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
 
-@pytest.fixture(autouse=True)
-def shared_backbones(monkeypatch):
+_BACKBONES: dict = {}  # (model config, device) -> backbones, for the whole session
+_FROM_CONFIG = LPOSSBackbones.from_config.__func__
+
+
+def share_backbones(monkeypatch) -> None:
     """Build the random backbones once per session: main() asks for them on every call."""
-    cache = shared_backbones.__dict__.setdefault("cache", {})
-    original = LPOSSBackbones.from_config.__func__
 
     def cached(cls, model_cfg, device="cpu"):
         key = (repr(model_cfg), str(device))
-        if key not in cache:
-            cache[key] = original(cls, model_cfg, device)
-        return cache[key]
+        if key not in _BACKBONES:
+            _BACKBONES[key] = _FROM_CONFIG(cls, model_cfg, device)
+        return _BACKBONES[key]
 
     monkeypatch.setattr(LPOSSBackbones, "from_config", classmethod(cached))
+
+
+@pytest.fixture(autouse=True)
+def shared_backbones(monkeypatch):
+    """:func:`share_backbones` for every test (module fixtures call it themselves)."""
+    share_backbones(monkeypatch)
 
 
 def run(argv):

@@ -187,7 +187,7 @@ def test_job_array_two_runs_started_in_the_same_instant_without_flock(tmp_path, 
 
     monkeypatch.setattr(fcntl, "flock", no_flock)
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
-    folder, start = tmp_path / "out", time.time() + 0.5
+    folder, start = tmp_path / "out", time.time() + 0.2
     children = []
     for index in range(2):
         pid = os.fork()
@@ -199,7 +199,7 @@ def test_job_array_two_runs_started_in_the_same_instant_without_flock(tmp_path, 
                 try:
                     lock = OutputLock.acquire(folder)
                     outcome = "held"
-                    time.sleep(1.0)
+                    time.sleep(0.3)
                     lock.release()
                 except OutputInUse:
                     outcome = "refused"

@@ -1,11 +1,12 @@
 """The real CLI's publish killed, failed and signalled at exact steps; what it says when the end goes wrong.
 
-Black-box crash runs: ``main_eval`` in a subprocess with ``tests/crash_site/sitecustomize.py`` first on its
-``PYTHONPATH`` (it wraps ``os.replace``/``os.rename``/``os.unlink``/``os.rmdir`` and kills the process, or plants
-an EIO then a SIGINT, at an exact step), with predictions in a second folder and overlays; then the next run
-(in this process) recovers, and the folders must hold exactly the earlier files or exactly the new ones.
-Every step of such a publish is tried in ``tests/test_publish.py``; here one before the commit point, one after
-it, and the rollback, on the real thing.
+Crash runs: ``tests/crash_site/sitecustomize.py`` wraps ``os.replace``/``os.rename``/``os.unlink``/``os.rmdir``
+and kills the process, or plants an EIO then a SIGINT, at an exact step of the publish; predictions go to a
+second folder and there are overlays. Black-box: ``python -m lposs.cli.main_eval`` in a subprocess with it
+first on ``PYTHONPATH`` (killed after the commit point); the same planted faults in forks of this process,
+whose models are built already (killed before the commit point; EIO then SIGINT during the rollback). Then
+the next run (in this process) recovers, and the folders must hold exactly the earlier files or exactly the new
+ones. Every step of such a publish is tried in ``tests/test_publish.py``.
 """
 
 import ctypes
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_faults import ENV, beside, files_of, first_results, free_port
-from test_main_eval import REPO_ROOT, SMALL, TINY, run, shared_backbones  # noqa: F401
+from test_main_eval import REPO_ROOT, SMALL, TINY, run, share_backbones, shared_backbones  # noqa: F401
 
 from lposs.evaluation import loop
 from lposs.evaluation.run_output import StagedFolder
@@ -68,7 +69,9 @@ def exit_status(pid):
 def earlier(tmp_path_factory):
     """One finished run (voc, 2 overlays, predictions in another folder); tests copy it (times and modes kept)."""
     root = tmp_path_factory.mktemp("earlier")
-    first_results(root, "--save_visualisations", "2")
+    with pytest.MonkeyPatch.context() as patch:
+        share_backbones(patch)  # the function-scoped fixture does not reach a module fixture
+        first_results(root, "--save_visualisations", "2")
     return root
 
 
@@ -100,27 +103,27 @@ def test_cli_killed_before_and_after_the_commit_point_and_interrupted_in_its_rol
         "rollback": f"eio:1:replace:{cases['rollback'][0]}/config.yaml",  # then SIGINT at the rollback's start
     }
     before = {name: files_of(out, pred) for name, (out, pred, _) in cases.items()}
-    children = {  # the real CLI in a process of its own, the fault planted by sitecustomize
-        name: subprocess.Popen(
-            [sys.executable, "-m", "lposs.cli.main_eval", *cases[name][2], *NEW],
-            cwd=REPO_ROOT,
-            env=crash_env(specs[name]),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in ("after", "rollback")
-    }
-    # meanwhile the same sitecustomize in a fork of this process (no start-up: its models are built)
-    plant = lambda: runpy.run_path(str(CRASH_SITE / "sitecustomize.py"))  # noqa: E731
-    forked = cli_in_fork([*cases["before"][2], *NEW], {"LPOSS_CRASH": specs["before"]}, plant)
-    errs = {name: child.communicate(timeout=300)[1] for name, child in children.items()}
-    assert exit_status(forked) == children["after"].returncode == -signal.SIGKILL, errs
-    assert children["rollback"].returncode == 130, errs["rollback"][-3000:]
-    assert (
-        errs["rollback"].strip().splitlines()[-1]
-        == "interrupted: earlier results under --output are otherwise unchanged"
+    # the real CLI in a process of its own, the fault planted by sitecustomize
+    child = subprocess.Popen(
+        [sys.executable, "-m", "lposs.cli.main_eval", *cases["after"][2], *NEW],
+        cwd=REPO_ROOT,
+        env=crash_env(specs["after"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    # meanwhile the same sitecustomize in forks of this process (no start-up: its models are built)
+    plant = lambda: runpy.run_path(str(CRASH_SITE / "sitecustomize.py"))  # noqa: E731
+    errs = {name: tmp_path / f"{name}.err" for name in ("before", "rollback")}
+    forked = {
+        name: exit_status(cli_in_fork([*cases[name][2], *NEW], {"LPOSS_CRASH": specs[name]}, plant, errs[name]))
+        for name in ("before", "rollback")
+    }
+    err = child.communicate(timeout=300)[1]
+    assert child.returncode == forked["before"] == -signal.SIGKILL, err[-3000:]
+    assert forked["rollback"] == 130, errs["rollback"].read_text()[-3000:]
+    last = errs["rollback"].read_text().strip().splitlines()[-1]
+    assert last == "interrupted: earlier results under --output are otherwise unchanged"
     interrupted_at_start(monkeypatch)
     for name, (out, pred, args) in cases.items():
         assert run(args) == 130

@@ -25,7 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from lposs.outputs.checks import OutputLocationError
-from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id, fsync_all
+from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id
 from lposs.outputs.lock import holder_record
 from lposs.outputs.place import resolved, staging_prefix, staging_root
 
@@ -127,15 +127,13 @@ class Publication:
         moves = [entry for entry in self.entries if "target" in entry]
         if not moves:
             return
-        fsync_all(Path(entry["source"]) for entry in moves)  # the new files' data on disk before any name changes
         plan = Plan(self.folders[0].staging / JOURNAL, [(f.final, f.staging) for f in self.folders], self.entries)
         try:
-            plan.write()
+            plan.write([Path(entry["source"]) for entry in moves])  # with the new files' data, before any move
             for entry in self.entries:
                 _apply(entry)
-            fsync_all(self._touched())
             with signals_held():
-                plan.commit()
+                plan.commit(self._touched())
                 self.committed = True
                 plan.finish()
         except BaseException:

@@ -26,10 +26,21 @@ import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["COMMITTED", "JOINED", "JOURNAL", "PRIVATE", "REPLACED", "Plan", "file_id", "fsync_all", "pending_journal"]
+__all__ = [
+    "COMMITTED",
+    "JOINED",
+    "JOURNAL",
+    "PRIVATE",
+    "REPLACED",
+    "Plan",
+    "file_id",
+    "fsync_all",
+    "pending_journal",
+    "write_durably",
+]
 
 JOURNAL = ".publishing"  # the plan of an unfinished publication (in its first staging folder)
 JOINED = ".joined"  # in every other staging folder of the publication: the journal's path
@@ -46,6 +57,17 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+_POOL: list[ThreadPoolExecutor] = []  # one for the process: starting threads for every sync costs more than it
+
+
+def _forget_pool() -> None:
+    _POOL.clear()  # a forked child has none of the parent's threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def fsync_all(paths: Iterable[Path]) -> None:
     """Make files (their data) or folders (their entries) durable; several at once in threads.
 
@@ -57,24 +79,38 @@ def fsync_all(paths: Iterable[Path]) -> None:
         for path in paths:
             _fsync(path)
         return
-    with ThreadPoolExecutor(min(16, len(paths))) as pool:
-        list(pool.map(_fsync, paths))
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(8, thread_name_prefix="lposs-fsync"))
+    list(_POOL[0].map(_fsync, paths))
 
 
-def write_durably(path: Path, text: str) -> None:
-    """``path`` holds ``text`` whole or not at all, also after a power loss (temp file, fsync, rename, fsync)."""
+def _temporary(path: Path, text: str) -> Path:
+    """``text`` written to a new temporary file beside ``path`` (not yet synced)."""
     fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return Path(tmp)
+
+
+def write_durably(texts: dict[Path, str], data: Iterable[Path] = ()) -> None:
+    """Each path holds its text whole or not at all, also after a power loss; ``data`` files synced alongside.
+
+    Temporary files are written, synced (with ``data``) in one round, renamed into place, and their folders
+    synced in a second round: two waits for the disk, however many files.
+    """
+    temporary: dict[Path, Path] = {}
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        for path, text in texts.items():
+            temporary[path] = _temporary(path, text)
+        fsync_all([*data, *temporary.values()])
+        for path, tmp in temporary.items():
+            os.replace(tmp, path)
     except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
+        for tmp in temporary.values():
+            with suppress(OSError):
+                os.unlink(tmp)
         raise
-    fsync_all([path.parent])
+    fsync_all(path.parent for path in texts)
 
 
 def file_id(path: Path | str) -> list[int]:
@@ -126,6 +162,7 @@ class Plan:
     journal: Path
     folders: list[tuple[Path, Path]]
     entries: list[dict]
+    unset: Path | None = field(default=None, repr=False)  # the empty marker under a temporary name, until commit
 
     @property
     def marker(self) -> Path:
@@ -143,16 +180,22 @@ class Plan:
         folders = [(Path(final), Path(staging)) for final, staging in header["folders"]]
         return cls(journal, folders, [json.loads(line) for line in lines[1:]])
 
-    def write(self) -> None:
-        """Make the plan durable: the journal, then a pointer to it in every other staging folder."""
-        lines = [json.dumps({"folders": [[str(final), str(staging)] for final, staging in self.folders]})]
-        write_durably(self.journal, "\n".join(lines + [json.dumps(entry) for entry in self.entries]) + "\n")
-        for _, staging in self.folders[1:]:
-            write_durably(staging / JOINED, json.dumps({"journal": str(self.journal)}) + "\n")
+    def write(self, data: Iterable[Path] = ()) -> None:
+        """Make the plan durable, with the ``data`` of the files it moves: the journal, then a pointer to it in
+        every other staging folder (and the empty marker, under a temporary name, for :meth:`commit`)."""
+        header = json.dumps({"folders": [[str(final), str(staging)] for final, staging in self.folders]})
+        texts = {self.journal: "\n".join([header, *(json.dumps(entry) for entry in self.entries)]) + "\n"}
+        texts.update(
+            {staging / JOINED: json.dumps({"journal": str(self.journal)}) + "\n" for _, staging in self.folders[1:]}
+        )
+        self.unset = _temporary(self.marker, "")
+        write_durably(texts, [*data, self.unset])
 
-    def commit(self) -> None:
-        """The commit point: the marker, made durable. Then :meth:`finish`."""
-        write_durably(self.marker, "")
+    def commit(self, touched: Iterable[Path]) -> None:
+        """The commit point, once the folders ``touched`` by the moves are synced: the marker, made durable."""
+        fsync_all(touched)
+        os.replace(self.unset, self.marker)
+        fsync_all([self.marker.parent])
 
     def finish(self) -> None:
         """After the commit point: delete the earlier files put aside, then the journal (:meth:`forget`).
@@ -172,6 +215,8 @@ class Plan:
             (staging / JOINED).unlink(missing_ok=True)
         self.journal.unlink(missing_ok=True)
         self.marker.unlink(missing_ok=True)
+        if self.unset is not None:
+            self.unset.unlink(missing_ok=True)
 
     def roll_back(self) -> tuple[list[str], list[str]]:
         """Put every file back, last move first, going on past any error; forget the plan when all went back.
