@@ -194,6 +194,16 @@ def test_staging_of_another_host_is_stale_while_this_run_holds_the_flock(tmp_pat
     assert files_of(out, pred) == before and beside(out) == beside(pred) == []
 
 
+def test_earlier_files_are_never_deleted_when_the_journal_was_removed_by_hand(tmp_path):
+    out, pred = earlier_results(tmp_path)
+    output, predictions = stage_new_run(out, pred)
+    assert in_child(killed_at(9, output, predictions)) == -signal.SIGKILL  # an overlay of out put aside
+    (predictions.staging / JOURNAL).unlink()
+    notes = recover(out)
+    assert len(notes) == 1 and notes[0].startswith(f"kept the staging folder {output.staging}")
+    assert (output.staging / ".replaced/voc/visualisations/a.png").read_text() == "old a.png"
+
+
 def test_journal_and_folders_are_durable_before_the_first_move_and_at_the_commit(tmp_path, monkeypatch):
     out, pred = earlier_results(tmp_path)
     output, predictions = stage_new_run(out, pred)

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lposs.outputs.journal import Plan, pending_journal
+from lposs.outputs.journal import JOINED, REPLACED, Plan, pending_journal
 from lposs.outputs.lock import OutputInUse, OutputLock, describe, is_dead_here
 from lposs.outputs.place import resolved, staging_folders
 
@@ -51,6 +51,17 @@ def _recover(journal: Path, held: dict[Path, bool]) -> tuple[bool, str]:
             lock.release()
 
 
+def _resolve(staging: Path, held: dict[Path, bool]) -> tuple[bool, str]:
+    """Finish or undo the publish ``staging`` takes part in, if any; (may it be removed now, what was done)."""
+    journal = pending_journal(staging)
+    if journal is not None:
+        done, what = _recover(journal, held)
+        return done, f", {what}"
+    if (staging / JOINED).exists() and any((staging / REPLACED).rglob("*")):  # its journal removed by hand
+        return False, f", earlier files are in {staging / REPLACED} and the journal that says where they go is gone"
+    return True, ""
+
+
 def clean_stale_staging(final: Path, held: dict[Path, bool] | None = None) -> list[str]:
     """Recover and remove the stale staging folders of ``final`` (module docstring).
 
@@ -72,11 +83,7 @@ def clean_stale_staging(final: Path, held: dict[Path, bool] | None = None) -> li
                 f"left the staging folder {staging} in place ({who} may still run); remove it if no run uses it"
             )
             continue
-        done, what = True, ""
-        journal = pending_journal(staging)
-        if journal is not None:
-            done, what = _recover(journal, held)
-            what = f", {what}"
+        done, what = _resolve(staging, held)
         if not done:
             lines.append(f"kept the staging folder {staging} of a run that no longer runs ({who}){what}")
             continue

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import ModuleType
 
 from lposs.outputs.checks import OutputLocationError
 from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id
@@ -45,7 +46,7 @@ class PublishError(OSError):
     """Moving the files into place failed; every file moved so far was put back (one line)."""
 
 
-def _dist():
+def _dist() -> ModuleType | None:
     """``torch.distributed`` when this process has imported torch; None otherwise (no torch import here)."""
     return sys.modules.get("torch.distributed")
 

@@ -166,6 +166,7 @@ class Plan:
 
     @property
     def marker(self) -> Path:
+        """The commit point: this file exists once every move is made and durable."""
         return self.journal.with_name(COMMITTED)
 
     @classmethod
