@@ -108,17 +108,21 @@ def test_parent_that_refuses_new_files_stages_inside_the_output(tmp_path, monkey
 MOUNTED = """
 import sys
 from pathlib import Path
-from lposs.outputs.checks import check_staging
+from lposs.outputs.checks import OutputLocationError, check_staging
 from lposs.outputs.lock import OutputInUse
 from lposs.evaluation.output_recovery import lock_outputs
 from lposs.evaluation.run_output import StagedFolder
-folder = Path(sys.argv[1])
+folder, outer = Path(sys.argv[1]), Path(sys.argv[2])
 check_staging("--output", folder, [folder])
 try:
     lock_outputs([("--output", folder)], True)
 except OutputInUse as error:
     print("refused:", error, flush=True)
 sys.stdin.readline()  # the host's run has ended
+try:  # a folder mounted inside the output folder: its results cannot be renamed in
+    check_staging("--output", outer, [outer / "inner"])
+except OutputLocationError as error:
+    print("inner:", error, flush=True)
 locks, notes = lock_outputs([("--output", folder)], True)
 print("locks:", *[path for lock in locks for path in lock.paths], flush=True)
 staged = StagedFolder.create(folder)
@@ -133,21 +137,22 @@ for lock in locks:
 
 def test_output_on_a_mount_point(tmp_path):
     """A bind mount (as ``docker run -v``): staged and locked inside it; a run outside sees that lock."""
-    host, mount = tmp_path / "host", tmp_path / "mnt"
-    host.mkdir()
-    mount.mkdir()
+    host, mount, outer = tmp_path / "host", tmp_path / "mnt", tmp_path / "outer"
+    for folder in (host, mount, outer / "inner"):
+        folder.mkdir(parents=True)
     (host / "results.json").write_text("earlier")
     script = tmp_path / "mounted.py"
     script.write_text(MOUNTED)
-    command = [sys.executable, str(script), str(mount)]
-    shell = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+    command = [sys.executable, str(script), str(mount), str(outer)]
+    shell = 'mount --bind "$1" "$2" && mount -t tmpfs tmpfs "$3" && shift 3 && exec "$@"'
     unshare = ["unshare", "-m", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["-r"])
-    probe = subprocess.run([*unshare, "sh", "-c", shell, "sh", str(host), str(mount), "true"], capture_output=True)
+    mounts = [str(host), str(mount), str(outer / "inner")]
+    probe = subprocess.run([*unshare, "sh", "-c", shell, "sh", *mounts, "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a mount point here (unshare -m: {probe.stderr.decode().strip()})")
     held = OutputLock.acquire(host)  # a run on the host, outside the container
     child = subprocess.Popen(
-        [*unshare, "sh", "-c", shell, "sh", str(host), str(mount), *command],
+        [*unshare, "sh", "-c", shell, "sh", *mounts, *command],
         cwd=REPO_ROOT,
         env=ENV,
         stdin=subprocess.PIPE,
@@ -162,14 +167,14 @@ def test_output_on_a_mount_point(tmp_path):
     out, err = child.communicate("go\n", timeout=60)
     assert child.returncode == 0, err
     lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert lines["inner"].startswith(
+        f"--output {outer}: files staged in {tmp_path} cannot be moved into {outer / 'inner'}"
+    )
     assert lines["locks"] == str(mount / ".lposs" / "lock")  # the parent is outside the mount: no lock there
     assert Path(lines["staging"]).parent == mount / ".lposs"
     assert (host / "results.json").read_text() == "from the container"
-    assert sorted(p.name for p in host.iterdir()) == ["results.json"] and sorted(os.listdir(tmp_path)) == [
-        "host",
-        "mnt",
-        "mounted.py",
-    ]
+    assert sorted(p.name for p in host.iterdir()) == ["results.json"]
+    assert sorted(os.listdir(tmp_path)) == ["host", "mnt", "mounted.py", "outer"]
 
 
 # ------------------------------------------------------------------------------------------ lock files
