@@ -7,6 +7,7 @@ signals sent to child processes, and two hand-started gloo ranks of which one is
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,10 +30,10 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 )
 
 from lposs.cli import main_eval
-from lposs.evaluation.output_checks import OutputLocationError, check_output_locations
-from lposs.evaluation.output_lock import OutputInUse, OutputLock, lock_path
 from lposs.evaluation.reporting import atomic_write_text
-from lposs.evaluation.run_output import Publication, PublishError, StagedFolder, all_or_nothing, clean_stale_staging
+from lposs.evaluation.run_output import PublishError, StagedFolder, all_or_nothing
+from lposs.outputs.checks import OutputLocationError, check_output_locations
+from lposs.outputs.lock import OutputInUse, OutputLock, lock_path
 
 # A child run that signals when it has started segmenting (the loader workers are running, the staging folder
 # exists), then blocks there, or kills or stops itself (a dead or stalled rank).
@@ -54,18 +55,19 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def files_of(*folders):
-    """Every file under the folders: bytes, mtime and mode."""
+    """Every file under the folders (a run's private ``.lposs`` folder left out): bytes, mtime and mode."""
     return {
         p: (p.read_bytes(), p.stat().st_mtime_ns, p.stat().st_mode)
         for folder in folders
         for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
+        if p.is_file() and ".lposs" not in p.relative_to(folder).parts
     }
 
 
 def beside(folder):
-    """Hidden entries beside ``folder``: staging folders and lock files."""
-    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
+    """A run's debris of ``folder``: hidden entries beside it (staging, lock) and in its ``.lposs`` folder."""
+    inside = sorted(f".lposs/{p.name}" for p in (folder / ".lposs").iterdir()) if (folder / ".lposs").is_dir() else []
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")) + inside
 
 
 def dead_pid():
@@ -148,23 +150,33 @@ def test_publish_fails_at_every_move_and_puts_every_file_back(tmp_path, monkeypa
     while complete is None:
         armed = False
         output, predictions = stage_new_run(out, pred)
+        staged = files_of(output.staging, predictions.staging)
         moves.clear()
         armed = True
         try:
             publish_run(output, predictions)
-            complete = [dst for src, dst in moves if output.staging not in dst.parents]
+            complete = [dst for src, dst in moves]
         except PublishError as error:
             src, dst = moves[fail_at - 1]
             assert "\n" not in str(error) and error.filename in (str(src), str(dst))  # the final file's name
-            assert out in Path(error.filename).parents or pred in Path(error.filename).parents
             assert "every earlier file was put back" in error.strerror
             assert files_of(out, pred) == before, f"move {fail_at} changed the earlier files"
             assert not (out / "voc20").exists() and not list(output.staging.glob(".publishing"))
+            # the computed results stay: every staged file is back in staging, byte for byte
+            kept = {p: v for p, v in files_of(output.staging, predictions.staging).items() if p.name != ".owner"}
+            assert kept == {p: v for p, v in staged.items() if p.name != ".owner"}
+        armed = False
         for folder in (output, predictions):
-            folder.discard()
+            kept = folder.discard()
+            assert (kept is None) == (complete is not None)  # kept after a failed publish, renamed
+            if kept is not None:
+                assert ".unpublished-" in kept.name and kept.parent == tmp_path
+                shutil.rmtree(kept)
         assert beside(out) == beside(pred) == []
         fail_at += 1
-    assert fail_at == 19  # every move failed once: the 10 files, and the 7 replaced ones moved aside first
+    # every step failed once: the journal, its pointer in the other staging folder, the 10 files and the 7
+    # replaced ones moved aside first, the commit marker
+    assert fail_at == 22
     # the publish order: predictions, overlays, results.json (per dataset), then config, summary, tables
     names = [p.relative_to(tmp_path).as_posix() for p in complete if pred in p.parents or out in p.parents]
     assert names == [
@@ -181,43 +193,6 @@ def test_publish_fails_at_every_move_and_puts_every_file_back(tmp_path, monkeypa
     ]
     assert (out / "voc/results.json").read_text() == "new voc/results.json"
     assert (out / "eval.log").read_text() == "old eval.log"  # appended to, never replaced
-
-
-def test_publish_killed_midway_is_undone_by_the_next_run(tmp_path, monkeypatch):
-    out, pred = tmp_path / "out", tmp_path / "pred"
-    for path in (out / "voc/results.json", out / "summary.json", pred / "voc/a.png"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("old")
-    before = files_of(out, pred)
-
-    class Killed(BaseException):
-        """SIGKILL in the middle of the renames: no rollback runs."""
-
-    real_replace, calls = os.replace, []
-
-    def dies(src, dst):
-        calls.append(dst)
-        if len(calls) == 6:  # predictions done, out/voc half done
-            raise Killed()
-        real_replace(src, dst)
-
-    output, predictions = stage_new_run(out, pred)
-    monkeypatch.setattr(os, "replace", dies)
-    monkeypatch.setattr(Publication, "rollback", lambda self: [])
-    with pytest.raises(Killed):
-        publish_run(output, predictions)
-    monkeypatch.setattr(os, "replace", real_replace)
-    assert files_of(out, pred) != before  # a half-published folder
-    # the owner is alive (this process): its staging folder is left alone, with one line
-    lines = clean_stale_staging(out)
-    assert len(lines) == 1 and "left the staging folder" in lines[0] and f"PID {os.getpid()}" in lines[0]
-    for folder in (output, predictions):
-        owner = json.loads((folder.staging / ".owner").read_text())
-        (folder.staging / ".owner").write_text(json.dumps({**owner, "pid": dead_pid()}))
-    lines = clean_stale_staging(out) + clean_stale_staging(pred)
-    assert len(lines) == 2 and all("removed the staging folder" in line for line in lines)
-    assert "unfinished publish undone" in lines[0]
-    assert files_of(out, pred) == before and beside(out) == beside(pred) == []
 
 
 # ------------------------------------------------------------------------------------------ locks
@@ -269,7 +244,7 @@ def test_second_run_into_a_locked_folder_stops_at_once(tmp_path, capsys, monkeyp
         [
             sys.executable,
             "-c",
-            "import pathlib, sys, time; from lposs.evaluation.output_lock import OutputLock; "
+            "import pathlib, sys, time; from lposs.outputs.lock import OutputLock; "
             "OutputLock.acquire(pathlib.Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
             str(out),
         ],
@@ -346,7 +321,8 @@ def test_bad_output_locations_stop_before_any_model_loads(tmp_path, capsys, monk
     assert_one_line_error(capsys, run([*base, "--save_predictions", str(afile / "p")]), "--save_predictions")
     # unwritable folders (tests run as root, so mode bits would not stop the writes): os.open refuses there
     real_open = os.open
-    for folder, reason in ((out / "visualisations", errno.EACCES), (out, errno.EROFS), (tmp_path, errno.EACCES)):
+    # (a parent that refuses new files is no fault when the folder exists: test_output_places.py)
+    for folder, reason in ((out / "visualisations", errno.EACCES), (out, errno.EROFS)):
 
         def refusing(path, flags, mode=0o777, *, dir_fd=None, folder=folder, reason=reason):
             if Path(path).parent == folder:
@@ -399,7 +375,13 @@ def test_failed_publish_of_each_kind_of_file_keeps_earlier_results(tmp_path, cap
         assert code == 1 and err[-1].startswith("error: cannot publish ") and "Traceback" not in "\n".join(err)
         assert f"{failed[0]}: Permission denied" in err[-1] and "every earlier file was put back" in err[-1]
         assert files_of(out, pred) == before, kind
-        assert beside(out) == beside(pred) == []
+        # the computed results are kept, named in the line (no later run removes them)
+        kept = [tmp_path / name for name in beside(out) + beside(pred)]
+        assert [p.name.split("-")[0] for p in kept] == [".out.unpublished", ".pred.unpublished"]
+        assert err[-1].endswith(f"this run's results are kept in {kept[0]}, {kept[1]}")
+        assert (kept[0] / "results.json").is_file() and len(list(kept[1].glob("*.png"))) == 2
+        for folder in kept:
+            shutil.rmtree(folder)
 
 
 def test_full_disk_mid_run(tmp_path, capsys, monkeypatch):

@@ -28,6 +28,9 @@ TINY = [*TINY_OVERRIDES, "num_workers=0"]
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
 
+_BACKBONES: dict = {}  # (model config, device) -> backbones, for the whole session
+
+
 def cache_from_config(monkeypatch, cache: dict, key_of=repr) -> None:
     """LPOSSBackbones.from_config builds once per (key_of(model config), device), kept in `cache`."""
     original = LPOSSBackbones.from_config.__func__
@@ -43,8 +46,13 @@ def cache_from_config(monkeypatch, cache: dict, key_of=repr) -> None:
 
 @pytest.fixture(autouse=True)
 def shared_backbones(monkeypatch):
+    """:func:`share_backbones` for every test (module fixtures call it themselves)."""
+    share_backbones(monkeypatch)
+
+
+def share_backbones(monkeypatch) -> None:
     """Build the random backbones once per session: main() asks for them on every call."""
-    cache_from_config(monkeypatch, shared_backbones.__dict__.setdefault("cache", {}))
+    cache_from_config(monkeypatch, _BACKBONES)
 
 
 def run(argv):

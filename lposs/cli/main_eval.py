@@ -39,15 +39,16 @@ from lposs.evaluation.config import ConfigError
 from lposs.evaluation.distributed import PeerFailure
 from lposs.evaluation.interrupts import Terminated, sigterm_raises
 from lposs.evaluation.loop import SampleError, is_main_process
-from lposs.evaluation.output_checks import OutputLocationError
-from lposs.evaluation.output_lock import OutputInUse
 from lposs.evaluation.run_output import PublishError
-from lposs.evaluation.runner import PAPER_ORDER, dataset_keys, preflight, run
+from lposs.evaluation.runner import PAPER_ORDER, RunReport, dataset_keys, preflight, run
+from lposs.outputs.checks import OutputLocationError
+from lposs.outputs.lock import OutputInUse
 
 __all__ = ["PAPER_ORDER", "dataset_keys", "main", "parse_args"]
 
 # Errors writing the outputs (a full disk, a mount gone read-only): one line naming the path, exit 1.
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+_WRITE_ERRORS |= {errno.EMFILE, errno.ENFILE}  # too many open files: a fault of the run, not of its inputs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,19 +127,21 @@ def main(args: argparse.Namespace) -> int:
     """Check everything, then evaluate; 0 on success, 2 on bad input, 1 on a fault of the run (one line on stderr
     each), 130 on Ctrl-C, 143 on SIGTERM."""
     start = time.perf_counter()
+    report = RunReport()  # what the run did to its output folders, for the last line
     try:
         with sigterm_raises():
             if args.images is not None:
                 run_images(args)  # a folder of unlabelled images: label maps, no metrics
             else:
                 plan = preflight(args)  # nothing under --output is touched before this passes
-                run(args, plan)
+                run(args, plan, report)
         if is_main_process():
             print(f"done in {time.perf_counter() - start:.1f} s")
     except PublishError as error:
-        return _fault(f"cannot publish {error.filename}: {error.strerror}")
+        kept = f"; this run's results are kept in {', '.join(map(str, report.kept))}" if report.kept else ""
+        return _fault(f"cannot publish {error.filename}: {error.strerror}{kept}")
     except PeerFailure as error:
-        return _fault(f"{error}; staging removed, earlier results unchanged")
+        return _fault(f"{error}; {report.aftermath()}")
     except (ConfigError, DatasetError, SampleError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -151,7 +154,9 @@ def main(args: argparse.Namespace) -> int:
         path = error.filename or "an output file"
         if args.images is not None:  # a folder run writes each image's files as it goes, no staging
             return _fault(f"cannot write {path}: {error.strerror}; the images done so far stay (finish with --resume)")
-        return _fault(f"cannot write {path}: {error.strerror}; staging removed, earlier results unchanged")
+        if report.published:  # only the log is appended after the commit
+            return _fault(f"results published; could not append eval.log: {path}: {error.strerror}")
+        return _fault(f"cannot write {path}: {error.strerror}; {report.aftermath()}")
     except ValueError as error:  # bad model names, patch sizes, pretrained tags (models.ModelConfigError)
         if type(error).__name__ != "ModelConfigError":
             raise
@@ -163,11 +168,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
-        swept = "completed settings are in place (finish with --resume), " if args.sweep else ""
         what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-        done = f"the images done so far are in {args.save_predictions} (finish with --resume)"
-        earlier = done if args.images is not None else f"{swept}earlier results under --output are otherwise unchanged"
-        print(f"{what}: {earlier}", file=sys.stderr)
+        if args.images is not None:
+            print(
+                f"{what}: the images done so far are in {args.save_predictions} (finish with --resume)", file=sys.stderr
+            )
+        elif report.published:
+            print(f"{what} after this run's results were published", file=sys.stderr)
+        else:
+            swept = "completed settings are in place (finish with --resume), " if args.sweep else ""
+            print(f"{what}: {swept}earlier results under --output are otherwise unchanged", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -1,6 +1,6 @@
 """The evaluation run: configs, the loop over a dataset, metrics, sweeps, staged outputs and reports.
 
-It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`datasets`; the entry points
+It stands on the method (:mod:`segmentation`), on :mod:`models`, :mod:`datasets` and :mod:`outputs`; the entry points
 (``main_eval.py``, ``tools/``) stand on it. One job per module:
 
 - :mod:`evaluation.config`, :mod:`evaluation.config_schema`: YAML configs composed with ``key=value`` overrides,
@@ -10,12 +10,12 @@ It stands on the method (:mod:`segmentation`) and on :mod:`models` and :mod:`dat
 - :mod:`evaluation.sweep`: settings grouped by what the backbones see, the sweep tables;
 - :mod:`evaluation.shared_passes`: datasets grouped into passes by the images they list;
 - :mod:`evaluation.runner`: pre-flight checks, then datasets x settings, then the published results;
-- :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders published all or nothing, atomic
-  writes, JSON records;
-- :mod:`evaluation.output_lock`, :mod:`evaluation.output_checks`: one run per output folder, output folders
-  probed before any work;
+- :mod:`evaluation.run_output`, :mod:`evaluation.reporting`: staged folders published all or nothing with one
+  commit point (:mod:`lposs.outputs`: where to stage and lock, the journal), atomic writes, JSON records;
+- :mod:`evaluation.output_recovery`: output folders locked, and what dead runs left in them finished or undone;
 - :mod:`evaluation.distributed`, :mod:`evaluation.interrupts`: a dead or stalled rank named within
-  ``dist_timeout``, SIGTERM handled like Ctrl-C;
+  ``dist_timeout``, SIGTERM handled like Ctrl-C, signals held over a commit, loader workers that end with
+  their rank;
 - :mod:`evaluation.visualise`: palettes and overlays;
 - :mod:`evaluation.folder_plan`, :mod:`evaluation.folder_run`: label maps for a folder of unlabelled images
   (``segment_folder``), checked first, resumable, one share per rank.

@@ -10,12 +10,9 @@ and given its graphs once, and counted against each dataset's own labels (one al
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,12 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lposs.datasets import load_image, load_label, stray_labels
+from lposs.outputs.lock import process_start_ticks
 from lposs.segmentation import Segmentor, SegmentorSettings
 from lposs.segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
 from lposs.segmentation.segmentor import ClassColumns
 from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
+from .interrupts import die_with_parent
 from .metrics import boundary_iou_counts, iou_counts
 from .reporting import default_file_mode, naming_path
 
@@ -53,7 +52,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lposs")
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _STRAYS_REPORTED: set[tuple] = set()  # a sweep makes several passes over one dataset: say it once
 
 
@@ -151,22 +149,6 @@ class _Samples(Dataset):
         sample["image"] = image if self.keep_original else None
         sample["strays"] = [stray_labels(d, idx, label) for d, label in zip(self.datasets, labels)]
         return sample
-
-
-def _die_with_parent(parent: int, worker_id: int) -> None:
-    """Loader worker start: ask Linux to SIGKILL this worker when its rank dies, however it dies.
-
-    Without it, workers of a killed rank live on, blocked writing to a pipe nobody reads, and keep the rank's
-    sockets open (its peers then wait instead of seeing the connection close). Elsewhere a no-op.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the rank died before the signal was armed
-        os._exit(1)
 
 
 @dataclass
@@ -377,7 +359,7 @@ def evaluate_pass(
         batch_size=image_batch,
         num_workers=num_workers,
         collate_fn=list,
-        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
+        worker_init_fn=functools.partial(die_with_parent, os.getpid(), process_start_ticks(os.getpid())),
     )
     counting = segmentor.backbones.device  # the counts are summed where the label maps are
     sums = [_CountSums(len(m.settings), m.num_classes, measure_boundary, counting) for m in members]

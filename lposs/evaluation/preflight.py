@@ -1,7 +1,7 @@
 """Pre-flight of a run: the whole plan checked before any output is touched or any model loaded.
 
 Every config of the grid, every dataset, wandb, the device and process group, the pixel backend, every model
-config and every output folder (:mod:`lposs.evaluation.output_checks`) is checked here; a problem is one line
+config and every output folder (:mod:`lposs.outputs.checks`) is checked here; a problem is one line
 naming the bad input (exit 2 in ``main_eval.py``).
 """
 
@@ -17,10 +17,10 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from lposs.datasets import DatasetError, build_dataset, resolve_keys
+from lposs.outputs.checks import check_output_locations, check_staging
 
 from .config import ConfigError
 from .distributed import init_process_group, set_collective_timeout
-from .output_checks import check_output_locations
 from .reporting import check_wandb
 from .sweep import Combination, plan_combinations
 
@@ -140,12 +140,12 @@ def _check_pixel_backend(combinations: list[Combination], device: torch.device) 
 
 
 def _output_folders(args: argparse.Namespace, plan: RunPlan) -> list[tuple[str, object]]:
-    """Every folder the run writes: beside and in ``--output`` / ``--save_predictions``, per (setting, dataset)."""
+    """Every folder the run writes: ``--output`` / ``--save_predictions`` and their (setting, dataset) folders."""
     folders = []
     for flag, root in (("--output", args.output), ("--save_predictions", args.save_predictions)):
         if root is None:
             continue
-        folders += [(flag, root.absolute().parent), (flag, root)]  # staging and lock beside, results in it
+        folders.append((flag, root))
         for combination in plan.combinations:
             for key in plan.keys:
                 folder = root / relative_folder(plan, combination, key)
@@ -178,7 +178,11 @@ def preflight(args: argparse.Namespace) -> RunPlan:
         check_wandb(mode)
     device = prepare_device(combinations)
     plan = RunPlan(combinations, keys, datasets, device)
-    check_output_locations(_output_folders(args, plan))
+    folders = _output_folders(args, plan)
+    check_output_locations(folders)
+    for flag, root in (("--output", args.output), ("--save_predictions", args.save_predictions)):
+        if root is not None:  # staged beside or inside it (a mount point): the publish's renames must work there
+            check_staging(flag, root, [folder for _, folder in folders])
     return plan
 
 

@@ -1,12 +1,15 @@
 """Output folders that a failed or interrupted run leaves exactly as they were.
 
-A run writes into a hidden staging folder beside the final one (``.NAME.partial-XXXX``, same file system, with
-an ``.owner`` record: host, PID, start time) and moves each finished set of files (one dataset's results and
-predictions, then the run's summary) into place in one :class:`Publication`: a file it replaces is first moved
-aside into the staging folder, and on any error (or signal) every move is undone, so the final folder holds
-either all of the set or exactly what it held before. Each move is journalled in the staging folder
-(``.publishing``) before it is made: a run killed mid-publish is rolled back by the next run into the folder,
-which also removes staging folders whose owner no longer runs (see :func:`clean_stale_staging`).
+A run writes into a hidden staging folder on the output's own file system (beside it, or inside it when it is
+a mount point: :mod:`lposs.outputs.place`), with an ``.owner`` record (host, PID, start time), and
+moves each finished set of files (one dataset's results and predictions, then the run's summary) into place
+in one :class:`Publication`: its whole plan is journalled and made durable before the first move, a file it
+replaces is first put aside in the staging folder, and one marker is the commit point
+(:mod:`lposs.outputs.journal`). On any error or signal every move is undone (signals are held
+meanwhile), so the final folders hold either all of the set or exactly what they held before; after a crash
+at any step the next run into either folder does the same (:mod:`lposs.evaluation.output_recovery`). A failed
+publish keeps the computed results: the staging folder is renamed ``...unpublished-XXXX`` and named in the
+error line.
 """
 
 from __future__ import annotations
@@ -14,125 +17,158 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import ModuleType
 
-import torch.distributed as dist
+from lposs.outputs.checks import OutputLocationError
+from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id
+from lposs.outputs.lock import holder_record
+from lposs.outputs.place import resolved, staging_prefix, staging_root
 
-from .distributed import check_peers
-from .output_lock import OutputInUse, OutputLock, describe, holder_record, is_dead_here
+from .interrupts import signals_held
+from .reporting import default_file_mode
 
-__all__ = [
-    "Publication",
-    "PublishError",
-    "StagedFolder",
-    "all_or_nothing",
-    "broadcast_from_main",
-    "clean_stale_staging",
-    "lock_outputs",
-]
+__all__ = ["Publication", "PublishError", "StagedFolder", "all_or_nothing", "broadcast_from_main"]
 
 # Moved last within a set, so that a present results.json means its predictions and overlays are there too.
 _LAST = "results.json"
 # Logs are appended to at the end of a run (see StagedFolder.append_to), never replaced by publish.
 _APPENDED = ("eval.log",)
-_OWNER = ".owner"  # who made a staging folder (output_lock.holder_record)
-_JOURNAL = ".publishing"  # one JSON line per move of an unfinished publication
-_REPLACED = ".replaced"  # files moved aside by a publication, until it is committed
-_PRIVATE = (_OWNER, _JOURNAL, _REPLACED)
+_OWNER = ".owner"  # who made a staging folder (lposs.outputs.lock.holder_record)
 
 
 class PublishError(OSError):
     """Moving the files into place failed; every file moved so far was put back (one line)."""
 
 
+def _dist() -> ModuleType | None:
+    """``torch.distributed`` when this process has imported torch; None otherwise (no torch import here)."""
+    return sys.modules.get("torch.distributed")
+
+
 def broadcast_from_main(value: object) -> object:
     """Rank 0's ``value`` on every rank (itself without torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    dist = _dist()
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
         return value
+    from .distributed import check_peers
+
     check_peers()
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM held back (delivered afterwards) while a rollback puts files back."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
+def _apply(entry: dict) -> None:
+    """Make one line of a plan: a folder, or a move (the earlier file put aside first)."""
+    if "created" in entry:
+        with suppress(FileExistsError):
+            os.mkdir(entry["created"])
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    target = entry["target"]
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def _undo(entries: list[dict]) -> list[str]:
-    """Undo journalled moves, last first; returns the paths that could not be restored."""
-    failed = []
-    for entry in reversed(entries):
-        try:
-            if "created" in entry:
-                os.rmdir(entry["created"])  # only when empty: a folder the publication made
-            elif entry["backup"] is None:
-                os.unlink(entry["target"])  # a new file: there was none before
-            elif os.path.lexists(entry["backup"]):
-                os.replace(entry["backup"], entry["target"])
-        except FileNotFoundError:
-            pass  # the move it undoes never happened
-        except OSError:
-            if "created" not in entry:
-                failed.append(entry["target"])
-    return failed
+        if entry["backup"] is not None:
+            os.makedirs(os.path.dirname(entry["backup"]), exist_ok=True)
+            os.replace(target, entry["backup"])
+        os.replace(entry["source"], target)
+    except OSError as error:  # named after the final file, not the staging path it came from
+        raise type(error)(error.errno, error.strerror, target) from error
 
 
 class Publication:
     """The moves of one publish, possibly over several staged folders: all of them happen, or none.
 
-    Use :func:`all_or_nothing`; :meth:`StagedFolder.publish` records each move here.
+    Use :func:`all_or_nothing`; :meth:`StagedFolder.publish` plans its moves here, and they are made at the
+    end of the block.
     """
 
     def __init__(self) -> None:
-        self.entries: list[dict] = []
         self.folders: list[StagedFolder] = []
+        self.entries: list[dict] = []
+        self.failed: list[str] = []  # targets whose earlier files could not be put back by a rollback
+        self.committed = False  # the commit point passed: the new files are in place
+        self._made: set[Path] = set()
+        self._sources: set[Path] = set()
 
-    def record(self, folder: StagedFolder, entry: dict) -> None:
-        """Journal ``entry`` (a move about to happen) in memory and in ``folder``'s staging folder."""
+    def add(self, folder: StagedFolder, source: Path, target: Path) -> bool:
+        """Plan the move of the staged ``source`` to ``target`` (and the folders it needs); False if planned already."""
+        if source in self._sources:
+            return False
+        self._sources.add(source)
         if folder not in self.folders:
             self.folders.append(folder)
-        self.entries.append(entry)
-        with open(folder.staging / _JOURNAL, "a") as journal:
-            journal.write(json.dumps(entry) + "\n")
+        for parent in reversed(target.parents):
+            if folder.final in (parent, *parent.parents) and parent not in self._made and not parent.exists():
+                self._made.add(parent)
+                self.entries.append({"created": str(parent)})
+        backup = folder.staging / REPLACED / target.relative_to(folder.final) if os.path.lexists(target) else None
+        entry = {"source": str(source), "target": str(target), "backup": None if backup is None else str(backup)}
+        self.entries.append({**entry, "file": file_id(source)})
+        return True
 
-    def commit(self) -> None:
+    def _touched(self) -> list[Path]:
+        """Every folder whose entries the moves change (to make them durable)."""
+        folders = []
+        for entry in self.entries:
+            paths = [entry["created"]] if "created" in entry else [entry["source"], entry["target"], entry["backup"]]
+            folders += [Path(p).parent for p in paths if p is not None]
+        return folders
+
+    def execute(self) -> None:
+        """Journal the plan, make the moves, commit; before the commit point any exception puts every file back.
+
+        From the commit point on, signals are held (delivered afterwards: :attr:`committed` then says that the
+        new files are in place); the rollback holds them too.
+        """
+        moves = [entry for entry in self.entries if "target" in entry]
+        if not moves:
+            return
+        plan = Plan(self.folders[0].staging / JOURNAL, [(f.final, f.staging) for f in self.folders], self.entries)
+        try:
+            plan.write([Path(entry["source"]) for entry in moves])  # with the new files' data, before any move
+            for entry in self.entries:
+                _apply(entry)
+            with signals_held():
+                plan.commit(self._touched())
+                self.committed = True
+                plan.finish()
+        except BaseException:
+            if not self.committed:
+                with signals_held():
+                    self.failed = plan.roll_back()[0]
+            raise
+
+    def error(self, error: OSError) -> PublishError:
+        """The one-line error of a failed publish; the staging folders are kept (the computed results)."""
         for folder in self.folders:
-            (folder.staging / _JOURNAL).unlink(missing_ok=True)
-            shutil.rmtree(folder.staging / _REPLACED, ignore_errors=True)
-
-    def rollback(self) -> list[str]:
-        """Put every moved file back; the paths that could not be restored (their old files stay in staging)."""
-        with _signals_deferred():
-            failed = _undo(self.entries)
-            for folder in self.folders:
-                if failed:
-                    folder.keep = True  # the old files are still in the staging folder: never delete them
-                else:
-                    (folder.staging / _JOURNAL).unlink(missing_ok=True)
-        self.entries = []
-        return failed
+            folder.keep = True
+        if not self.failed:
+            return PublishError(
+                error.errno,
+                f"{error.strerror or error}; every earlier file was put back as it was",
+                error.filename or "?",
+            )
+        kept = ", ".join(str(folder.staging / REPLACED) for folder in self.folders)
+        return PublishError(
+            error.errno,
+            f"{error.strerror or error}; {len(self.failed)} earlier file(s) could not be put back: they are in "
+            f"{kept} (the next run into the folder puts them back)",
+            error.filename or "?",
+        )
 
 
 @contextmanager
 def all_or_nothing(publication: Publication | None = None) -> Iterator[Publication]:
-    """A new :class:`Publication`, committed at the end or rolled back on any exception; or ``publication``.
+    """A new :class:`Publication`, made at the end of the block (all or nothing); or ``publication`` itself.
 
     Raises:
-        PublishError: an ``OSError`` while moving (one line naming the file); the files are as before.
+        PublishError: an ``OSError`` while planning or moving (one line naming the file); the files are as
+            before, and the staging folders are kept with the computed results.
     """
     if publication is not None:
         yield publication
@@ -140,23 +176,9 @@ def all_or_nothing(publication: Publication | None = None) -> Iterator[Publicati
     publication = Publication()
     try:
         yield publication
+        publication.execute()
     except OSError as error:
-        failed = publication.rollback()
-        path = error.filename or "?"
-        if failed:
-            kept = ", ".join(str(f.staging / _REPLACED) for f in publication.folders)
-            raise PublishError(
-                error.errno,
-                f"{error.strerror}; {len(failed)} earlier file(s) could not be put back: they are in {kept}",
-                path,
-            ) from error
-        raise PublishError(
-            error.errno, f"{error.strerror or error}; every earlier file was put back as it was", path
-        ) from error
-    except BaseException:
-        publication.rollback()
-        raise
-    publication.commit()
+        raise publication.error(error) from error
 
 
 class StagedFolder:
@@ -169,43 +191,69 @@ class StagedFolder:
     def __init__(self, final: Path, staging: Path) -> None:
         self.final = Path(final)
         self.staging = Path(staging)
-        self.keep = False  # set when a failed rollback left earlier files in the staging folder
+        self.keep = False  # set by a failed publish: the staging folder holds the computed results
 
     @classmethod
-    def create(cls, final: Path, is_main: bool = True) -> StagedFolder:
-        """Make the staging folder beside ``final`` (rank 0) and share its name with all ranks.
+    def create(cls, final: Path, is_main: bool = True, shared_by: str | None = None) -> StagedFolder:
+        """Make the staging folder of ``final`` (rank 0, on its file system) and share it with all ranks.
 
-        Nothing inside ``final`` is created or changed; only its parent folder is created if missing.
+        Nothing inside ``final`` is created or changed (but ``final/.lposs`` where staging goes there); only its
+        parent folder is created if missing. With ``shared_by`` (the flag, for messages) every rank writes
+        into it, and every rank checks that it sees rank 0's staging folder.
+
+        Raises:
+            OutputLocationError: on every rank, when some rank cannot see the staging folder (node-local).
         """
-        final = Path(final).absolute()
-        staging = None
+        paths = None
         if is_main:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent)
+            final = resolved(final)
+            root = staging_root(final)
+            root.mkdir(parents=True, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=staging_prefix(final, root), dir=root)
             (Path(staging) / _OWNER).write_text(json.dumps(holder_record()) + "\n")
-        return cls(final, Path(broadcast_from_main(staging)))
+            paths = (str(final), staging)
+        folder = cls(*map(Path, broadcast_from_main(paths)))
+        try:
+            if shared_by is not None:
+                folder._check_shared(shared_by)
+        except BaseException:
+            if is_main:
+                folder.discard()
+            raise
+        return folder
+
+    def _check_shared(self, flag: str) -> None:
+        """Every rank sees the staging folder: other nodes must not write into folders of their own."""
+        dist = _dist()
+        if dist is None or not (dist.is_available() and dist.is_initialized()):
+            return
+        views: list = [None] * dist.get_world_size()
+        dist.all_gather_object(views, (dist.get_rank(), socket.gethostname(), self.staging.is_dir()))
+        blind = [f"{rank} (host {host})" for rank, host, sees in views if not sees]
+        if blind:
+            raise OutputLocationError(
+                f"{flag} {self.final}: rank {', '.join(blind)} cannot see rank 0's staging folder {self.staging}; "
+                "the folder must be on storage that every node shares, not on a node-local disk"
+            )
 
     def path(self, *parts: str | Path) -> Path:
         """Where to write ``final/parts`` during the run."""
         return self.staging.joinpath(*parts)
 
-    def _files(self, source: Path) -> list[Path]:
+    def files(self, *parts: str | Path) -> list[Path]:
+        """The staged files under ``parts`` (``results.json`` files last), this folder's own records left out."""
+        source = self.staging.joinpath(*parts)
         if source.is_file():
             return [source]
         files = sorted(p for p in source.rglob("*") if p.is_file())
-        files = [p for p in files if p.relative_to(self.staging).parts[0] not in (*_APPENDED, *_PRIVATE)]
+        files = [p for p in files if p.relative_to(self.staging).parts[0] not in (*_APPENDED, _OWNER, *PRIVATE)]
         return sorted(files, key=lambda p: p.name == _LAST)  # stable: the rest keep their order
-
-    def _make_parents(self, target: Path, publication: Publication) -> None:
-        missing = [p for p in reversed(target.parents) if not p.exists() and self.final in (p, *p.parents)]
-        for folder in missing:
-            publication.record(self, {"created": str(folder)})
-            folder.mkdir()
 
     def publish(self, *parts: str | Path, publication: Publication | None = None) -> list[Path]:
         """Move every file under ``staging/parts`` to ``final/parts`` (``results.json`` files last).
 
-        Within ``publication`` (see :func:`all_or_nothing`), or as one publication of its own.
+        Within ``publication`` (see :func:`all_or_nothing`; the moves are made at the end of its block), or as
+        one publication of its own.
 
         Returns:
             The final paths written.
@@ -213,119 +261,60 @@ class StagedFolder:
         Raises:
             PublishError: a move failed; the final folder is as it was (see :func:`all_or_nothing`).
         """
-        source = self.staging.joinpath(*parts)
-        if not source.exists():
+        if not self.staging.joinpath(*parts).exists():
             return []
         written = []
         with all_or_nothing(publication) as moves:
-            for file in self._files(source):
-                relative = file.relative_to(self.staging)
-                target = self.final / relative
-                self._make_parents(target, moves)
-                backup = self.staging / _REPLACED / relative if os.path.lexists(target) else None
-                moves.record(self, {"target": str(target), "backup": None if backup is None else str(backup)})
-                try:
-                    if backup is not None:
-                        backup.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(target, backup)
-                    os.replace(file, target)
-                except OSError as error:  # named after the final file, not the staging path it came from
-                    raise type(error)(error.errno, error.strerror, str(target)) from error
-                written.append(target)
+            for file in self.files(*parts):
+                target = self.final / file.relative_to(self.staging)
+                written += [target] if moves.add(self, file, target) else []
         return written
 
     def append_to(self, name: str) -> None:
-        """Append ``staging/name`` (a log) to ``final/name``, creating it when needed."""
-        source = self.staging / name
+        """Append ``staging/name`` (a log) to ``final/name``, whole or not at all (a copy renamed over it).
+
+        Raises:
+            OSError: naming ``final/name``; it is then as it was.
+        """
+        source, target = self.staging / name, self.final / name
         if not source.is_file():
             return
         self.final.mkdir(parents=True, exist_ok=True)
-        with open(self.final / name, "a") as target:
-            target.write(source.read_text())
+        combined = self.staging / f"{name}.appended"
+        try:
+            with open(combined, "wb") as out:
+                if target.is_file():
+                    with open(target, "rb") as old:
+                        shutil.copyfileobj(old, out)
+                with open(source, "rb") as new:
+                    shutil.copyfileobj(new, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(combined, target.stat().st_mode & 0o7777 if target.is_file() else default_file_mode())
+            os.replace(combined, target)
+        except OSError as error:  # named after the log, not the copy in staging
+            raise type(error)(error.errno, error.strerror, str(target)) from error
+        finally:
+            with suppress(OSError):
+                os.unlink(combined)
         source.unlink()
 
-    def discard(self) -> None:
-        """Remove the staging folder and whatever is left in it (kept when it holds files not put back)."""
-        if not self.keep:
-            shutil.rmtree(self.staging, ignore_errors=True)
+    def discard(self) -> Path | None:
+        """Remove the staging folder; where it stays instead, if it does.
 
-
-def _read_json_lines(path: Path) -> list[dict]:
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            break  # the line being written when the run died: its move had not started
-    return entries
-
-
-def clean_stale_staging(final: Path) -> list[str]:
-    """Remove the staging folders of ``final`` whose owner no longer runs, rolling back an unfinished publish.
-
-    Call it while holding ``final``'s lock (no live run then publishes into it).
-
-    Returns:
-        One line per staging folder removed (or left: an owner on another host, or no owner record).
-    """
-    final = Path(final).absolute()
-    if not final.parent.is_dir():
-        return []
-    lines = []
-    for staging in sorted(final.parent.glob(f".{final.name}.partial-*")):
-        try:
-            owner = json.loads((staging / _OWNER).read_text())
-        except (OSError, ValueError):
-            owner = None
-        if not isinstance(owner, dict) or not is_dead_here(owner):
-            who = "no owner record" if not isinstance(owner, dict) else f"owner {describe(owner)} may still run"
-            lines.append(f"left the staging folder {staging} in place ({who}); remove it if no run uses it")
-            continue
-        undone = ""
-        if (staging / _JOURNAL).is_file():
-            failed = _undo(_read_json_lines(staging / _JOURNAL))
-            if failed:
-                lines.append(f"kept {staging}: {len(failed)} earlier file(s) of an interrupted publish are in it")
-                continue
-            undone = ", its unfinished publish undone"
-        shutil.rmtree(staging, ignore_errors=True)
-        lines.append(f"removed the staging folder {staging} of a run that no longer runs ({describe(owner)}){undone}")
-    return lines
-
-
-def lock_outputs(folders: list[tuple[str, Path | None]], is_main: bool) -> tuple[list[OutputLock], list[str]]:
-    """Rank 0 locks each ``(flag, folder)`` (None: skipped) and cleans its stale staging; all ranks learn the outcome.
-
-    Returns:
-        The locks held (rank 0; none elsewhere) and the lines to log (stale locks taken over, staging removed).
-
-    Raises:
-        OutputInUse: on every rank, when a live run holds one of the folders (nothing is locked then).
-    """
-    locks: list[OutputLock] = []
-    notes: list[str] = []
-    refused = None
-    if is_main:
-        seen = set()
-        try:
-            for flag, folder in folders:
-                if folder is None or Path(folder).absolute() in seen:
-                    continue
-                seen.add(Path(folder).absolute())
-                locks.append(OutputLock.acquire(Path(folder).absolute(), flag))
-                notes += [locks[-1].taken_over] if locks[-1].taken_over else []
-                notes += clean_stale_staging(folder)
-        except OutputInUse as error:
-            refused = str(error)
-        except BaseException:
-            for lock in locks:
-                lock.release()
-            raise
-        if refused is not None:
-            for lock in locks:
-                lock.release()
-            locks = []
-    refused = broadcast_from_main(refused)
-    if refused is not None:
-        raise OutputInUse(refused)
-    return locks, notes
+        Kept: with a journal or a pointer to one (an unfinished publish: the next run finishes or undoes it);
+        after a failed publish, renamed ``...unpublished-XXXX`` (the computed results; no later run removes it);
+        or when it cannot be removed.
+        """
+        if (self.staging / JOURNAL).exists() or (self.staging / JOINED).exists():
+            return self.staging
+        if self.keep:
+            head, _, suffix = self.staging.name.rpartition("partial-")  # the folder's own name may hold it too
+            kept = self.staging.with_name(f"{head}unpublished-{suffix}")
+            try:
+                os.rename(self.staging, kept)
+            except OSError:
+                return self.staging
+            return kept
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.staging if os.path.lexists(self.staging) else None

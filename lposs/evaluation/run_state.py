@@ -8,9 +8,12 @@ publishes each (setting, dataset) whole. :mod:`lposs.evaluation.runner` drives i
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -18,12 +21,13 @@ from lposs.datasets import class_names
 
 from .loop import EvaluationResult, PredictionOutputs, is_main_process
 from .metrics import format_table, summarize
+from .output_recovery import lock_outputs
 from .preflight import RunPlan, relative_folder
 from .reporting import atomic_write_text, environment_record, method_label, naming_path
-from .run_output import Publication, StagedFolder, all_or_nothing, lock_outputs
+from .run_output import Publication, PublishError, StagedFolder, all_or_nothing
 from .sweep import Combination, is_complete
 
-__all__ = ["LogFile", "RunState", "dumps", "logger", "setup_logging"]
+__all__ = ["LogFile", "RunReport", "RunState", "dumps", "logger", "setup_logging"]
 
 logger = logging.getLogger("lposs")
 
@@ -57,11 +61,35 @@ def setup_logging(log_file: str | None) -> None:
     logger.propagate = False
 
 
+@dataclass
+class RunReport:
+    """What a run has done to its output folders, for the line that ends it (``main_eval.py``)."""
+
+    published: bool = False  # the final publish committed: the new results are in place
+    settings_published: bool = False  # a sweep moved completed (setting, dataset) results into place
+    kept: list[Path] = field(default_factory=list)  # staging folders left in place (where, for the message)
+
+    def aftermath(self) -> str:
+        """``staging removed, earlier results unchanged``, or what is true instead."""
+        if self.published:
+            return "the new results were published"
+        staging = (
+            "staging removed" if not self.kept else f"this run's files are kept in {', '.join(map(str, self.kept))}"
+        )
+        earlier = (
+            "completed settings are in place, earlier results otherwise unchanged"
+            if self.settings_published
+            else "earlier results unchanged"
+        )
+        return f"{staging}, {earlier}"
+
+
 class RunState:
     """State of one run: the plan, the staged output folders, the records gathered so far."""
 
-    def __init__(self, args: argparse.Namespace, plan: RunPlan) -> None:
+    def __init__(self, args: argparse.Namespace, plan: RunPlan, report: RunReport | None = None) -> None:
         self.args, self.plan = args, plan
+        self.report = RunReport() if report is None else report
         main = is_main_process()
         # one run per folder: rank 0 locks them and removes stale staging (notes: one log line each)
         folders = [("--output", args.output), ("--save_predictions", args.save_predictions)]
@@ -69,15 +97,15 @@ class RunState:
         self.output = self.predictions = None
         try:
             self.output = None if args.output is None else StagedFolder.create(args.output, main)
-            self.predictions = (
-                None if args.save_predictions is None else StagedFolder.create(args.save_predictions, main)
-            )
+            if args.save_predictions is not None:  # every rank writes predictions: every rank must see it
+                self.predictions = StagedFolder.create(args.save_predictions, main, "--save_predictions")
+            self.records: dict[str, dict[str, dict]] = {c.name: {} for c in plan.combinations}
+            self.environment = environment_record()
+            self.passes: dict[str, list[list[str]]] = {}  # data root -> dataset keys of each pass
+            self.evaluated: set[tuple[str, str]] = set()  # (setting, dataset) pairs evaluated by this run
         except BaseException:
             self.discard()
             raise
-        self.records: dict[str, dict[str, dict]] = {c.name: {} for c in plan.combinations}
-        self.environment = environment_record()
-        self.passes: dict[str, list[list[str]]] = {}  # data root -> dataset keys of each pass
 
     def relative(self, combination: Combination, key: str) -> str:
         """Folder of one (setting, dataset) inside the output folders ("" = the folder itself)."""
@@ -121,6 +149,7 @@ class RunState:
             "config": OmegaConf.to_container(config, resolve=True),
             **self.environment,
         }
+        self.evaluated.add((combination.name, key))
         if is_main_process():
             title = f"{combination.name} | {key}" if combination.name else key
             logger.info(f"\n{title} ({method}, {result.num_images} images)")
@@ -130,20 +159,47 @@ class RunState:
         return record
 
     def publish(self, combination: Combination, key: str, publication: Publication | None = None) -> None:
-        """Predictions, overlays and results.json of one (setting, dataset): all of them, or none."""
-        if is_main_process():
-            with all_or_nothing(publication) as moves:
-                for folder in (self.predictions, self.output):
-                    if folder is not None:
-                        folder.publish(self.relative(combination, key), publication=moves)
+        """Predictions, overlays and results.json of one (setting, dataset): all of them, or none.
+
+        Raises:
+            PublishError: a move failed (everything put back), or rank 0 sees fewer prediction files than the
+                ranks wrote (they wrote where it cannot see: node-local storage).
+        """
+        if not is_main_process():
+            return
+        self._check_predictions(combination, key)
+        with all_or_nothing(publication) as moves:
+            for folder in (self.predictions, self.output):
+                if folder is not None:
+                    folder.publish(self.relative(combination, key), publication=moves)
+
+    def _check_predictions(self, combination: Combination, key: str) -> None:
+        """One prediction file per image is staged, whichever rank wrote it."""
+        if self.predictions is None or (combination.name, key) not in self.evaluated:
+            return  # --resume: its predictions are in place already
+        rel = self.relative(combination, key)
+        found, written = len(self.predictions.files(rel)), self.records[combination.name][key]["num_images"]
+        if found != written:
+            for folder in (self.output, self.predictions):  # a failed publish keeps the computed results
+                if folder is not None:
+                    folder.keep = True
+            raise PublishError(
+                errno.ENOENT,
+                f"{found} of the {written} prediction files the ranks wrote are in the staging folder; the others "
+                "were written where rank 0 cannot see them (--save_predictions must be on storage every node shares)",
+                str(self.predictions.final / rel),
+            )
 
     def discard(self) -> None:
+        """Remove the staging folders (rank 0; the kept ones go to the report), then free the locks."""
         if is_main_process():
-            for folder in (self.output, self.predictions):
-                if folder is not None:
-                    folder.discard()
-            for lock in self.locks:
-                lock.release()
+            try:
+                for folder in (self.output, self.predictions):
+                    kept = None if folder is None else folder.discard()
+                    self.report.kept += [] if kept is None else [kept]
+            finally:
+                for lock in self.locks:
+                    lock.release()
 
 
 def dumps(value: object) -> str:

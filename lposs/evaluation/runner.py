@@ -33,11 +33,11 @@ from .loop import PassMember, evaluate_pass, is_main_process
 from .preflight import PAPER_ORDER, RunPlan, dataset_keys, preflight, setup_distributed
 from .reporting import atomic_write_text, format_paper_table, method_label, start_wandb, summary_record
 from .run_output import all_or_nothing
-from .run_state import RunState, dumps, logger, setup_logging
+from .run_state import RunReport, RunState, dumps, logger, setup_logging
 from .shared_passes import plan_passes
 from .sweep import Combination, format_sweep_tables, group_by_encoding
 
-__all__ = ["PAPER_ORDER", "RunPlan", "dataset_keys", "preflight", "run", "setup_distributed"]
+__all__ = ["PAPER_ORDER", "RunPlan", "RunReport", "dataset_keys", "preflight", "run", "setup_distributed"]
 
 
 def make_deterministic(seed: int, device: torch.device) -> None:
@@ -125,6 +125,7 @@ def _evaluate_group(run: RunState, group: list[Combination], backbones) -> None:
                 run.records[group[i].name][key] = run.record(group[i], key, result)
                 if plan.is_sweep:  # each setting's results are a whole run of their own: --resume builds on them
                     run.publish(group[i], key)
+                    run.report.settings_published = True
 
 
 def _finish(run: RunState) -> None:
@@ -150,13 +151,17 @@ def _finish(run: RunState) -> None:
         summary = summary_record(method, records, PAPER_ORDER)
         if output is not None:
             atomic_write_text(output.path("config.yaml"), OmegaConf.to_yaml(plan.combinations[0].config))
-    with all_or_nothing() as publication:  # a single run replaces earlier results all at once, or not at all
-        if not plan.is_sweep:
-            for key in plan.keys:
-                run.publish(plan.combinations[0], key, publication)
-        if output is not None:
-            atomic_write_text(output.path("summary.json"), dumps(summary))
-            output.publish(publication=publication)
+    publication = None
+    try:
+        with all_or_nothing() as publication:  # a single run replaces earlier results all at once, or not at all
+            if not plan.is_sweep:
+                for key in plan.keys:
+                    run.publish(plan.combinations[0], key, publication)
+            if output is not None:
+                atomic_write_text(output.path("summary.json"), dumps(summary))
+                output.publish(publication=publication)
+    finally:  # also when a signal held over the commit arrives at its end: the new results are in place then
+        run.report.published = publication is not None and publication.committed
 
 
 # What only picks a head on the loaded weights (LPOSSBackbones.set_heads), per model section.
@@ -174,16 +179,19 @@ def _weights_key(model) -> str:
     return json.dumps(weights, sort_keys=True)
 
 
-def run(args: argparse.Namespace, plan: RunPlan) -> None:
-    """Evaluate every (setting, dataset) of a checked plan; see the module docstring for the order."""
+def run(args: argparse.Namespace, plan: RunPlan, report: RunReport | None = None) -> None:
+    """Evaluate every (setting, dataset) of a checked plan; see the module docstring for the order.
+
+    ``report`` (filled in as the run goes, also when it fails) says what was published and what was kept.
+    """
     from lposs.models import LPOSSBackbones  # heavy imports only once the inputs are known to be fine
 
-    state = RunState(args, plan)
+    state = RunState(args, plan, report)  # on failure it removes what it made and frees the locks itself
     main = is_main_process()
-    setup_logging(str(state.output.path("eval.log")) if state.output is not None and main else None)
-    for note in state.notes:
-        logger.info(note)
     try:
+        setup_logging(str(state.output.path("eval.log")) if state.output is not None and main else None)
+        for note in state.notes:
+            logger.info(note)
         method = method_label(plan.combinations[0].config)
         wandb_run = start_wandb(plan.combinations[0].config, method, plan.keys) if main else None
         loaded: dict[str, object] = {}  # groups that differ in windows, resizing or heads share the weights
