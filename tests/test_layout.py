@@ -165,3 +165,16 @@ def test_no_sys_path_edits():
         if path.name != "test_layout.py" and pattern.search(path.read_text())
     ]
     assert not offenders, f"sys.path edited in {offenders}"
+
+
+def test_every_module_of_the_package_imports():
+    """A module importing a name that moved away (a merge, a rename) fails here, not only in the path that uses it."""
+    import importlib
+    import pkgutil
+
+    import lposs
+
+    names = [info.name for info in pkgutil.walk_packages(lposs.__path__, "lposs.")]
+    assert len(names) > 60
+    for name in names:
+        importlib.import_module(name)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from lposs.datasets import DatasetError
 from lposs.datasets.image_files import image_suffixes, list_image_files
+from lposs.outputs.checks import check_output_locations
 from lposs.segmentation import SegmentorSettings
 
 from .loop import _rank_and_world
-from .output_checks import check_output_locations
 from .reporting import TEMPORARY_NAME
 from .run_output import broadcast_from_main
 

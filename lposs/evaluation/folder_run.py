@@ -23,7 +23,6 @@ one line and listed in ``out/skipped.txt``.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -55,9 +54,11 @@ from .folder_plan import (
     plan_folder,
     settings_record,
 )
-from .loop import _all_reduce, _die_with_parent, _rank_and_world, _reduction_device, all_reduce_sum
+from .interrupts import loader_worker_init
+from .loop import _all_reduce, _rank_and_world, _reduction_device, all_reduce_sum
+from .output_recovery import lock_outputs
 from .reporting import TEMPORARY_NAME, atomic_target
-from .run_output import broadcast_from_main, lock_outputs
+from .run_output import broadcast_from_main
 from .visualise import overlay_figure, palette, save_png
 
 __all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
@@ -144,7 +145,7 @@ def _segment_share(
         batch_size=options["image_batch"],
         num_workers=options["num_workers"],
         collate_fn=list,
-        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
+        worker_init_fn=loader_worker_init(),
     )
     with _progress(len(todo), options["report"]) as progress:
         for batch in loader:

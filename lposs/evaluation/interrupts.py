@@ -14,6 +14,7 @@ Standard library only: loader workers started by ``spawn`` or ``forkserver`` imp
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -21,9 +22,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from lposs.outputs.lock import process_alive
+from lposs.outputs.lock import process_alive, process_start_ticks
 
-__all__ = ["Terminated", "die_with_parent", "signals_held", "sigterm_raises"]
+__all__ = ["Terminated", "die_with_parent", "loader_worker_init", "signals_held", "sigterm_raises"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -98,3 +99,8 @@ def die_with_parent(rank_pid: int, rank_start: int | None, worker_id: int) -> No
         return
     if not process_alive(rank_pid, rank_start):
         os._exit(1)
+
+
+def loader_worker_init() -> functools.partial:
+    """A DataLoader ``worker_init_fn`` for this process's workers: :func:`die_with_parent` of this rank."""
+    return functools.partial(die_with_parent, os.getpid(), process_start_ticks(os.getpid()))

@@ -10,10 +10,7 @@ and given its graphs once, and counted against each dataset's own labels (one al
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,21 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lposs.datasets import load_image, load_label, stray_labels
-from lposs.outputs.lock import process_start_ticks
 from lposs.segmentation import Segmentor, SegmentorSettings
 from lposs.segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
 from lposs.segmentation.segmentor import ClassColumns
-from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
-from .interrupts import die_with_parent
+from .interrupts import loader_worker_init
 from .metrics import boundary_iou_counts, iou_counts
-from .reporting import default_file_mode, naming_path
+from .samples import PassSamples, save_label_png
 
 __all__ = [
     "EvaluationResult",
@@ -118,39 +111,6 @@ def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
     return _all_reduce(array, device, "sum")
 
 
-class _Samples(Dataset):
-    """Images (decoded and resized here, in the loader workers) and labels of one rank's share.
-
-    The images come from the first dataset; each dataset (datasets sharing a pass list the same images) gives
-    its own label of every image. A bad file is returned as its error message, not raised, so that the main
-    process can report it in one line (DataLoader would wrap it in a traceback).
-    """
-
-    def __init__(
-        self, datasets: list, indices: list[int], short_side: int, long_side: int, keep_original: bool
-    ) -> None:
-        self.datasets = datasets
-        self.indices = indices
-        self.sides = (short_side, long_side)
-        self.keep_original = keep_original  # the original image is shipped only when a callback needs it
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict:
-        idx = self.indices[i]
-        try:
-            image, info = load_image(self.datasets[0], idx)
-            labels = [load_label(dataset, idx, image.shape) for dataset in self.datasets]
-        except (OSError, ValueError) as error:  # DatasetError is a ValueError, missing files are OSErrors
-            return {"error": f"{type(error).__name__}: {error}"}
-        sample = {"index": idx, "resized": resize_to_fit(image, *self.sides), "labels": labels, "info": info}
-        sample["original_size"] = image.shape[:2]
-        sample["image"] = image if self.keep_original else None
-        sample["strays"] = [stray_labels(d, idx, label) for d, label in zip(self.datasets, labels)]
-        return sample
-
-
 @dataclass
 class _StrayLabels:
     """Label values outside the classes over one pass: counted, reported once (mmseg ignores them too)."""
@@ -186,24 +146,6 @@ class _StrayLabels:
 
 class SampleError(RuntimeError):
     """An image or label of the dataset could not be used."""
-
-
-def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) -> None:
-    """Write a ``[H, W]`` label map (values < 256) as a PNG, atomically (temp file, then rename), mode 0666 - umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(labels.astype(np.uint8), mode="P" if palette else "L")
-    if palette:
-        image.putpalette([channel for colour in palette for channel in colour][: 256 * 3])
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        with naming_path(path):  # a full disk names the file
-            image.save(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class _CountSums:
@@ -353,13 +295,13 @@ def evaluate_pass(
     keep_original = any(o.on_prediction is not None for member in members for o in member.outputs)
     s = segmentor.settings
     datasets = [member.dataset for member in members]
-    samples = _Samples(datasets, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
+    samples = PassSamples(datasets, list(range(rank, total, world)), s.short_side, s.long_side, keep_original)
     loader = DataLoader(
         samples,
         batch_size=image_batch,
         num_workers=num_workers,
         collate_fn=list,
-        worker_init_fn=functools.partial(die_with_parent, os.getpid(), process_start_ticks(os.getpid())),
+        worker_init_fn=loader_worker_init(),
     )
     counting = segmentor.backbones.device  # the counts are summed where the label maps are
     sums = [_CountSums(len(m.settings), m.num_classes, measure_boundary, counting) for m in members]
