@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fake_datasets import make_dataset
+from forking import ForkedRun
 from PIL import Image
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
     REPO_ROOT,
@@ -34,23 +36,26 @@ from lposs.evaluation.reporting import atomic_write_text
 from lposs.evaluation.run_output import PublishError, StagedFolder, all_or_nothing
 from lposs.outputs.checks import OutputLocationError, check_output_locations
 from lposs.outputs.lock import OutputInUse, OutputLock, lock_path
-
-# A child run that signals when it has started segmenting (the loader workers are running, the staging folder
-# exists), then blocks there, or kills or stops itself (a dead or stalled rank).
-CHILD = """
-import os, signal, sys, time
 from lposs.segmentation import Segmentor
-ready, action = sys.argv[1], sys.argv[2]
-def stop_here(self, *args, **kwargs):
-    open(ready, "w").write(str(os.getpid()))
-    if action == "block":
-        time.sleep(600)
-    os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
-if action != "none":
-    Segmentor.propagate_columns = stop_here  # what the evaluation loop calls per image
-from lposs.cli import main_eval
-sys.exit(main_eval.main(main_eval.parse_args(sys.argv[3:])))
-"""
+
+
+def stop_at_the_first_image(ready: Path, action: str) -> Callable[[], None]:
+    """What a child run does first: once it starts segmenting (the loader workers run, the staging folder exists) it
+    writes its PID to ``ready`` and then blocks, or kills or stops itself (a dead or stalled rank)."""
+
+    def stop_here(self, *args, **kwargs):
+        ready.write_text(str(os.getpid()))
+        if action == "block":
+            time.sleep(600)
+        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+    def plant() -> None:
+        if action != "none":
+            Segmentor.propagate_columns = stop_here  # what the evaluation loop calls per image
+
+    return plant
+
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -442,12 +447,10 @@ def test_label_values_outside_the_classes_reported_once(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ signals
 
 
-def start_child(tmp_path, name, action, args, env=ENV):
+def start_child(tmp_path, name, action, args, env=None):
+    """A run forked from this process (see tests/forking.py) that stops at its first image as ``action`` says."""
     ready = tmp_path / f"{name}.ready"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    command = [sys.executable, str(script), str(ready), action, *args]
-    child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = ForkedRun(args, tmp_path / f"{name}.log", env, stop_at_the_first_image(ready, action))
     return child, ready
 
 
@@ -506,7 +509,7 @@ def test_dead_or_stalled_rank_ends_the_others_within_dist_timeout(tmp_path, faul
     out = tmp_path / "out"
     args = ["maskclip.yaml", "--dataset", "voc", f"data_root={tmp_path}", "--output", str(out), *SMALL, *TINY]
     args += ["--save_predictions", str(tmp_path / "pred"), "dist_timeout=5"]
-    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     ranks = [
         start_child(tmp_path, f"rank{r}", action, args, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})[0]
         for r, action in ((0, "none"), (1, fault))

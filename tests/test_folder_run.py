@@ -7,13 +7,11 @@ and its random-weight backbones copy-on-write, so that they start at once instea
 
 import os
 import signal
-import sys
-import time
-import traceback
 
 import numpy as np
 import pytest
 import torch
+from forking import exit_codes, forked
 from PIL import Image
 from test_faults import beside, free_port
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
@@ -143,40 +141,6 @@ def test_segment_folder_from_python(photos, reference, tmp_path):
     assert (rest.images, rest.segmented, rest.complete_before) == (4, 1, 2)
     assert [path for path, _ in rest.failed] == ["broken.jpg"] and "cannot read image" in rest.failed[0][1]
     assert_labels_equal(out, labels)
-
-
-def forked(function, log):
-    """Start ``function()`` in a forked child whose output goes to the file ``log``; its PID. The child exits with
-    what ``function`` returns (99 on an exception) and never returns into pytest."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            sys.stdout = sys.stderr = open(log, "w", buffering=1)
-            torch.set_num_threads(1)  # the parent's OpenMP threads are not in the child
-            code = function()
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            os._exit(code)
-    return pid
-
-
-def exit_codes(pids, seconds=300):
-    """Wait for the children; their exit codes (-N: killed by signal N). Kills them all after ``seconds``."""
-    deadline, codes = time.monotonic() + seconds, {}
-    while len(codes) < len(pids) and time.monotonic() < deadline:
-        for pid in pids:
-            if pid not in codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    for pid in set(pids) - set(codes):
-        os.kill(pid, signal.SIGKILL)
-        codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    return [codes[pid] for pid in pids]
 
 
 def test_two_gloo_ranks_cover_each_image_exactly_once(photos, reference, tmp_path):
