@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_models import add_tiny_clip_configs
 
 from lposs.segmentation.kernels.cpu import compiler_available
 
@@ -12,11 +13,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 # Under pytest-xdist each worker takes its share of the cores: torch's threads of two workers on two cores
-# would otherwise contend, which slows torch down far more than it gains.
+# would otherwise contend, which slows torch down far more than it gains. The processes a test starts (command-line
+# children, the Triton interpreter's run) take the same share: OpenMP threads that wait for a core spin on it.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+
+add_tiny_clip_configs()  # tests/tiny_models.py: in every test process, and so in the forks of its tests
 
 # Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
 # of falling back to the torch paths with a warning, as they do for users.

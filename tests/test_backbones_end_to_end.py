@@ -8,7 +8,7 @@ import json
 import pytest
 from fake_datasets import make_dataset
 from test_main_eval import TINY, assert_one_line_error, cache_from_config, refuse_model_loading, run
-from tiny_models import TINY_CLIP_14, add_tiny_clip_configs
+from tiny_models import TINY_CLIP_14
 
 S8 = [*TINY, "model.dino.name=vit_small_patch8_224.dino"]
 # short side 48, windows 48 x 64: DINO /8 grid 6 x 8, CLIP /16 grid 3 x 4 (resized to 6 x 8)
@@ -27,7 +27,6 @@ def weights_only(model_cfg) -> str:
 @pytest.fixture(autouse=True)
 def backbones_by_weights(monkeypatch):
     """One set of random backbones per weights (the run sets the head on them), kept for the whole session."""
-    add_tiny_clip_configs()
     cache_from_config(monkeypatch, backbones_by_weights.__dict__.setdefault("cache", {}), weights_only)
 
 

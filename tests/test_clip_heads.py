@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from head_reference import neighbourhood_addition, proxyclip_reference, reference_head, tokens_before_last_block
-from tiny_models import TINY_CLIP_14, TINY_CLIP_32, add_tiny_clip_configs
+from tiny_models import TINY_CLIP_14, TINY_CLIP_32
 from torch.testing import assert_close
 
 import lposs.models.clip_heads as clip_heads
@@ -242,7 +242,6 @@ def test_proxyclip_constants_and_a_non_square_window(model):
 @pytest.fixture(scope="module")
 def other_patch_models():
     """open_clip's ViT at patch 14 and 32 (tiny, registered for the tests), random weights."""
-    add_tiny_clip_configs()
     torch.manual_seed(0)
     return {
         patch: open_clip.create_model(name, pretrained=None).eval()

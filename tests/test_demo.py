@@ -1,7 +1,5 @@
 """tools/demo.py on tiny random-weight backbones: outputs for many image kinds, error handling, --compare."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,6 @@ from lposs.cli.demo import (
 from lposs.evaluation.config import load_config
 from lposs.segmentation import Segmentor
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = TINY_OVERRIDES
 SMALL = ["short_side=112", "long_side=224", "crop=112", "stride=56"]  # 2-3 windows per 120 x 90 image
 CLASSES = ["cat", "dog", "sky;cloud", "grass"]
@@ -256,7 +253,7 @@ def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("crop=200", "error: crop=200: expected a multiple of the patch sizes of model.clip.name='ViT-S-16' (16)"),
+        ("crop=200", "error: crop=200: expected a multiple of the patch sizes of model.clip.name='ViT-T-16-test' (16)"),
         ("model.dino.name=resnet50", "error: model.dino.name='resnet50': a ResNet, not a ViT"),
         ("model.dtype=float16", "error: model.dtype='float16' on the CPU"),
     ],
@@ -272,27 +269,15 @@ def test_bad_model_config_exits_2_before_models(tmp_path, capsys, monkeypatch, o
     assert code == 2 and len(lines) == 1 and lines[0].startswith(expected), lines
 
 
-def test_end_to_end_folder_input(tmp_path):
+def test_end_to_end_folder_input(tmp_path, capsys, monkeypatch):
+    """The command line as a user types it, in-process (tests/test_quiet_start.py starts tools/demo.py itself)."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for seed, name in enumerate(("b.png", "a.jpg")):
         Image.fromarray(smooth_rgb(seed=seed)).save(folder / name)
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "tools" / "demo.py"),
-        str(folder),
-        "--classes",
-        "cat,dog,sky;cloud",
-        "--method",
-        "lposs",
-        "--output",
-        str(tmp_path / "out"),
-        "device=cpu",
-        *TINY,
-        *SMALL,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    argv = [str(folder), "--classes", "cat,dog,sky;cloud", "--method", "lposs", "--output", str(tmp_path / "out")]
+    monkeypatch.chdir(tmp_path)
+    assert main(parse_args([*argv, "device=cpu", *TINY, *SMALL])) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png"]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in capsys.readouterr().err

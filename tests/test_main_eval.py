@@ -13,7 +13,7 @@ import torch
 from fake_datasets import make_dataset
 from mmseg.core.evaluation import mean_iou
 from PIL import Image
-from tiny_models import TINY_OVERRIDES
+from tiny_models import CHILD_TINY_OVERRIDES, TINY_OVERRIDES
 
 from lposs.cli import main_eval
 from lposs.datasets import DATASET_KEYS, build_dataset, load_label
@@ -24,6 +24,7 @@ VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
 needs_voc = pytest.mark.skipif(not VOC_MINI.is_dir(), reason="needs ../shared/data/voc_mini")
 
 TINY = [*TINY_OVERRIDES, "num_workers=0"]
+TINY_CHILD = [*CHILD_TINY_OVERRIDES, "num_workers=0"]  # for a process started anew
 # Small images: short side 48 < crop 64, so windows are 48 x 64 (a partial grid) and everything stays fast.
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 

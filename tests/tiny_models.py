@@ -4,20 +4,27 @@ from pathlib import Path
 
 import open_clip
 
-TINY_OVERRIDES = [
-    "model.clip.name=ViT-S-16",
+# open_clip's own ViT (3 blocks of width 128; a text tower of 2 blocks of width 64) at patch 14, 16 and 32, registered
+# from tests/model_configs/ by `add_tiny_clip_configs` (conftest.py does it in every test process and so in its
+# forks): open_clip has no small ViT of patch size 14 (ViT-L-14 is the smallest), and ViT-S-16's 12 text blocks
+# make a run over a benchmark's class names CPU-bound (150 names: 15 s).
+TINY_CLIP_14 = "ViT-T-14-test"
+TINY_CLIP_16 = "ViT-T-16-test"
+TINY_CLIP_32 = "ViT-T-32-test"
+
+_TINY_REST = [
     "model.clip.pretrained=null",
     "model.dino.name=vit_small_patch16_224.dino",
     "model.dino.pretrained=null",
     "model.templates=single",  # one prompt per alias: 80 templates take minutes on a CPU
 ]
-# open_clip has no small ViT of patch size 14 (ViT-L-14 is the smallest): these are open_clip's own ViT, 3 blocks of
-# width 128, at patch 14 and 32, registered from tests/model_configs/ by `add_tiny_clip_configs`.
-TINY_CLIP_14 = "ViT-T-14-test"
-TINY_CLIP_32 = "ViT-T-32-test"
+TINY_OVERRIDES = [f"model.clip.name={TINY_CLIP_16}", *_TINY_REST]
+# For a process started anew (a command-line child, torchrun's ranks): the tiny configs are not registered there, so
+# the smallest of open_clip's own patch-16 ViTs.
+CHILD_TINY_OVERRIDES = ["model.clip.name=ViT-S-16", *_TINY_REST]
 
 
 def add_tiny_clip_configs() -> None:
-    """Make `TINY_CLIP_14` an open_clip model name in this process (open_clip's own `add_model_config`)."""
+    """Make the tiny configs of tests/model_configs open_clip model names in this process (its own `add_model_config`)."""
     if TINY_CLIP_14 not in open_clip.list_models():
         open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
