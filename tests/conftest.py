@@ -4,9 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-from tiny_models import add_tiny_clip_configs
-
-from lposs.segmentation.kernels.cpu import compiler_available
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +12,7 @@ SHARED = REPO_ROOT.parent / "shared"
 # Under pytest-xdist each worker takes its share of the cores: torch's threads of two workers on two cores
 # would otherwise contend, which slows torch down far more than it gains. The processes a test starts (command-line
 # children, the Triton interpreter's run) take the same share: OpenMP threads that wait for a core spin on it.
+# (Only workers have the variable: xdist's controller, which runs no test, imports neither torch nor open_clip.)
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     import torch
 
@@ -22,12 +20,22 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(_threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
 
-add_tiny_clip_configs()  # tests/tiny_models.py: in every test process, and so in the forks of its tests
 
-# Where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
-# of falling back to the torch paths with a warning, as they do for users.
-if compiler_available():
-    os.environ.setdefault("LPOSS_CPU_KERNEL", "require")
+@pytest.fixture(autouse=True, scope="session")
+def _test_process_setup():
+    """In each process that runs tests (and so in the forks of its tests), before any other fixture:
+
+    - the tiny CLIP configs of tests/tiny_models.py become open_clip model names;
+    - where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead
+      of falling back to the torch paths with a warning, as they do for users.
+    """
+    from tiny_models import add_tiny_clip_configs
+
+    from lposs.segmentation.kernels.cpu import compiler_available
+
+    add_tiny_clip_configs()
+    if compiler_available():
+        os.environ.setdefault("LPOSS_CPU_KERNEL", "require")
 
 
 @pytest.fixture(autouse=True, scope="session")
