@@ -13,7 +13,7 @@ import sys
 
 import pytest
 from fake_datasets import SHAPES
-from test_main_eval import REPO_ROOT, SMALL, TINY_CHILD, run, shared_backbones  # noqa: F401
+from test_main_eval import REPO_ROOT, SMALL, TINY, run, shared_backbones  # noqa: F401
 from test_shared_passes import PAIRS, make_pair
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def arguments(data):
         f"data_root={data}",
         "r=5",
         *SMALL,
-        *TINY_CHILD,  # the torchrun ranks and the run in this process alike
+        *TINY,
     ]
 
 

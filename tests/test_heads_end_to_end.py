@@ -7,16 +7,7 @@ import sys
 
 import pytest
 from fake_datasets import make_dataset
-from test_main_eval import (  # noqa: F401 (shared_backbones: a fixture)
-    REPO_ROOT,
-    SMALL,
-    TINY,
-    TINY_CHILD,
-    assert_one_line_error,
-    refuse_model_loading,
-    run,
-    shared_backbones,
-)
+from test_main_eval import REPO_ROOT, SMALL, TINY, assert_one_line_error, refuse_model_loading, run, shared_backbones
 from test_sweep import data  # noqa: F401 (a fixture; windows_seen comes from conftest)
 
 HEADS = ("sclip", "clearclip", "naclip")
@@ -87,7 +78,7 @@ def test_bad_dino_kind_is_one_line_before_any_model_loads(tmp_path, capsys, monk
 def test_bad_head_from_the_command_line_exits_2_with_one_line(tmp_path):
     make_dataset(tmp_path, "voc")
     command = [sys.executable, str(REPO_ROOT / "main_eval.py"), "naclip.yaml", "--dataset", "voc"]
-    command += [f"data_root={tmp_path}", *TINY_CHILD, "model.clip.head=nacl1p"]
+    command += [f"data_root={tmp_path}", *TINY, "model.clip.head=nacl1p"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr

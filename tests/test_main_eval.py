@@ -13,7 +13,7 @@ import torch
 from fake_datasets import make_dataset
 from mmseg.core.evaluation import mean_iou
 from PIL import Image
-from tiny_models import CHILD_TINY_OVERRIDES, TINY_OVERRIDES
+from tiny_models import TINY_OVERRIDES, TINY_TEXT_OVERRIDES
 
 from lposs.cli import main_eval
 from lposs.datasets import DATASET_KEYS, build_dataset, load_label
@@ -24,7 +24,7 @@ VOC_MINI = REPO_ROOT.parent / "shared" / "data" / "voc_mini"
 needs_voc = pytest.mark.skipif(not VOC_MINI.is_dir(), reason="needs ../shared/data/voc_mini")
 
 TINY = [*TINY_OVERRIDES, "num_workers=0"]
-TINY_CHILD = [*CHILD_TINY_OVERRIDES, "num_workers=0"]  # for a process started anew
+TINY_TEXT = [*TINY_TEXT_OVERRIDES, "num_workers=0"]  # a 2-block text tower, for long class lists
 # Small images: short side 48 < crop 64, so windows are 48 x 64 (a partial grid) and everything stays fast.
 SMALL = ["short_side=48", "crop=64", "stride=32"]
 
@@ -161,7 +161,7 @@ def test_all_datasets_table_on_generated_layouts(tmp_path, capsys):
             "--measure_boundary",
             f"data_root={tmp_path}",
             *SMALL,
-            *TINY,
+            *TINY_TEXT,  # ~620 class names
         ]
     )
     assert code == 0
@@ -240,7 +240,7 @@ def test_unreadable_image_and_size_mismatch(tmp_path, capsys):
     make_dataset(tmp_path, "ade20k")
     image = tmp_path / "ADEChallengeData2016/images/validation/img_a.jpg"
     image.write_bytes(b"not a jpeg")
-    args = ["maskclip.yaml", "--dataset", "ade20k", f"data_root={tmp_path}", *SMALL, *TINY]
+    args = ["maskclip.yaml", "--dataset", "ade20k", f"data_root={tmp_path}", *SMALL, *TINY_TEXT]
     assert_one_line_error(capsys, run(args), str(image))
     Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(image)  # label is 37 x 53
     assert_one_line_error(capsys, run(args), "img_a.png", "37x53", "10x12")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_faults import ENV, beside, files_of, first_results, free_port
-from test_main_eval import REPO_ROOT, SMALL, TINY, TINY_CHILD, run, share_backbones, shared_backbones  # noqa: F401
+from test_main_eval import REPO_ROOT, SMALL, TINY, run, share_backbones, shared_backbones  # noqa: F401
 
 from lposs.evaluation import loop
 from lposs.evaluation.run_output import StagedFolder
@@ -80,13 +80,8 @@ def copy_of(earlier, folder):
     out, pred = folder / "out", folder / "pred"
     shutil.copytree(earlier / "out", out, symlinks=True)
     shutil.copytree(earlier / "pred", pred, symlinks=True)
-    return out, pred, run_args(earlier, out, pred)
-
-
-def run_args(earlier, out, pred, tiny=TINY):
-    """The arguments of a run over the earlier one's data into ``out`` and ``pred``."""
-    args = ["maskclip.yaml", "--dataset", "voc", f"data_root={earlier}", *SMALL, *tiny]
-    return [*args, "--output", str(out), "--save_predictions", str(pred)]
+    args = ["maskclip.yaml", "--dataset", "voc", f"data_root={earlier}", *SMALL, *TINY]
+    return out, pred, [*args, "--output", str(out), "--save_predictions", str(pred)]
 
 
 def interrupted_at_start(monkeypatch):
@@ -110,7 +105,7 @@ def test_cli_killed_before_and_after_the_commit_point_and_interrupted_in_its_rol
     before = {name: files_of(out, pred) for name, (out, pred, _) in cases.items()}
     # the real CLI in a process of its own, the fault planted by sitecustomize
     child = subprocess.Popen(
-        [sys.executable, "-m", "lposs.cli.main_eval", *run_args(earlier, *cases["after"][:2], TINY_CHILD), *NEW],
+        [sys.executable, "-m", "lposs.cli.main_eval", *cases["after"][2], *NEW],
         cwd=REPO_ROOT,
         env=crash_env(specs["after"]),
         stdout=subprocess.DEVNULL,

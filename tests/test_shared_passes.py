@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fake_datasets import SHAPES, make_dataset
 from PIL import Image
-from test_main_eval import REPO_ROOT, SMALL, TINY, VOC_MINI, needs_voc, run, shared_backbones  # noqa: F401
+from test_main_eval import REPO_ROOT, SMALL, TINY, TINY_TEXT, VOC_MINI, needs_voc, run, shared_backbones  # noqa: F401
 
 import lposs.datasets.build as dataset_build
 import lposs.evaluation.preflight as preflight
@@ -69,6 +69,8 @@ def same_results(shared_out, shared_pred, alone_out, alone_pred, key):
     assert len(maps) == ours["num_images"] == 2
     for path in maps:
         np.testing.assert_array_equal(np.array(Image.open(path)), np.array(Image.open(alone_pred / path.name)))
+    labels = np.concatenate([np.array(Image.open(path)).ravel() for path in maps])
+    assert len(np.unique(labels)) >= 2, f"{key}: one label everywhere, which the two runs would share anyway"
     return ours
 
 
@@ -121,7 +123,7 @@ def shared_and_alone(root, tmp_path, pair, extra, windows_seen):
 )
 def test_each_pair_shares_one_pass_with_the_results_of_its_own_runs(tmp_path, pair, image_batch, windows_seen, passes):
     make_pair(tmp_path, pair)
-    extra = ["r=5", "--image_batch", image_batch, *SMALL, *TINY]
+    extra = ["r=5", "--image_batch", image_batch, *SMALL, *TINY_TEXT]
     counts, log = shared_and_alone(tmp_path, tmp_path, pair, extra, windows_seen)
     assert counts[0] == counts[1] == counts[2] > 0  # both datasets for the backbone cost of one
     assert passes == [sorted(pair), [pair[0]], [pair[1]]]
@@ -188,7 +190,10 @@ def test_all_eight_layouts_run_five_passes(tmp_path, windows_seen, passes):
     for key in DATASET_KEYS:
         make_dataset(tmp_path, key)
     out = tmp_path / "out"
-    assert run(["maskclip.yaml", "--dataset", "all", "--output", str(out), f"data_root={tmp_path}", *SMALL, *TINY]) == 0
+    assert (
+        run(["maskclip.yaml", "--dataset", "all", "--output", str(out), f"data_root={tmp_path}", *SMALL, *TINY_TEXT])
+        == 0
+    )
     assert sorted(passes) == sorted(
         [["voc", "voc20"], ["context", "context59"], ["coco_object", "coco_stuff"], ["cityscapes"], ["ade20k"]]
     )
