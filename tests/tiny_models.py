@@ -20,8 +20,8 @@ _TINY_REST = [
 ]
 TINY_OVERRIDES = ["model.clip.name=ViT-S-16", *_TINY_REST]
 # For runs over the benchmarks' long class lists. Which random backbone gives label maps that vary is luck of the
-# draw (ViT-S-16 labels the generated VOC images with one class, this one with five): a check that compares label
-# maps asserts that they vary.
+# draw (on the generated images of the voc/voc20 pair, ViT-S-16 gives one class everywhere, this one two to four): a
+# check that compares label maps asserts that they vary.
 TINY_TEXT_OVERRIDES = [f"model.clip.name={TINY_CLIP_16}", *_TINY_REST]
 
 
