@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 @pytest.fixture(autouse=True, scope="session")
 def _test_process_setup():
-    """In each process that runs tests (and so in the forks of its tests), before any other fixture:
+    """In each process that runs tests (and so in the forks of its tests), before the tests' own fixtures:
 
     - the tiny CLIP configs of tests/tiny_models.py become open_clip model names;
     - where a C++ compiler exists, CPU kernels that fail to build fail the tests (subprocesses included) instead

@@ -149,6 +149,7 @@ def test_pytest_reports_its_peak_gpu_memory_when_asked(tmp_path, monkeypatch):
     import torch
 
     peak = tmp_path / "peak.json"
+    monkeypatch.delenv("LPOSS_PEAK_MEMORY_FILE", raising=False)  # gpu_check's own run of this suite sets it
     conftest.pytest_sessionfinish(None, 0)
     assert not peak.exists()  # not asked
     monkeypatch.setenv("LPOSS_PEAK_MEMORY_FILE", str(peak))
