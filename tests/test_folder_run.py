@@ -11,12 +11,13 @@ import signal
 import numpy as np
 import pytest
 import torch
+from fake_datasets import make_dataset
 from forking import exit_codes, forked
 from PIL import Image
 from test_faults import beside, free_port
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
     SMALL,
-    TINY,
+    TINY_TEXT,
     assert_one_line_error,
     refuse_model_loading,
     run,
@@ -28,6 +29,7 @@ from lposs.api import Predictor
 from lposs.cli import main_eval
 from lposs.evaluation.config import load_config
 from lposs.models import LPOSSBackbones
+from lposs.outputs.lock import OutputLock
 
 CLASSES = "sky;cloud,tree,person"
 # Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png: under two ranks rank 0 takes the first
@@ -35,16 +37,26 @@ CLASSES = "sky;cloud,tree,person"
 IMAGES = {"a/b/x2.png": (50, 36), "a/x1.jpg": (40, 60), "y.png": (48, 48)}
 
 
+# Four quadrants of strong colours: on these the tiny random model (TINY_TEXT) gives 2 or 3 classes in every image
+# (measured: a smooth ramp gave one class everywhere, and a constant label map equals any other)
+QUADRANTS = [(250, 220, 0), (20, 40, 220), (30, 200, 40), (20, 20, 20)]
+
+
+def quadrants(h, w):
+    """A ``[h, w, 3]`` uint8 image of four flat colours."""
+    image = np.empty((h, w, 3), np.uint8)
+    image[: h // 2, : w // 2], image[: h // 2, w // 2 :] = QUADRANTS[0], QUADRANTS[1]
+    image[h // 2 :, : w // 2], image[h // 2 :, w // 2 :] = QUADRANTS[2], QUADRANTS[3]
+    return image
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Three images in sub-folders, a corrupt JPEG, and files that are not images (skipped)."""
     folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
     for name, (h, w) in IMAGES.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        ramp = np.linspace(0, 255, w)[None, :, None] * np.array([1.0, 0.3, 0.6])  # smooth: label maps with regions
-        image = np.clip(ramp + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / name, quality=95)
+        Image.fromarray(quadrants(h, w)).save(folder / name, quality=95)
     (folder / "broken.jpg").write_bytes((folder / "a/x1.jpg").read_bytes()[:200])  # a truncated JPEG
     (folder / ".hidden.jpg").write_bytes((folder / "y.png").read_bytes())
     (folder / "notes.txt").write_text("not an image")
@@ -55,7 +67,7 @@ def photos(tmp_path_factory):
 def reference(photos):
     """A predictor of the same config (on the session's shared backbones), and its label maps and scores of each
     image, one image at a time (``Predictor.predict_scores``: no loader, no batching, no shares)."""
-    config = load_config("lposs_plus.yaml", [*TINY, *SMALL])
+    config = load_config("lposs_plus.yaml", [*TINY_TEXT, *SMALL])
     cache = shared_backbones.__dict__.setdefault("cache", {})
     key = (repr(config.model), "cpu")
     if key not in cache:
@@ -64,7 +76,9 @@ def reference(photos):
     cache[key].set_heads(config.model.clip.head, config.model.dino.features)
     predictor = Predictor(config, cache[key].eval(), CLASSES.split(","))
     scores = {name: predictor.predict_scores(photos / name).numpy() for name in IMAGES}
-    return predictor, {name: s.argmax(0) for name, s in scores.items()}, scores
+    labels = {name: s.argmax(0) for name, s in scores.items()}
+    assert all(len(np.unique(label)) >= 2 for label in labels.values())  # maps that vary: comparisons see something
+    return predictor, labels, scores
 
 
 def read_labels(out):
@@ -92,7 +106,7 @@ def outputs_of(out):
 def folder_args(photos, out, *extra):
     return ["lposs_plus.yaml", "--images", str(photos), "--classes", CLASSES, "--save_predictions", str(out)] + [
         *extra,
-        *TINY,
+        *TINY_TEXT,
         *SMALL,
     ]
 
@@ -100,6 +114,7 @@ def folder_args(photos, out, *extra):
 def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, reference, tmp_path, capsys, monkeypatch):
     _, labels, scores = reference
     out = tmp_path / "out"
+    out.mkdir()  # a folder that exists and is empty (mktemp -d, a volume) is a new run's folder
     assert run(folder_args(photos, out, "--save_scores", "--save_visualisations", "1")) == 0
     printed = capsys.readouterr()
     assert f"4 images: 3 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
@@ -124,6 +139,11 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
         code = run(folder_args(photos, out, "--resume", "--classes", "sky,tree,person"))
         assert_one_line_error(capsys, code, "--resume", "run.json records other classes")
         assert_one_line_error(capsys, run(folder_args(photos, photos / "a" / "out")), "is inside --images")
+        held = OutputLock.acquire(tmp_path / "held")  # another run's lock: refused before the weights load too
+        try:
+            assert_one_line_error(capsys, run(folder_args(photos, tmp_path / "held")), "is in use by another run")
+        finally:
+            held.release()
     assert outputs_of(out) == before
     # --resume with the same classes and settings: nothing to redo, no finished file rewritten
     assert run(folder_args(photos, out, "--resume", "--save_scores", "--save_visualisations", "1")) == 0
@@ -191,6 +211,15 @@ def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images
     assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
     assert not list(out.rglob(".*")) and beside(out) == []
     assert_labels_equal(out, reference[1])
+
+
+def test_evaluation_outputs_into_existing_empty_folders(tmp_path):
+    make_dataset(tmp_path, "voc")
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    out.mkdir(), pred.mkdir()
+    args = ["maskclip.yaml", "--dataset", "voc", f"data_root={tmp_path}", *SMALL, *TINY_TEXT]
+    assert run([*args, "--output", str(out), "--save_predictions", str(pred)]) == 0
+    assert (out / "results.json").is_file() and list(pred.rglob("*.png"))
 
 
 @pytest.mark.parametrize(

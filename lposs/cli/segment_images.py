@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lposs.datasets.class_lists import parse_class_argument
 from lposs.evaluation.device import apply_precision
+from lposs.evaluation.folder_outputs import opened_outputs
 from lposs.evaluation.folder_plan import SKIPPED, FolderResult, plan_folder, settings_record
 from lposs.evaluation.folder_run import run_folder
 from lposs.evaluation.loop import is_main_process
@@ -73,13 +74,14 @@ def run_images(args: argparse.Namespace) -> FolderResult:
     record = settings_record(settings, OmegaConf.to_container(config.model, resolve=True))
     options = {"save_scores": args.save_scores, "overlays": args.save_visualisations, "limit": args.limit}
     plan = plan_folder(args.images, args.save_predictions, classes, record, resume=args.resume, **options)
-    make_deterministic(config.seed, device)  # random-init weights (pretrained=null) equal on every rank
-    apply_precision(config.strict_float32)
-    backbones = LPOSSBackbones.from_config(config.model, device).eval()
-    backbones.set_heads(config.model.clip.head, config.model.dino.features)
-    backbones.set_classes(classes)
-    segmentor = Segmentor(backbones, settings)
-    result = run_folder(segmentor, plan, image_batch=args.image_batch, num_workers=config.num_workers)
+    with opened_outputs(plan):  # the lock, and the folder checked again under it: before any weights load
+        make_deterministic(config.seed, device)  # random-init weights (pretrained=null) equal on every rank
+        apply_precision(config.strict_float32)
+        backbones = LPOSSBackbones.from_config(config.model, device).eval()
+        backbones.set_heads(config.model.clip.head, config.model.dino.features)
+        backbones.set_classes(classes)
+        segmentor = Segmentor(backbones, settings)
+        result = run_folder(segmentor, plan, image_batch=args.image_batch, num_workers=config.num_workers)
     if is_main_process():
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         print(summary_line(result, str(plan.out), world), file=sys.stdout)

@@ -16,6 +16,7 @@ from pathlib import Path
 from lposs.datasets import DatasetError
 from lposs.datasets.image_files import image_suffixes, list_image_files
 from lposs.outputs.checks import check_output_locations
+from lposs.outputs.place import HIDDEN
 from lposs.segmentation import SegmentorSettings
 
 from .loop import _rank_and_world
@@ -28,6 +29,7 @@ __all__ = [
     "FolderPlan",
     "FolderResult",
     "earlier_outputs_problem",
+    "is_run_private",
     "plan_folder",
     "settings_record",
 ]
@@ -86,11 +88,18 @@ def settings_record(settings: SegmentorSettings, model: dict | None = None) -> d
     return {"settings": values} | ({} if model is None else {"model": model})
 
 
+def is_run_private(name: str) -> bool:
+    """A name that runs keep in an output folder for themselves: the lock's ``.lposs`` folder, temporaries."""
+    return name == HIDDEN or TEMPORARY_NAME.fullmatch(name) is not None
+
+
 def earlier_outputs_problem(out: Path, record: dict, resume: bool) -> str | None:
     """Why ``out`` cannot take this run's outputs (one line), or None: new runs need an empty folder, and
     ``resume`` one made by a run with the same images, classes and settings."""
-    if not out.is_dir() or all(TEMPORARY_NAME.fullmatch(path.name) for path in out.iterdir()):
-        return None  # new, empty, or holding only the temporaries of a run killed before it wrote anything
+    if not out.is_dir() or all(is_run_private(path.name) for path in out.iterdir()):
+        # new, empty, or holding only what runs keep for themselves: the lock that this very run took inside it,
+        # the temporaries of a run killed before it wrote anything
+        return None
     if not resume:
         return (
             f"--save_predictions {out} already holds files: add --resume to complete the run that wrote them, "

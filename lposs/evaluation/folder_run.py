@@ -38,27 +38,24 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lposs.datasets import DatasetError
 from lposs.datasets.class_lists import display_names
 from lposs.datasets.image_files import ImageReadError, load_image
 from lposs.segmentation import Segmentor
 from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
+from .folder_outputs import opened_outputs
 from .folder_plan import (
     RUN_RECORD,
     SKIPPED,
     FolderPlan,
     FolderResult,
-    earlier_outputs_problem,
     plan_folder,
     settings_record,
 )
 from .interrupts import loader_worker_init
 from .loop import _all_reduce, _rank_and_world, _reduction_device, all_reduce_sum
-from .output_recovery import lock_outputs
-from .reporting import TEMPORARY_NAME, atomic_target
-from .run_output import broadcast_from_main
+from .reporting import atomic_target
 from .visualise import overlay_figure, palette, save_png
 
 __all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
@@ -103,19 +100,6 @@ def _write_text(path: Path, text: str) -> None:
     """Write a text file whole, under a temporary name that a later run recognises (:data:`TEMPORARY_NAME`)."""
     with atomic_target(path) as tmp:
         tmp.write_text(text)
-
-
-def _prepare_outputs(plan: FolderPlan) -> None:
-    """Rank 0, holding the lock: check the folder again, remove temporaries of killed runs, write run.json."""
-    problem = earlier_outputs_problem(plan.out, plan.record, plan.resume)
-    if problem is not None:
-        raise DatasetError(problem)
-    if plan.out.is_dir():
-        for root, _, files in os.walk(plan.out):
-            for name in files:
-                if TEMPORARY_NAME.fullmatch(name):
-                    os.unlink(os.path.join(root, name))
-    _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 
 def _progress(total: int, report: bool) -> tqdm:
@@ -193,33 +177,19 @@ def run_folder(
     """
     rank, world = _rank_and_world()
     start = time.perf_counter()
-    locks, notes = lock_outputs([("--save_predictions", plan.out)], rank == 0)
-    try:
-        error = None
-        if rank == 0:
-            for note in notes:
-                print(note, file=sys.stderr)
-            try:
-                _prepare_outputs(plan)
-            except (OSError, ValueError) as failure:
-                error = failure
-        error = broadcast_from_main(error)
-        if error is not None:
-            raise error
-        # Each rank checks every world-th image; the images still to do are then dealt out afresh, so that the
-        # ranks of a resumed run get equal shares of what is left, whichever ranks finished theirs before.
-        pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
-        options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
-        segmented, failed = _segment_share(segmentor, plan, pending[rank::world], options)
-        device = _reduction_device(segmentor)
-        segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
-        seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
-        failed = _gathered(failed)
-        if rank == 0:
-            _record_failures(plan.out, failed)
-    finally:
-        for lock in locks:
-            lock.release()
+    if rank == 0:  # written once the weights are loaded: a run that fails before leaves its folder empty
+        _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
+    # Each rank checks every world-th image; the images still to do are then dealt out afresh, so that the
+    # ranks of a resumed run get equal shares of what is left, whichever ranks finished theirs before.
+    pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
+    options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
+    segmented, failed = _segment_share(segmentor, plan, pending[rank::world], options)
+    device = _reduction_device(segmentor)
+    segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
+    seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
+    failed = _gathered(failed)
+    if rank == 0:
+        _record_failures(plan.out, failed)
     return FolderResult(len(plan.images), segmented, len(plan.images) - len(pending), failed, seconds)
 
 
@@ -273,4 +243,5 @@ def segment_folder(
     settings = settings_record(inner.settings, model)
     options = {"resume": resume, "save_scores": save_scores, "overlays": overlays, "limit": limit}
     plan = plan_folder(folder, out, classes, settings, **options)
-    return run_folder(inner, plan, image_batch=image_batch, num_workers=num_workers, report=report)
+    with opened_outputs(plan):
+        return run_folder(inner, plan, image_batch=image_batch, num_workers=num_workers, report=report)
