@@ -30,6 +30,7 @@ from lposs.cli import main_eval
 from lposs.evaluation.config import load_config
 from lposs.models import LPOSSBackbones
 from lposs.outputs.lock import OutputLock
+from lposs.segmentation import Segmentor
 
 CLASSES = "sky;cloud,tree,person"
 # Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png: under two ranks rank 0 takes the first
@@ -117,7 +118,9 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
     out.mkdir()  # a folder that exists and is empty (mktemp -d, a volume) is a new run's folder
     assert run(folder_args(photos, out, "--save_scores", "--save_visualisations", "1")) == 0
     printed = capsys.readouterr()
-    assert f"4 images: 3 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
+    assert (
+        f"4 images: 3 segmented, 1 skipped (could not be read or segmented; listed in {out}/skipped.txt)" in printed.out
+    )
     assert f"skipped: cannot read image {photos}/broken.jpg" in printed.err
     assert "rank 0/1: 100% 4/4" in printed.err and "images/s]" in printed.err  # the progress line, at its end
     assert_labels_equal(out, labels)  # equal to the one-image API, image by image
@@ -211,6 +214,29 @@ def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images
     assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
     assert not list(out.rglob(".*")) and beside(out) == []
     assert_labels_equal(out, reference[1])
+
+
+def test_an_image_with_non_finite_scores_is_skipped_and_the_run_goes_on(
+    photos, reference, tmp_path, capsys, monkeypatch
+):
+    real = Segmentor.encode_batch
+
+    def nan_for_x1(self, images, sizes):  # a degenerate window (ProxyCLIP's all -inf row) in one image
+        encodings = real(self, images, sizes)
+        for encoding in encodings:
+            if encoding.original_size == IMAGES["a/x1.jpg"]:
+                encoding.scores[0, 0, 0, 0] = float("nan")
+        return encodings
+
+    monkeypatch.setattr(Segmentor, "encode_batch", nan_for_x1)
+    out = tmp_path / "out"
+    assert run(folder_args(photos, out)) == 0
+    printed = capsys.readouterr()
+    assert "4 images: 2 segmented, 2 skipped" in printed.out
+    assert f"skipped: {photos}/a/x1.jpg: the model gave NaN or infinite scores" in printed.err
+    skipped = (out / "skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in skipped] == ["a/x1.jpg", "broken.jpg"]
+    assert read_labels(out)["files"] == ["a/b/x2.png", "y.png"]
 
 
 def test_evaluation_outputs_into_existing_empty_folders(tmp_path):

@@ -53,7 +53,7 @@ def summary_line(result: FolderResult, out: str, world: int) -> str:
     if result.complete_before:
         line += f", {result.complete_before} already complete (--resume)"
     if result.failed:
-        line += f", {len(result.failed)} skipped (could not be read; listed in {out}/{SKIPPED})"
+        line += f", {len(result.failed)} skipped (could not be read or segmented; listed in {out}/{SKIPPED})"
     return line + f"; {result.images_per_second:.2f} images/s over {world} process(es)"
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from lposs.datasets.class_lists import display_names
 from lposs.datasets.image_files import ImageReadError, load_image
 from lposs.segmentation import Segmentor
+from lposs.segmentation.segmentor import ImageEncoding
 from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
@@ -132,19 +133,39 @@ def _segment_share(
         worker_init_fn=loader_worker_init(),
     )
     with _progress(len(todo), options["report"]) as progress:
+
+        def skip(sample: dict, why: str) -> None:
+            failed.append((plan.images[sample["index"]].as_posix(), why))
+            if options["report"]:
+                progress.write(f"skipped: {why}", file=sys.stderr)
+
         for batch in loader:
             good = [sample for sample in batch if "error" not in sample]
             for sample in batch:
                 if "error" in sample:
-                    failed.append((plan.images[sample["index"]].as_posix(), sample["error"]))
-                    if options["report"]:
-                        progress.write(f"skipped: {sample['error']}", file=sys.stderr)
+                    skip(sample, sample["error"])
             sizes = [sample["size"] for sample in good]
             for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
-                _write(plan, sample, segmentor.propagate(encoding), colours)
+                scores, why = _scores(segmentor, encoding)
+                if scores is None:
+                    skip(sample, f"{plan.folder / plan.images[sample['index']]}: {why}")
+                    continue
+                _write(plan, sample, scores, colours)
                 segmented += 1
             progress.update(len(batch))
     return segmented, failed
+
+
+def _scores(segmentor: Segmentor, encoding: ImageEncoding) -> tuple[torch.Tensor | None, str]:
+    """The ``[C, H, W]`` class scores of one image, or None and why: one image whose backbones or propagation give
+    NaN or infinite values (a degenerate window) is skipped like an unreadable one, never the end of the run."""
+    for name, values in (("features", encoding.features), ("scores", encoding.scores)):
+        if not torch.isfinite(values).all():
+            return None, f"the model gave NaN or infinite {name} (skipped like an unreadable image)"
+    scores = segmentor.propagate(encoding)
+    if not torch.isfinite(scores).all():
+        return None, "propagation gave NaN or infinite class scores (skipped like an unreadable image)"
+    return scores, ""
 
 
 def _gathered(items: list) -> list:
