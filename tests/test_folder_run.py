@@ -7,14 +7,15 @@ and its random-weight backbones copy-on-write, so that they start at once instea
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
 import torch
 from fake_datasets import make_dataset
-from forking import exit_codes, forked
+from forking import ForkedRun, exit_codes, forked
 from PIL import Image
-from test_faults import beside, free_port
+from test_faults import beside, free_port, wait_until
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
     SMALL,
     TINY_TEXT,
@@ -27,7 +28,9 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 import lposs
 from lposs.api import Predictor
 from lposs.cli import main_eval
+from lposs.evaluation import folder_outputs
 from lposs.evaluation.config import load_config
+from lposs.evaluation.work_queue import WorkQueue
 from lposs.models import LPOSSBackbones
 from lposs.outputs.lock import OutputLock
 from lposs.segmentation import Segmentor
@@ -166,23 +169,101 @@ def test_segment_folder_from_python(photos, reference, tmp_path):
     assert_labels_equal(out, labels)
 
 
-def test_two_gloo_ranks_cover_each_image_exactly_once(photos, reference, tmp_path):
+def test_two_gloo_ranks_wait_for_a_working_rank_far_past_dist_timeout(photos, reference, tmp_path):
     out, port = tmp_path / "out", str(free_port())
 
     def rank(r):
         os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        return run(folder_args(photos, out, "dist_timeout=60"))
+        claim, advance, claims = WorkQueue.claim, WorkQueue.advance, []
+        if r == 0:  # rank 1 asks first, and gets the one batch of all four images
+
+            def late_claim(self, count):
+                time.sleep(0 if claims else 1)
+                claims.append(count)
+                return claim(self, count)
+
+            WorkQueue.claim = late_claim
+        else:  # each of rank 1's 6 signs of progress comes 1.2 s late: rank 0 waits ~7 s, over twice dist_timeout
+
+            def slow_advance(self, count):
+                time.sleep(1.2)
+                return advance(self, count)
+
+            WorkQueue.advance = slow_advance
+        return run(folder_args(photos, out, "dist_timeout=3", "--image_batch", "4"))
 
     logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+    start = time.monotonic()
     codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
-    printed = [log.read_text() for log in logs]
+    seconds, printed = time.monotonic() - start, [log.read_text() for log in logs]
     assert codes == [0, 0], printed
-    # rank 0 takes images 0 and 2 (broken.jpg), rank 1 images 1 and 3: 4 tasks, each on one rank
-    assert "rank 0/2: 100% 2/2" in printed[0] and "rank 1/2: 100% 2/2" in printed[1]
+    assert seconds > 7  # rank 1's planted delays: rank 0, with nothing to do, waited for it over 2 x dist_timeout
+    # the images went to the rank that asked for them: all four to rank 1, none to rank 0
+    assert "rank 0/2:   0% 0/4" in printed[0] and "rank 1/2: 100% 4/4" in printed[1]
     assert "4 images: 3 segmented, 1 skipped" in printed[0]  # 3 segmentations over both ranks, 3 outputs below
     assert_labels_equal(out, reference[1])  # and the very maps of one process
     skipped = (out / "skipped.txt").read_text().splitlines()
     assert len(skipped) == 1 and skipped[0].startswith("broken.jpg\t")
+
+
+def test_a_stalled_rank_ends_a_folder_run_within_dist_timeout(photos, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    ready = tmp_path / "stalled"
+
+    def stall_after_claiming():  # rank 1 takes an image, then stops for good (SIGSTOP: alive, no progress)
+        claim = WorkQueue.claim
+
+        def claim_and_stop(self, count):
+            claimed = claim(self, count)
+            ready.write_text("")
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return claimed
+
+        WorkQueue.claim = claim_and_stop
+
+    args = folder_args(photos, out, "dist_timeout=3", "--image_batch", "1")
+    plants = (None, stall_after_claiming)
+    ranks = [
+        ForkedRun(args, tmp_path / f"rank{r}.log", {**env, "RANK": str(r), "LOCAL_RANK": str(r)}, plants[r])
+        for r in (0, 1)
+    ]
+    try:
+        assert wait_until(ready.exists, 120)
+        stalled = time.monotonic()
+        _, err = ranks[0].communicate(timeout=120)
+        waited = time.monotonic() - stalled
+    finally:
+        for child in ranks:
+            child.kill()
+            child.wait()
+    assert ranks[0].returncode == 1 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: rank 0: rank 1 made no progress within dist_timeout=3 s (died or stalled")
+    assert last.endswith("the images done so far stay (finish with --resume)")
+    assert waited < 3 + 10  # rank 0's own images (3 at most), then dist_timeout
+    assert run(folder_args(photos, out, "--resume")) == 0  # the image rank 1 held is done now
+    assert "1 already complete" not in capsys.readouterr().out
+    assert_labels_equal(out, reference[1])
+
+
+def test_every_rank_must_see_the_output_folder_before_the_weights_load(photos, tmp_path, monkeypatch):
+    out, port = tmp_path / "out", str(free_port())
+    refuse_model_loading(monkeypatch)  # in both children too
+
+    def rank(r):
+        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        if r == 1:  # a node whose OUT is a local disk of its own: rank 0's file is not there
+            folder_outputs._sees = lambda path: False
+        return run(folder_args(photos, out, "dist_timeout=30"))
+
+    logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
+    codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
+    printed = [log.read_text() for log in logs]
+    assert codes == [2, 2], printed
+    for text in printed:
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(f"error: --save_predictions {out}: rank 1 (host ") and "cannot see it" in last
 
 
 def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images(photos, reference, tmp_path, capsys):

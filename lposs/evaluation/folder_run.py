@@ -6,8 +6,9 @@ Usage::
     result = lposs.segment_folder(seg, "photos/", "out/", save_scores=True, overlays=10, resume=True)
     print(result.segmented, result.failed)
 
-Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; of the images whose
-outputs are not complete yet, rank ``r`` of ``W`` takes the ``r``-th, the ``(r + W)``-th, ... For
+Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; the images whose
+outputs are not complete yet go to the ranks as they become free (:class:`lposs.evaluation.work_queue.WorkQueue`:
+a counter in torchrun's store), and a rank out of images waits for the others as long as they make progress. For
 ``photos/a/b.jpg`` it writes, as soon as the image is done:
 
 - ``out/labels/a/b.png``: palette PNG at the image's size, pixel value = class index;
@@ -18,7 +19,7 @@ No lost results: ``out`` is locked for the run (``.out.lock`` beside it); every 
 name in its folder and renamed, so a killed run leaves whole files (and stray temporaries, removed by the next run);
 a new run refuses a folder that holds files, and ``resume`` adds only what is missing, after checking that
 ``out/run.json`` records the same folder, classes and settings. An image that cannot be decoded is skipped with
-one line and listed in ``out/skipped.txt``.
+one line and listed in ``out/skipped.txt``, as is one whose scores hold NaN or infinite values.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ from .interrupts import loader_worker_init
 from .loop import _all_reduce, _rank_and_world, _reduction_device, all_reduce_sum
 from .reporting import atomic_target
 from .visualise import overlay_figure, palette, save_png
+from .work_queue import WorkQueue
 
 __all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
 
@@ -119,15 +121,29 @@ def _progress(total: int, report: bool) -> tqdm:
     )
 
 
+class _Claims:
+    """Batches of positions in the run's list of images to do, claimed from the shared queue as this rank asks
+    for them (the loader's batch sampler: with workers, it claims a few batches ahead)."""
+
+    def __init__(self, queue: WorkQueue, batch: int) -> None:
+        self.queue, self.batch = queue, batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while claimed := self.queue.claim(self.batch):
+            yield list(claimed)
+
+
 def _segment_share(
     segmentor: Segmentor, plan: FolderPlan, todo: list[int], options: dict
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Segment this rank's images ``todo``: how many were segmented, and those that could not be decoded, with why."""
+    """Segment images of ``todo`` as this rank claims them, until none is left (then wait for the other ranks):
+    how many this rank segmented, and those it skipped (unreadable, or non-finite scores), with why."""
     colours, failed, segmented = palette(len(plan.classes)), [], 0
     s = segmentor.settings
+    queue = WorkQueue(len(todo))
     loader = DataLoader(
         _Images(plan, todo, (s.short_side, s.long_side)),
-        batch_size=options["image_batch"],
+        batch_sampler=_Claims(queue, options["image_batch"]),
         num_workers=options["num_workers"],
         collate_fn=list,
         worker_init_fn=loader_worker_init(),
@@ -138,6 +154,10 @@ def _segment_share(
             failed.append((plan.images[sample["index"]].as_posix(), why))
             if options["report"]:
                 progress.write(f"skipped: {why}", file=sys.stderr)
+            done(1)
+
+        def done(count: int) -> None:  # the bar shows the images done by all ranks
+            progress.update(queue.advance(count) - progress.n)
 
         for batch in loader:
             good = [sample for sample in batch if "error" not in sample]
@@ -152,7 +172,8 @@ def _segment_share(
                     continue
                 _write(plan, sample, scores, colours)
                 segmented += 1
-            progress.update(len(batch))
+                done(1)
+        queue.wait_for_all()
     return segmented, failed
 
 
@@ -200,11 +221,10 @@ def run_folder(
     start = time.perf_counter()
     if rank == 0:  # written once the weights are loaded: a run that fails before leaves its folder empty
         _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
-    # Each rank checks every world-th image; the images still to do are then dealt out afresh, so that the
-    # ranks of a resumed run get equal shares of what is left, whichever ranks finished theirs before.
+    # each rank checks every world-th image's outputs; the images still to do are then claimed as ranks get free
     pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
     options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
-    segmented, failed = _segment_share(segmentor, plan, pending[rank::world], options)
+    segmented, failed = _segment_share(segmentor, plan, pending, options)
     device = _reduction_device(segmentor)
     segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
     seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
