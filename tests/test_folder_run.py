@@ -6,6 +6,7 @@ and its random-weight backbones copy-on-write, so that they start at once instea
 """
 
 import os
+import shutil
 import signal
 import time
 
@@ -28,6 +29,7 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 import lposs
 from lposs.api import Predictor
 from lposs.cli import main_eval
+from lposs.datasets import DatasetError
 from lposs.evaluation import folder_outputs
 from lposs.evaluation.config import load_config
 from lposs.evaluation.work_queue import WorkQueue
@@ -144,6 +146,10 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
         assert_one_line_error(capsys, run(folder_args(photos, out)), f"--save_predictions {out} already holds files")
         code = run(folder_args(photos, out, "--resume", "--classes", "sky,tree,person"))
         assert_one_line_error(capsys, code, "--resume", "run.json records other classes")
+        code = run(folder_args(photos, out, "--resume", "k=5"))
+        assert_one_line_error(capsys, code, "run.json records other settings.k (400 there, 5 in this run)")
+        code = run(folder_args(photos, out, "--resume", "model.clip.head=sclip"))
+        assert_one_line_error(capsys, code, "run.json records other model.clip.head ('maskclip' there, 'sclip'")
         assert_one_line_error(capsys, run(folder_args(photos, photos / "a" / "out")), "is inside --images")
         held = OutputLock.acquire(tmp_path / "held")  # another run's lock: refused before the weights load too
         try:
@@ -167,6 +173,48 @@ def test_segment_folder_from_python(photos, reference, tmp_path):
     assert (rest.images, rest.segmented, rest.complete_before) == (4, 1, 2)
     assert [path for path, _ in rest.failed] == ["broken.jpg"] and "cannot read image" in rest.failed[0][1]
     assert_labels_equal(out, labels)
+    # a bare Segmentor records its model too: other weights are refused, the same ones accepted
+    bare, bare_out = predictor.segmentor, tmp_path / "bare"
+    lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), limit=1, report=False)
+    weight = next(bare.backbones.dino.parameters())
+    kept = weight.detach().view(-1)[0].clone()
+    with torch.no_grad():
+        weight.view(-1)[0] += 1.0  # another checkpoint, in effect
+        try:
+            with pytest.raises(DatasetError, match="run.json records other model.weights_sha256"):
+                lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), resume=True, report=False)
+        finally:
+            weight.view(-1)[0] = kept
+    again = lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), resume=True, report=False)
+    assert (again.segmented, again.complete_before) == (2, 1)
+
+
+def test_resume_redoes_changed_images_and_outputs_that_are_not_whole(photos, reference, tmp_path, capsys):
+    predictor, labels, _ = reference
+    shutil.copytree(photos, tmp_path / "photos")
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    assert run(folder_args(photos, out)) == 0
+    # y.png changes under its name (same size in bytes or not: its modification time moves), x2's label map is
+    # left empty by a crash; x1 is untouched
+    Image.fromarray(np.ascontiguousarray(np.rot90(quadrants(48, 48)))).save(photos / "y.png")
+    changed = predictor.predict_scores(photos / "y.png").numpy().argmax(0)
+    assert len(np.unique(changed)) >= 2 and (changed != labels["y.png"]).any()  # the new map varies and differs
+    (out / "labels" / "a" / "b" / "x2.png").write_bytes(b"")
+    capsys.readouterr()
+    assert run(folder_args(photos, out, "--resume")) == 0
+    printed = capsys.readouterr()
+    assert "4 images: 2 segmented, 1 already complete (--resume), 1 skipped" in printed.out
+    assert f"--resume: 1 image(s) changed since {out}/run.json was written" in printed.err
+    assert "first: y.png" in printed.err
+    assert_labels_equal(out, labels | {"y.png": changed})
+    # a label map cut short (a crash mid-write without fsync) is redone; then nothing is left to do
+    x1 = out / "labels" / "a" / "x1.png"
+    x1.write_bytes(x1.read_bytes()[: x1.stat().st_size // 2])
+    assert run(folder_args(photos, out, "--resume")) == 0
+    assert "4 images: 1 segmented, 2 already complete (--resume), 1 skipped" in capsys.readouterr().out
+    assert_labels_equal(out, labels | {"y.png": changed})
+    assert run(folder_args(photos, out, "--resume")) == 0
+    assert "4 images: 0 segmented, 3 already complete (--resume), 1 skipped" in capsys.readouterr().out
 
 
 def test_two_gloo_ranks_wait_for_a_working_rank_far_past_dist_timeout(photos, reference, tmp_path):

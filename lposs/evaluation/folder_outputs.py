@@ -24,7 +24,8 @@ from lposs.datasets import DatasetError
 from lposs.outputs.checks import OutputLocationError
 
 from .distributed import check_peers
-from .folder_plan import FolderPlan, earlier_outputs_problem
+from .folder_plan import RUN_RECORD, FolderPlan, earlier_outputs_problem, read_record
+from .folder_resume import changed_images
 from .loop import _rank_and_world
 from .output_recovery import lock_outputs
 from .reporting import TEMPORARY_NAME
@@ -55,6 +56,30 @@ def _clear(plan: FolderPlan) -> None:
         for name in files:
             if TEMPORARY_NAME.fullmatch(name):
                 os.unlink(os.path.join(root, name))
+    if plan.resume:
+        _forget_changed(plan)
+
+
+def _forget_changed(plan: FolderPlan) -> None:
+    """Remove the outputs of the images changed since ``run.json`` was written (they are redone), before this run's
+    ``run.json`` replaces it; keep the stamps of its images that this run does not list (``limit``)."""
+    earlier = read_record(plan.out) or {}
+    stamps = earlier.get("images") if isinstance(earlier.get("images"), dict) else {}
+    changed = set(changed_images(stamps, plan.record["images"]))
+    redone = []
+    for image in plan.images:
+        if image.as_posix() in changed:
+            outputs = [plan.output(kind, image) for kind in ("labels", "scores", "overlays")]
+            redone += [image.as_posix()] if any(path.is_file() for path in outputs) else []
+            for path in outputs:
+                path.unlink(missing_ok=True)
+    if redone:
+        print(
+            f"--resume: {len(redone)} image(s) changed since {plan.out / RUN_RECORD} was written (size or "
+            f"modification time; first: {redone[0]}): their outputs are redone",
+            file=sys.stderr,
+        )
+    plan.record["images"] = {**{k: v for k, v in stamps.items() if isinstance(v, list)}, **plan.record["images"]}
 
 
 def _sees(path: Path) -> bool:

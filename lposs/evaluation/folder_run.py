@@ -55,6 +55,7 @@ from .folder_plan import (
     plan_folder,
     settings_record,
 )
+from .folder_resume import backbones_identity
 from .interrupts import loader_worker_init
 from .loop import _all_reduce, _rank_and_world, _reduction_device, all_reduce_sum
 from .reporting import atomic_target
@@ -87,7 +88,7 @@ class _Images(Dataset):
 def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) -> None:
     """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32."""
     image = plan.images[sample["index"]]
-    missing = plan.missing(sample["index"])
+    missing = plan.missing(sample["index"], tuple(sample["size"]))
     labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
     if "scores" in missing:
         with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
@@ -280,7 +281,10 @@ def segment_folder(
     if len(classes) != num_classes:
         raise ValueError(f"segment_folder: {len(classes)} class names for a segmentor of {num_classes} classes")
     config = getattr(segmentor, "config", None)  # a Predictor's resolved config
-    model = None if config is None else OmegaConf.to_container(config.model, resolve=True)
+    # a bare Segmentor has no config: its model is recorded from the loaded backbones (weights fingerprint included)
+    model = (
+        backbones_identity(inner.backbones) if config is None else OmegaConf.to_container(config.model, resolve=True)
+    )
     settings = settings_record(inner.settings, model)
     options = {"resume": resume, "save_scores": save_scores, "overlays": overlays, "limit": limit}
     plan = plan_folder(folder, out, classes, settings, **options)
