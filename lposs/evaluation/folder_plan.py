@@ -1,8 +1,10 @@
 """The plan of a folder run (:mod:`lposs.evaluation.folder_run`), checked before any weights load.
 
 Rank 0 lists the images (:func:`lposs.datasets.image_files.list_image_files`), checks that no two would write one
-output, that the output folder is writable, not inside the images, and new, empty or (``resume``) made by a run
-of the same images, classes and settings (its ``run.json``); every rank gets the plan, or the same one-line error.
+output, that the output folder is writable, not inside the images, and new, empty (but for the run's own hidden
+files) or (``resume``) made by a run of the same folder, classes, settings and model (its ``run.json``; changed
+images are redone, see :mod:`lposs.evaluation.folder_resume`); every rank gets the plan, or the same one-line
+error.
 """
 
 from __future__ import annotations
