@@ -6,8 +6,10 @@ and its random-weight backbones copy-on-write, so that they start at once instea
 """
 
 import os
+import re
 import shutil
 import signal
+import sys
 import time
 
 import numpy as np
@@ -222,30 +224,35 @@ def test_two_gloo_ranks_wait_for_a_working_rank_far_past_dist_timeout(photos, re
 
     def rank(r):
         os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        claim, advance, claims = WorkQueue.claim, WorkQueue.advance, []
-        if r == 0:  # rank 1 asks first, and gets the one batch of all four images
+        claim, advance, wait, claims = WorkQueue.claim, WorkQueue.advance, WorkQueue.wait_for_all, []
+        if r == 0:  # rank 1 asks first, and gets the one batch of all four images; rank 0 says how long it waited
 
             def late_claim(self, count):
                 time.sleep(0 if claims else 1)
                 claims.append(count)
                 return claim(self, count)
 
-            WorkQueue.claim = late_claim
-        else:  # each of rank 1's 6 signs of progress comes 1.2 s late: rank 0 waits ~7 s, over twice dist_timeout
+            def timed_wait(self):
+                start = time.monotonic()
+                wait(self)
+                print(f"waited {time.monotonic() - start:.1f} s", file=sys.stderr)
+
+            WorkQueue.claim, WorkQueue.wait_for_all = late_claim, timed_wait
+        else:  # each of rank 1's 6 signs of progress (a claim, 4 images, the last claim) comes 0.9 s late
 
             def slow_advance(self, count):
-                time.sleep(1.2)
+                time.sleep(0.9)
                 return advance(self, count)
 
             WorkQueue.advance = slow_advance
         return run(folder_args(photos, out, "dist_timeout=3", "--image_batch", "4"))
 
     logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
-    start = time.monotonic()
     codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
-    seconds, printed = time.monotonic() - start, [log.read_text() for log in logs]
+    printed = [log.read_text() for log in logs]
     assert codes == [0, 0], printed
-    assert seconds > 7  # rank 1's planted delays: rank 0, with nothing to do, waited for it over 2 x dist_timeout
+    # rank 0, out of images, waited for the working rank 1 well over dist_timeout (~4.4 s of planted delays)
+    assert float(re.search(r"waited ([\d.]+) s", printed[0])[1]) > 3 * 1.3
     # the images went to the rank that asked for them: all four to rank 1, none to rank 0
     assert "rank 0/2:   0% 0/4" in printed[0] and "rank 1/2: 100% 4/4" in printed[1]
     assert "4 images: 3 segmented, 1 skipped" in printed[0]  # 3 segmentations over both ranks, 3 outputs below
