@@ -2,7 +2,8 @@
 
 The run behind the unlabelled-folder mode of ``main_eval.py`` (:mod:`lposs.evaluation.folder_run` does the
 work): the config, the classes, the process group, the model config, the folder and the output folder are all
-checked before any weights load; then every rank segments its share of the images.
+checked (the output folder locked, and seen by every rank) before any weights load; then the ranks take the
+images as they become free.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def _gathered(items: list) -> list:
 def run_folder(
     segmentor: Segmentor, plan: FolderPlan, *, image_batch: int = 1, num_workers: int = 0, report: bool = True
 ) -> FolderResult:
-    """Segment the images of a checked plan (this rank's share); see the module docstring.
+    """Segment the images of a checked plan, taking them as this rank gets free; see the module docstring.
 
     Args:
         segmentor: ready, its backbones holding ``plan.classes``.
@@ -215,8 +215,7 @@ def run_folder(
         The counts and failures of all ranks (equal on every rank).
 
     Raises:
-        OutputInUse: another live run holds ``plan.out``.
-        DatasetError: ``plan.out`` changed since the plan was made and cannot take the outputs.
+        PeerFailure: another rank made no progress for ``dist_timeout`` seconds (naming it).
     """
     rank, world = _rank_and_world()
     start = time.perf_counter()
