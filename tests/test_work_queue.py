@@ -1,5 +1,5 @@
-"""Folder runs on two gloo ranks (lposs/evaluation/work_queue.py, folder_outputs.py): images go to the rank that
-asks, a rank out of images waits for a working one far past dist_timeout, a stalled rank ends the run within
+"""The work queue of folder runs (lposs/evaluation/work_queue.py): in one process, playing the other rank on its
+in-memory store; then folder runs on two gloo ranks (and folder_outputs.py): images go to the rank that asks, a rank out of images waits for a working one far past dist_timeout, a stalled rank ends the run within
 dist_timeout of its last progress, and every rank must see the output folder.
 
 The ranks are real processes, forked from the test process (tests/forking.py): they share its imported modules
@@ -11,15 +11,65 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 
+import pytest
 from forking import ForkedRun, exit_codes, forked
 from test_faults import free_port, wait_until
 from test_folder_run import assert_labels_equal, folder_args, photos, reference  # noqa: F401 (fixtures)
 from test_main_eval import refuse_model_loading, run, shared_backbones  # noqa: F401 (the autouse fixture)
 
 from lposs.evaluation import folder_outputs
+from lposs.evaluation.distributed import PeerFailure, collective_timeout, set_collective_timeout
 from lposs.evaluation.work_queue import WorkQueue
+
+
+@pytest.fixture
+def short_timeout():
+    """dist_timeout = 0.5 s for the test (put back after it)."""
+    before = collective_timeout()
+    set_collective_timeout(0.5)
+    yield 0.5
+    set_collective_timeout(before)
+
+
+def rank_0_of_two(total):
+    """Rank 0's queue of a 2-rank run, on the in-memory store of one process: the test plays rank 1 there."""
+    queue = WorkQueue(total)
+    queue.world = 2
+    return queue
+
+
+def test_claims_hand_out_each_position_once_in_order():
+    queue = WorkQueue(5)
+    assert [list(queue.claim(2)) for _ in range(4)] == [[0, 1], [2, 3], [4], []]
+    assert queue.advance(3) == 3 and queue.advance(2) == 5  # the images done by all ranks
+    queue.wait_for_all()  # one rank: nothing to wait for
+
+
+def test_a_rank_is_waited_for_while_it_progresses_and_not_once_it_stalls_or_fails(short_timeout):
+    queue = rank_0_of_two(4)
+
+    def rank_1_working():  # 2 s of work, a sign of progress every 0.25 s, then done
+        for _ in range(8):
+            time.sleep(0.25)
+            queue.store.add(f"{queue.prefix}beat/1", 1)
+        queue.store.set(f"{queue.prefix}finished/1", "1")
+
+    worker, start = threading.Thread(target=rank_1_working), time.monotonic()
+    worker.start()
+    queue.wait_for_all()
+    worker.join()
+    assert time.monotonic() - start > 3 * short_timeout  # waited three times dist_timeout, and more
+    stalled, start = rank_0_of_two(4), time.monotonic()
+    with pytest.raises(PeerFailure, match=r"^rank 0: rank 1 made no progress within dist_timeout=0.5 s"):
+        stalled.wait_for_all()
+    assert short_timeout < time.monotonic() - start < short_timeout + 1
+    failed = rank_0_of_two(4)
+    failed.store.set(f"{failed.prefix}failed/1", "1")
+    with pytest.raises(PeerFailure, match=r"^rank 0: rank 1 stopped on an error"):
+        failed.wait_for_all()
 
 
 def test_two_gloo_ranks_wait_for_a_working_rank_far_past_dist_timeout(photos, reference, tmp_path):  # noqa: F811 (fixtures of test_folder_run.py)

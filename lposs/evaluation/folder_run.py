@@ -160,20 +160,24 @@ def _segment_share(
         def done(count: int) -> None:  # the bar shows the images done by all ranks
             progress.update(queue.advance(count) - progress.n)
 
-        for batch in loader:
-            good = [sample for sample in batch if "error" not in sample]
-            for sample in batch:
-                if "error" in sample:
-                    skip(sample, sample["error"])
-            sizes = [sample["size"] for sample in good]
-            for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
-                scores, why = _scores(segmentor, encoding)
-                if scores is None:
-                    skip(sample, f"{plan.folder / plan.images[sample['index']]}: {why}")
-                    continue
-                _write(plan, sample, scores, colours)
-                segmented += 1
-                done(1)
+        try:
+            for batch in loader:
+                good = [sample for sample in batch if "error" not in sample]
+                for sample in batch:
+                    if "error" in sample:
+                        skip(sample, sample["error"])
+                sizes = [sample["size"] for sample in good]
+                for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
+                    scores, why = _scores(segmentor, encoding)
+                    if scores is None:
+                        skip(sample, f"{plan.folder / plan.images[sample['index']]}: {why}")
+                        continue
+                    _write(plan, sample, scores, colours)
+                    segmented += 1
+                    done(1)
+        except BaseException:
+            queue.abandon()
+            raise
         queue.wait_for_all()
     return segmented, failed
 

@@ -61,12 +61,19 @@ class WorkQueue:
         self._call("add", f"{self.prefix}beat/{self.rank}", 1 + count)  # +1: moves even when nothing is done
         return int(self._call("add", self.prefix + "done", count))
 
+    def abandon(self) -> None:
+        """Tell the other ranks that this one stopped on an error: they stop waiting for it at once."""
+        try:
+            self.store.set(f"{self.prefix}failed/{self.rank}", "1")
+        except Exception:
+            pass  # the store is gone too: the others find that out themselves
+
     def wait_for_all(self) -> None:
         """Mark this rank finished and wait for the others, as long as each keeps making progress.
 
         Raises:
-            PeerFailure: a rank's heartbeat did not move for ``dist_timeout`` seconds (naming it), or the store is
-                gone.
+            PeerFailure: a rank's heartbeat did not move for ``dist_timeout`` seconds, or it stopped on an error
+                (naming it), or the store is gone.
         """
         self._call("set", f"{self.prefix}finished/{self.rank}", "1")
         if self.world == 1:
@@ -79,6 +86,8 @@ class WorkQueue:
                 if self._call("check", [f"{self.prefix}finished/{rank}"]):
                     del seen[rank]
                     continue
+                if self._call("check", [f"{self.prefix}failed/{rank}"]):
+                    raise PeerFailure(f"rank {self.rank}: rank {rank} stopped on an error (its log says which)")
                 now_beat = int(self._call("add", f"{self.prefix}beat/{rank}", 0))
                 if now_beat != beat:
                     seen[rank] = (now_beat, time.monotonic())
