@@ -1,22 +1,25 @@
 """Segmenting a folder of unlabelled images (lposs/evaluation/folder_run.py, main_eval.py --images): every output,
-the no-lost-results rules, the Python API, two gloo ranks, and --resume after a SIGKILL.
+the no-lost-results rules, the Python API, what --resume checks, and --resume after a SIGKILL (two ranks:
+test_work_queue.py).
 
-The ranks and the killed run are real processes, forked from the test process: they share its imported modules
+The killed run is a real process, forked from the test process: they share its imported modules
 and its random-weight backbones copy-on-write, so that they start at once instead of in ten seconds each.
 """
 
 import os
+import shutil
 import signal
 
 import numpy as np
 import pytest
 import torch
+from fake_datasets import make_dataset
 from forking import exit_codes, forked
 from PIL import Image
-from test_faults import beside, free_port
+from test_faults import beside
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
     SMALL,
-    TINY,
+    TINY_TEXT,
     assert_one_line_error,
     refuse_model_loading,
     run,
@@ -26,25 +29,37 @@ from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixtur
 import lposs
 from lposs.api import Predictor
 from lposs.cli import main_eval
+from lposs.datasets import DatasetError
 from lposs.evaluation.config import load_config
 from lposs.models import LPOSSBackbones
+from lposs.outputs.lock import OutputLock
+from lposs.segmentation import Segmentor
 
 CLASSES = "sky;cloud,tree,person"
-# Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png: under two ranks rank 0 takes the first
-# and the third (the broken one), rank 1 the second and the fourth.
+# Sorted by path, the run's order is a/b/x2.png, a/x1.jpg, broken.jpg, y.png.
 IMAGES = {"a/b/x2.png": (50, 36), "a/x1.jpg": (40, 60), "y.png": (48, 48)}
+
+
+# Four quadrants of strong colours: on these the tiny random model (TINY_TEXT) gives 2 or 3 classes in every image
+# (measured: a smooth ramp gave one class everywhere, and a constant label map equals any other)
+QUADRANTS = [(250, 220, 0), (20, 40, 220), (30, 200, 40), (20, 20, 20)]
+
+
+def quadrants(h, w):
+    """A ``[h, w, 3]`` uint8 image of four flat colours."""
+    image = np.empty((h, w, 3), np.uint8)
+    image[: h // 2, : w // 2], image[: h // 2, w // 2 :] = QUADRANTS[0], QUADRANTS[1]
+    image[h // 2 :, : w // 2], image[h // 2 :, w // 2 :] = QUADRANTS[2], QUADRANTS[3]
+    return image
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """Three images in sub-folders, a corrupt JPEG, and files that are not images (skipped)."""
     folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
     for name, (h, w) in IMAGES.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        ramp = np.linspace(0, 255, w)[None, :, None] * np.array([1.0, 0.3, 0.6])  # smooth: label maps with regions
-        image = np.clip(ramp + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / name, quality=95)
+        Image.fromarray(quadrants(h, w)).save(folder / name, quality=95)
     (folder / "broken.jpg").write_bytes((folder / "a/x1.jpg").read_bytes()[:200])  # a truncated JPEG
     (folder / ".hidden.jpg").write_bytes((folder / "y.png").read_bytes())
     (folder / "notes.txt").write_text("not an image")
@@ -55,7 +70,7 @@ def photos(tmp_path_factory):
 def reference(photos):
     """A predictor of the same config (on the session's shared backbones), and its label maps and scores of each
     image, one image at a time (``Predictor.predict_scores``: no loader, no batching, no shares)."""
-    config = load_config("lposs_plus.yaml", [*TINY, *SMALL])
+    config = load_config("lposs_plus.yaml", [*TINY_TEXT, *SMALL])
     cache = shared_backbones.__dict__.setdefault("cache", {})
     key = (repr(config.model), "cpu")
     if key not in cache:
@@ -64,7 +79,9 @@ def reference(photos):
     cache[key].set_heads(config.model.clip.head, config.model.dino.features)
     predictor = Predictor(config, cache[key].eval(), CLASSES.split(","))
     scores = {name: predictor.predict_scores(photos / name).numpy() for name in IMAGES}
-    return predictor, {name: s.argmax(0) for name, s in scores.items()}, scores
+    labels = {name: s.argmax(0) for name, s in scores.items()}
+    assert all(len(np.unique(label)) >= 2 for label in labels.values())  # maps that vary: comparisons see something
+    return predictor, labels, scores
 
 
 def read_labels(out):
@@ -92,7 +109,7 @@ def outputs_of(out):
 def folder_args(photos, out, *extra):
     return ["lposs_plus.yaml", "--images", str(photos), "--classes", CLASSES, "--save_predictions", str(out)] + [
         *extra,
-        *TINY,
+        *TINY_TEXT,
         *SMALL,
     ]
 
@@ -100,9 +117,12 @@ def folder_args(photos, out, *extra):
 def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, reference, tmp_path, capsys, monkeypatch):
     _, labels, scores = reference
     out = tmp_path / "out"
+    out.mkdir()  # a folder that exists and is empty (mktemp -d, a volume) is a new run's folder
     assert run(folder_args(photos, out, "--save_scores", "--save_visualisations", "1")) == 0
     printed = capsys.readouterr()
-    assert f"4 images: 3 segmented, 1 skipped (could not be read; listed in {out}/skipped.txt)" in printed.out
+    assert (
+        f"4 images: 3 segmented, 1 skipped (could not be read or segmented; listed in {out}/skipped.txt)" in printed.out
+    )
     assert f"skipped: cannot read image {photos}/broken.jpg" in printed.err
     assert "rank 0/1: 100% 4/4" in printed.err and "images/s]" in printed.err  # the progress line, at its end
     assert_labels_equal(out, labels)  # equal to the one-image API, image by image
@@ -123,7 +143,16 @@ def test_every_output_of_a_folder_and_the_rules_of_a_second_run(photos, referenc
         assert_one_line_error(capsys, run(folder_args(photos, out)), f"--save_predictions {out} already holds files")
         code = run(folder_args(photos, out, "--resume", "--classes", "sky,tree,person"))
         assert_one_line_error(capsys, code, "--resume", "run.json records other classes")
+        code = run(folder_args(photos, out, "--resume", "k=5"))
+        assert_one_line_error(capsys, code, "run.json records other settings.k (400 there, 5 in this run)")
+        code = run(folder_args(photos, out, "--resume", "model.clip.head=sclip"))
+        assert_one_line_error(capsys, code, "run.json records other model.clip.head ('maskclip' there, 'sclip'")
         assert_one_line_error(capsys, run(folder_args(photos, photos / "a" / "out")), "is inside --images")
+        held = OutputLock.acquire(tmp_path / "held")  # another run's lock: refused before the weights load too
+        try:
+            assert_one_line_error(capsys, run(folder_args(photos, tmp_path / "held")), "is in use by another run")
+        finally:
+            held.release()
     assert outputs_of(out) == before
     # --resume with the same classes and settings: nothing to redo, no finished file rewritten
     assert run(folder_args(photos, out, "--resume", "--save_scores", "--save_visualisations", "1")) == 0
@@ -141,25 +170,48 @@ def test_segment_folder_from_python(photos, reference, tmp_path):
     assert (rest.images, rest.segmented, rest.complete_before) == (4, 1, 2)
     assert [path for path, _ in rest.failed] == ["broken.jpg"] and "cannot read image" in rest.failed[0][1]
     assert_labels_equal(out, labels)
+    # a bare Segmentor records its model too: other weights are refused, the same ones accepted
+    bare, bare_out = predictor.segmentor, tmp_path / "bare"
+    lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), limit=1, report=False)
+    weight = next(bare.backbones.dino.parameters())
+    kept = weight.detach().view(-1)[0].clone()
+    with torch.no_grad():
+        weight.view(-1)[0] += 1.0  # another checkpoint, in effect
+        try:
+            with pytest.raises(DatasetError, match="run.json records other model.weights_sha256"):
+                lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), resume=True, report=False)
+        finally:
+            weight.view(-1)[0] = kept
+    again = lposs.segment_folder(bare, photos, bare_out, classes=CLASSES.split(","), resume=True, report=False)
+    assert (again.segmented, again.complete_before) == (2, 1)
 
 
-def test_two_gloo_ranks_cover_each_image_exactly_once(photos, reference, tmp_path):
-    out, port = tmp_path / "out", str(free_port())
-
-    def rank(r):
-        os.environ.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        return run(folder_args(photos, out, "dist_timeout=60"))
-
-    logs = [tmp_path / f"rank{r}.log" for r in (0, 1)]
-    codes = exit_codes([forked(lambda r=r: rank(r), logs[r]) for r in (0, 1)])
-    printed = [log.read_text() for log in logs]
-    assert codes == [0, 0], printed
-    # rank 0 takes images 0 and 2 (broken.jpg), rank 1 images 1 and 3: 4 tasks, each on one rank
-    assert "rank 0/2: 100% 2/2" in printed[0] and "rank 1/2: 100% 2/2" in printed[1]
-    assert "4 images: 3 segmented, 1 skipped" in printed[0]  # 3 segmentations over both ranks, 3 outputs below
-    assert_labels_equal(out, reference[1])  # and the very maps of one process
-    skipped = (out / "skipped.txt").read_text().splitlines()
-    assert len(skipped) == 1 and skipped[0].startswith("broken.jpg\t")
+def test_resume_redoes_changed_images_and_outputs_that_are_not_whole(photos, reference, tmp_path, capsys):
+    predictor, labels, _ = reference
+    shutil.copytree(photos, tmp_path / "photos")
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    assert run(folder_args(photos, out)) == 0
+    # y.png changes under its name (same size in bytes or not: its modification time moves), x2's label map is
+    # left empty by a crash; x1 is untouched
+    Image.fromarray(np.ascontiguousarray(np.rot90(quadrants(48, 48)))).save(photos / "y.png")
+    changed = predictor.predict_scores(photos / "y.png").numpy().argmax(0)
+    assert len(np.unique(changed)) >= 2 and (changed != labels["y.png"]).any()  # the new map varies and differs
+    (out / "labels" / "a" / "b" / "x2.png").write_bytes(b"")
+    capsys.readouterr()
+    assert run(folder_args(photos, out, "--resume")) == 0
+    printed = capsys.readouterr()
+    assert "4 images: 2 segmented, 1 already complete (--resume), 1 skipped" in printed.out
+    assert f"--resume: 1 image(s) changed since {out}/run.json was written" in printed.err
+    assert "first: y.png" in printed.err
+    assert_labels_equal(out, labels | {"y.png": changed})
+    # a label map cut short (a crash mid-write without fsync) is redone; then nothing is left to do
+    x1 = out / "labels" / "a" / "x1.png"
+    x1.write_bytes(x1.read_bytes()[: x1.stat().st_size // 2])
+    assert run(folder_args(photos, out, "--resume")) == 0
+    assert "4 images: 1 segmented, 2 already complete (--resume), 1 skipped" in capsys.readouterr().out
+    assert_labels_equal(out, labels | {"y.png": changed})
+    assert run(folder_args(photos, out, "--resume")) == 0
+    assert "4 images: 0 segmented, 3 already complete (--resume), 1 skipped" in capsys.readouterr().out
 
 
 def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images(photos, reference, tmp_path, capsys):
@@ -191,6 +243,38 @@ def test_resume_after_sigkill_completes_the_rest_without_redoing_finished_images
     assert {p: v for p, v in outputs_of(out).items() if p in finished} == finished  # not redone, not rewritten
     assert not list(out.rglob(".*")) and beside(out) == []
     assert_labels_equal(out, reference[1])
+
+
+def test_an_image_with_non_finite_scores_is_skipped_and_the_run_goes_on(
+    photos, reference, tmp_path, capsys, monkeypatch
+):
+    real = Segmentor.encode_batch
+
+    def nan_for_x1(self, images, sizes):  # a degenerate window (ProxyCLIP's all -inf row) in one image
+        encodings = real(self, images, sizes)
+        for encoding in encodings:
+            if encoding.original_size == IMAGES["a/x1.jpg"]:
+                encoding.scores[0, 0, 0, 0] = float("nan")
+        return encodings
+
+    monkeypatch.setattr(Segmentor, "encode_batch", nan_for_x1)
+    out = tmp_path / "out"
+    assert run(folder_args(photos, out)) == 0
+    printed = capsys.readouterr()
+    assert "4 images: 2 segmented, 2 skipped" in printed.out
+    assert f"skipped: {photos}/a/x1.jpg: the model gave NaN or infinite scores" in printed.err
+    skipped = (out / "skipped.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in skipped] == ["a/x1.jpg", "broken.jpg"]
+    assert read_labels(out)["files"] == ["a/b/x2.png", "y.png"]
+
+
+def test_evaluation_outputs_into_existing_empty_folders(tmp_path):
+    make_dataset(tmp_path, "voc")
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    out.mkdir(), pred.mkdir()
+    args = ["maskclip.yaml", "--dataset", "voc", f"data_root={tmp_path}", *SMALL, *TINY_TEXT]
+    assert run([*args, "--output", str(out), "--save_predictions", str(pred)]) == 0
+    assert (out / "results.json").is_file() and list(pred.rglob("*.png"))
 
 
 @pytest.mark.parametrize(

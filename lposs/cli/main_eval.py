@@ -141,6 +141,8 @@ def main(args: argparse.Namespace) -> int:
         kept = f"; this run's results are kept in {', '.join(map(str, report.kept))}" if report.kept else ""
         return _fault(f"cannot publish {error.filename}: {error.strerror}{kept}")
     except PeerFailure as error:
+        if args.images is not None:  # a folder run writes each image's files as it goes, no staging
+            return _fault(f"{error}; the images done so far stay (finish with --resume)")
         return _fault(f"{error}; {report.aftermath()}")
     except (ConfigError, DatasetError, SampleError, FileNotFoundError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The run behind the unlabelled-folder mode of ``main_eval.py`` (:mod:`lposs.evaluation.folder_run` does the
 work): the config, the classes, the process group, the model config, the folder and the output folder are all
-checked before any weights load; then every rank segments its share of the images.
+checked (the output folder locked, and seen by every rank) before any weights load; then the ranks take the
+images as they become free.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 
 from lposs.datasets.class_lists import parse_class_argument
 from lposs.evaluation.device import apply_precision
+from lposs.evaluation.folder_outputs import opened_outputs
 from lposs.evaluation.folder_plan import SKIPPED, FolderResult, plan_folder, settings_record
 from lposs.evaluation.folder_run import run_folder
 from lposs.evaluation.loop import is_main_process
@@ -52,7 +54,7 @@ def summary_line(result: FolderResult, out: str, world: int) -> str:
     if result.complete_before:
         line += f", {result.complete_before} already complete (--resume)"
     if result.failed:
-        line += f", {len(result.failed)} skipped (could not be read; listed in {out}/{SKIPPED})"
+        line += f", {len(result.failed)} skipped (could not be read or segmented; listed in {out}/{SKIPPED})"
     return line + f"; {result.images_per_second:.2f} images/s over {world} process(es)"
 
 
@@ -73,13 +75,14 @@ def run_images(args: argparse.Namespace) -> FolderResult:
     record = settings_record(settings, OmegaConf.to_container(config.model, resolve=True))
     options = {"save_scores": args.save_scores, "overlays": args.save_visualisations, "limit": args.limit}
     plan = plan_folder(args.images, args.save_predictions, classes, record, resume=args.resume, **options)
-    make_deterministic(config.seed, device)  # random-init weights (pretrained=null) equal on every rank
-    apply_precision(config.strict_float32)
-    backbones = LPOSSBackbones.from_config(config.model, device).eval()
-    backbones.set_heads(config.model.clip.head, config.model.dino.features)
-    backbones.set_classes(classes)
-    segmentor = Segmentor(backbones, settings)
-    result = run_folder(segmentor, plan, image_batch=args.image_batch, num_workers=config.num_workers)
+    with opened_outputs(plan):  # the lock, and the folder checked again under it: before any weights load
+        make_deterministic(config.seed, device)  # random-init weights (pretrained=null) equal on every rank
+        apply_precision(config.strict_float32)
+        backbones = LPOSSBackbones.from_config(config.model, device).eval()
+        backbones.set_heads(config.model.clip.head, config.model.dino.features)
+        backbones.set_classes(classes)
+        segmentor = Segmentor(backbones, settings)
+        result = run_folder(segmentor, plan, image_batch=args.image_batch, num_workers=config.num_workers)
     if is_main_process():
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         print(summary_line(result, str(plan.out), world), file=sys.stdout)

@@ -16,7 +16,14 @@ import re
 
 import torch.distributed as dist
 
-__all__ = ["DEFAULT_TIMEOUT_S", "PeerFailure", "check_peers", "init_process_group", "set_collective_timeout"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "PeerFailure",
+    "check_peers",
+    "collective_timeout",
+    "init_process_group",
+    "set_collective_timeout",
+]
 
 DEFAULT_TIMEOUT_S = 600.0  # configs/lposs.yaml's dist_timeout; torch's own default is 30 minutes
 _STORE_TIMEOUT = datetime.timedelta(seconds=10)  # asking the store which ranks checked in, after a failure
@@ -31,6 +38,11 @@ class PeerFailure(RuntimeError):
 def set_collective_timeout(seconds: float) -> None:
     """How long a rank waits for the others at a collective (``dist_timeout``), before the group is made."""
     _state["timeout"] = datetime.timedelta(seconds=float(seconds))
+
+
+def collective_timeout() -> float:
+    """``dist_timeout`` in seconds: how long a rank waits for another that shows no sign of life."""
+    return _state["timeout"].total_seconds()
 
 
 def init_process_group(backend: str) -> None:

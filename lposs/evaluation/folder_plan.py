@@ -1,8 +1,10 @@
 """The plan of a folder run (:mod:`lposs.evaluation.folder_run`), checked before any weights load.
 
 Rank 0 lists the images (:func:`lposs.datasets.image_files.list_image_files`), checks that no two would write one
-output, that the output folder is writable, not inside the images, and new, empty or (``resume``) made by a run
-of the same images, classes and settings (its ``run.json``); every rank gets the plan, or the same one-line error.
+output, that the output folder is writable, not inside the images, and new, empty (but for the run's own hidden
+files) or (``resume``) made by a run of the same folder, classes, settings and model (its ``run.json``; changed
+images are redone, see :mod:`lposs.evaluation.folder_resume`); every rank gets the plan, or the same one-line
+error.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 from lposs.datasets import DatasetError
 from lposs.datasets.image_files import image_suffixes, list_image_files
 from lposs.outputs.checks import check_output_locations
+from lposs.outputs.place import HIDDEN
 from lposs.segmentation import SegmentorSettings
 
+from .folder_resume import image_size, image_stamps, is_whole_output
 from .loop import _rank_and_world
 from .reporting import TEMPORARY_NAME
 from .run_output import broadcast_from_main
@@ -28,7 +32,9 @@ __all__ = [
     "FolderPlan",
     "FolderResult",
     "earlier_outputs_problem",
+    "is_run_private",
     "plan_folder",
+    "read_record",
     "settings_record",
 ]
 
@@ -45,7 +51,7 @@ class FolderPlan:
     out: Path  # the outputs (absolute)
     images: list[Path]  # relative to folder, in the run's order
     classes: list[str]
-    record: dict  # run.json: images, classes, settings (and model) of the run
+    record: dict  # run.json: the folder, its images' stamps, the classes, settings and model of the run
     resume: bool = False
     save_scores: bool = False
     overlays: int = 0  # overlays of the first N images
@@ -58,9 +64,15 @@ class FolderPlan:
         """The kinds of output image ``index`` gets."""
         return ["labels"] + (["scores"] if self.save_scores else []) + (["overlays"] if index < self.overlays else [])
 
-    def missing(self, index: int) -> list[str]:
-        """The kinds of output image ``index`` still lacks (files are renamed into place whole: there means done)."""
-        return [kind for kind in self.wanted(index) if not self.output(kind, self.images[index]).is_file()]
+    def missing(self, index: int, size: tuple[int, int] | None = None) -> list[str]:
+        """The kinds of output image ``index`` (of ``size`` ``(H, W)``; default: read from its header) still lacks:
+        those without a whole, readable file (:func:`lposs.evaluation.folder_resume.is_whole_output`)."""
+        image = self.images[index]
+        wanted = self.wanted(index)
+        if not any(self.output(kind, image).is_file() for kind in wanted):
+            return wanted  # the common case of a new run: no header to read
+        size = size or image_size(self.folder / image)
+        return [kind for kind in wanted if not is_whole_output(kind, self.output(kind, image), size, len(self.classes))]
 
 
 @dataclass
@@ -86,24 +98,40 @@ def settings_record(settings: SegmentorSettings, model: dict | None = None) -> d
     return {"settings": values} | ({} if model is None else {"model": model})
 
 
+def is_run_private(name: str) -> bool:
+    """A name that runs keep in an output folder for themselves: the lock's ``.lposs`` folder, temporaries."""
+    return name == HIDDEN or TEMPORARY_NAME.fullmatch(name) is not None
+
+
 def earlier_outputs_problem(out: Path, record: dict, resume: bool) -> str | None:
     """Why ``out`` cannot take this run's outputs (one line), or None: new runs need an empty folder, and
     ``resume`` one made by a run with the same images, classes and settings."""
-    if not out.is_dir() or all(TEMPORARY_NAME.fullmatch(path.name) for path in out.iterdir()):
-        return None  # new, empty, or holding only the temporaries of a run killed before it wrote anything
+    if not out.is_dir() or all(is_run_private(path.name) for path in out.iterdir()):
+        # new, empty, or holding only what runs keep for themselves: the lock that this very run took inside it,
+        # the temporaries of a run killed before it wrote anything
+        return None
     if not resume:
         return (
             f"--save_predictions {out} already holds files: add --resume to complete the run that wrote them, "
             "or choose an empty or new folder (a new run never mixes its outputs with older ones)"
         )
-    try:
-        earlier = json.loads((out / RUN_RECORD).read_text())
-    except (OSError, ValueError):
+    earlier = read_record(out)
+    if earlier is None:
         return f"--resume: {out} holds files but no readable {RUN_RECORD}: it was not made by a folder run"
-    difference = _difference(earlier, record, "")
+    # the images are not compared here: a changed image is redone (lposs.evaluation.folder_resume)
+    difference = _difference(earlier, {key: value for key, value in record.items() if key != "images"}, "")
     if difference is not None:
         return f"--resume: {out / RUN_RECORD} records other {difference}: choose another folder"
     return None
+
+
+def read_record(out: Path) -> dict | None:
+    """``out/run.json``, or None when it is missing or unreadable."""
+    try:
+        earlier = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return earlier if isinstance(earlier, dict) else None
 
 
 def _difference(earlier: object, now: object, name: str) -> str | None:
@@ -158,11 +186,12 @@ def plan_folder(
             must not mix with.
     """
     folder, out = Path(folder).absolute(), Path(out).absolute()
-    record = {"images": str(folder), "classes": list(classes), **settings}
     plan, error = None, None
     if _rank_and_world()[0] == 0:
         try:
             images = _checked_listing(folder, out, limit)
+            record = {"folder": str(folder), "classes": list(classes), **settings}
+            record["images"] = image_stamps(folder, images)
             check_output_locations([("--save_predictions", out.parent), ("--save_predictions", out)])
             problem = earlier_outputs_problem(out, record, resume)
             if problem is not None:

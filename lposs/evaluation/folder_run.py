@@ -6,8 +6,9 @@ Usage::
     result = lposs.segment_folder(seg, "photos/", "out/", save_scores=True, overlays=10, resume=True)
     print(result.segmented, result.failed)
 
-Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; of the images whose
-outputs are not complete yet, rank ``r`` of ``W`` takes the ``r``-th, the ``(r + W)``-th, ... For
+Every image under the folder (recursively, hidden names skipped, sorted by path) is one task; the images whose
+outputs are not complete yet go to the ranks as they become free (:class:`lposs.evaluation.work_queue.WorkQueue`:
+a counter in torchrun's store), and a rank out of images waits for the others as long as they make progress. For
 ``photos/a/b.jpg`` it writes, as soon as the image is done:
 
 - ``out/labels/a/b.png``: palette PNG at the image's size, pixel value = class index;
@@ -18,7 +19,7 @@ No lost results: ``out`` is locked for the run (``.out.lock`` beside it); every 
 name in its folder and renamed, so a killed run leaves whole files (and stray temporaries, removed by the next run);
 a new run refuses a folder that holds files, and ``resume`` adds only what is missing, after checking that
 ``out/run.json`` records the same folder, classes and settings. An image that cannot be decoded is skipped with
-one line and listed in ``out/skipped.txt``.
+one line and listed in ``out/skipped.txt``, as is one whose scores hold NaN or infinite values.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,28 +39,28 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from lposs.datasets import DatasetError
 from lposs.datasets.class_lists import display_names
 from lposs.datasets.image_files import ImageReadError, load_image
 from lposs.segmentation import Segmentor
+from lposs.segmentation.segmentor import ImageEncoding
 from lposs.segmentation.windows import resize_to_fit
 
 from .distributed import check_peers
+from .folder_outputs import opened_outputs
 from .folder_plan import (
     RUN_RECORD,
     SKIPPED,
     FolderPlan,
     FolderResult,
-    earlier_outputs_problem,
     plan_folder,
     settings_record,
 )
+from .folder_resume import backbones_identity
 from .interrupts import loader_worker_init
 from .loop import _all_reduce, _rank_and_world, _reduction_device, all_reduce_sum
-from .output_recovery import lock_outputs
-from .reporting import TEMPORARY_NAME, atomic_target
-from .run_output import broadcast_from_main
+from .reporting import atomic_target
 from .visualise import overlay_figure, palette, save_png
+from .work_queue import WorkQueue
 
 __all__ = ["FolderPlan", "FolderResult", "plan_folder", "run_folder", "segment_folder", "settings_record"]
 
@@ -87,7 +88,7 @@ class _Images(Dataset):
 def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) -> None:
     """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32."""
     image = plan.images[sample["index"]]
-    missing = plan.missing(sample["index"])
+    missing = plan.missing(sample["index"], tuple(sample["size"]))
     labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
     if "scores" in missing:
         with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
@@ -103,19 +104,6 @@ def _write_text(path: Path, text: str) -> None:
     """Write a text file whole, under a temporary name that a later run recognises (:data:`TEMPORARY_NAME`)."""
     with atomic_target(path) as tmp:
         tmp.write_text(text)
-
-
-def _prepare_outputs(plan: FolderPlan) -> None:
-    """Rank 0, holding the lock: check the folder again, remove temporaries of killed runs, write run.json."""
-    problem = earlier_outputs_problem(plan.out, plan.record, plan.resume)
-    if problem is not None:
-        raise DatasetError(problem)
-    if plan.out.is_dir():
-        for root, _, files in os.walk(plan.out):
-            for name in files:
-                if TEMPORARY_NAME.fullmatch(name):
-                    os.unlink(os.path.join(root, name))
-    _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
 
 
 def _progress(total: int, report: bool) -> tqdm:
@@ -134,33 +122,76 @@ def _progress(total: int, report: bool) -> tqdm:
     )
 
 
+class _Claims:
+    """Batches of positions in the run's list of images to do, claimed from the shared queue as this rank asks
+    for them (the loader's batch sampler: with workers, it claims a few batches ahead)."""
+
+    def __init__(self, queue: WorkQueue, batch: int) -> None:
+        self.queue, self.batch = queue, batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while claimed := self.queue.claim(self.batch):
+            yield list(claimed)
+
+
 def _segment_share(
     segmentor: Segmentor, plan: FolderPlan, todo: list[int], options: dict
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Segment this rank's images ``todo``: how many were segmented, and those that could not be decoded, with why."""
+    """Segment images of ``todo`` as this rank claims them, until none is left (then wait for the other ranks):
+    how many this rank segmented, and those it skipped (unreadable, or non-finite scores), with why."""
     colours, failed, segmented = palette(len(plan.classes)), [], 0
     s = segmentor.settings
+    queue = WorkQueue(len(todo))
     loader = DataLoader(
         _Images(plan, todo, (s.short_side, s.long_side)),
-        batch_size=options["image_batch"],
+        batch_sampler=_Claims(queue, options["image_batch"]),
         num_workers=options["num_workers"],
         collate_fn=list,
         worker_init_fn=loader_worker_init(),
     )
     with _progress(len(todo), options["report"]) as progress:
-        for batch in loader:
-            good = [sample for sample in batch if "error" not in sample]
-            for sample in batch:
-                if "error" in sample:
-                    failed.append((plan.images[sample["index"]].as_posix(), sample["error"]))
-                    if options["report"]:
-                        progress.write(f"skipped: {sample['error']}", file=sys.stderr)
-            sizes = [sample["size"] for sample in good]
-            for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
-                _write(plan, sample, segmentor.propagate(encoding), colours)
-                segmented += 1
-            progress.update(len(batch))
+
+        def skip(sample: dict, why: str) -> None:
+            failed.append((plan.images[sample["index"]].as_posix(), why))
+            if options["report"]:
+                progress.write(f"skipped: {why}", file=sys.stderr)
+            done(1)
+
+        def done(count: int) -> None:  # the bar shows the images done by all ranks
+            progress.update(queue.advance(count) - progress.n)
+
+        try:
+            for batch in loader:
+                good = [sample for sample in batch if "error" not in sample]
+                for sample in batch:
+                    if "error" in sample:
+                        skip(sample, sample["error"])
+                sizes = [sample["size"] for sample in good]
+                for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
+                    scores, why = _scores(segmentor, encoding)
+                    if scores is None:
+                        skip(sample, f"{plan.folder / plan.images[sample['index']]}: {why}")
+                        continue
+                    _write(plan, sample, scores, colours)
+                    segmented += 1
+                    done(1)
+        except BaseException:
+            queue.abandon()
+            raise
+        queue.wait_for_all()
     return segmented, failed
+
+
+def _scores(segmentor: Segmentor, encoding: ImageEncoding) -> tuple[torch.Tensor | None, str]:
+    """The ``[C, H, W]`` class scores of one image, or None and why: one image whose backbones or propagation give
+    NaN or infinite values (a degenerate window) is skipped like an unreadable one, never the end of the run."""
+    for name, values in (("features", encoding.features), ("scores", encoding.scores)):
+        if not torch.isfinite(values).all():
+            return None, f"the model gave NaN or infinite {name} (skipped like an unreadable image)"
+    scores = segmentor.propagate(encoding)
+    if not torch.isfinite(scores).all():
+        return None, "propagation gave NaN or infinite class scores (skipped like an unreadable image)"
+    return scores, ""
 
 
 def _gathered(items: list) -> list:
@@ -176,7 +207,7 @@ def _gathered(items: list) -> list:
 def run_folder(
     segmentor: Segmentor, plan: FolderPlan, *, image_batch: int = 1, num_workers: int = 0, report: bool = True
 ) -> FolderResult:
-    """Segment the images of a checked plan (this rank's share); see the module docstring.
+    """Segment the images of a checked plan, taking them as this rank gets free; see the module docstring.
 
     Args:
         segmentor: ready, its backbones holding ``plan.classes``.
@@ -188,38 +219,22 @@ def run_folder(
         The counts and failures of all ranks (equal on every rank).
 
     Raises:
-        OutputInUse: another live run holds ``plan.out``.
-        DatasetError: ``plan.out`` changed since the plan was made and cannot take the outputs.
+        PeerFailure: another rank made no progress for ``dist_timeout`` seconds (naming it).
     """
     rank, world = _rank_and_world()
     start = time.perf_counter()
-    locks, notes = lock_outputs([("--save_predictions", plan.out)], rank == 0)
-    try:
-        error = None
-        if rank == 0:
-            for note in notes:
-                print(note, file=sys.stderr)
-            try:
-                _prepare_outputs(plan)
-            except (OSError, ValueError) as failure:
-                error = failure
-        error = broadcast_from_main(error)
-        if error is not None:
-            raise error
-        # Each rank checks every world-th image; the images still to do are then dealt out afresh, so that the
-        # ranks of a resumed run get equal shares of what is left, whichever ranks finished theirs before.
-        pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
-        options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
-        segmented, failed = _segment_share(segmentor, plan, pending[rank::world], options)
-        device = _reduction_device(segmentor)
-        segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
-        seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
-        failed = _gathered(failed)
-        if rank == 0:
-            _record_failures(plan.out, failed)
-    finally:
-        for lock in locks:
-            lock.release()
+    if rank == 0:  # written once the weights are loaded: a run that fails before leaves its folder empty
+        _write_text(plan.out / RUN_RECORD, json.dumps(plan.record, indent=2) + "\n")
+    # each rank checks every world-th image's outputs; the images still to do are then claimed as ranks get free
+    pending = _gathered([i for i in range(rank, len(plan.images), world) if plan.missing(i)])
+    options = {"image_batch": image_batch, "num_workers": num_workers, "report": report}
+    segmented, failed = _segment_share(segmentor, plan, pending, options)
+    device = _reduction_device(segmentor)
+    segmented = int(all_reduce_sum(np.array([segmented], np.float64), device)[0])
+    seconds = float(_all_reduce(np.array([time.perf_counter() - start]), device, "max")[0])
+    failed = _gathered(failed)
+    if rank == 0:
+        _record_failures(plan.out, failed)
     return FolderResult(len(plan.images), segmented, len(plan.images) - len(pending), failed, seconds)
 
 
@@ -269,8 +284,12 @@ def segment_folder(
     if len(classes) != num_classes:
         raise ValueError(f"segment_folder: {len(classes)} class names for a segmentor of {num_classes} classes")
     config = getattr(segmentor, "config", None)  # a Predictor's resolved config
-    model = None if config is None else OmegaConf.to_container(config.model, resolve=True)
+    # a bare Segmentor has no config: its model is recorded from the loaded backbones (weights fingerprint included)
+    model = (
+        backbones_identity(inner.backbones) if config is None else OmegaConf.to_container(config.model, resolve=True)
+    )
     settings = settings_record(inner.settings, model)
     options = {"resume": resume, "save_scores": save_scores, "overlays": overlays, "limit": limit}
     plan = plan_folder(folder, out, classes, settings, **options)
-    return run_folder(inner, plan, image_batch=image_batch, num_workers=num_workers, report=report)
+    with opened_outputs(plan):
+        return run_folder(inner, plan, image_batch=image_batch, num_workers=num_workers, report=report)
