@@ -5,10 +5,11 @@ code's `enc_type_feats`) or the last block's output after the final norm (`x`, a
 `get_intermediate_layers` return it, and as ProxyCLIP reads its proxy) can be used instead (`model.dino.features`).
 
 Any patch size works: DINO ViT-S/16, B/16, S/8, B/8 and DINOv2 S/B/L/14 with or without registers; DINOv3 (timm's
-`Eva` with RoPE) goes to `dinov3.py`. Prefix tokens (CLS and registers) are dropped. The token embedding is computed here rather than by timm's `forward_features`,
-because for patch grids other than the pretraining one each model's authors resize the positional embedding their
-own way (`positional_resize_rule`), which timm does not reproduce for all of them. The timm internals used are
-checked by `_check_vit_layout`, so a layout change in a future timm fails loudly.
+`Eva` with RoPE) goes to `dinov3.py`. Prefix tokens (CLS and registers) are dropped. The token embedding is computed
+here rather than by timm's `forward_features`, because for patch grids other than the pretraining one each model's
+authors resize the positional embedding their own way (`positional_resize_rule`), which timm does not reproduce for
+all of them. The timm internals used are checked by `_check_vit_layout`, so a layout change in a future timm fails
+loudly.
 """
 
 from collections.abc import Sequence
