@@ -1,14 +1,29 @@
 """Other backbones and the ProxyCLIP head through main_eval.py, on tiny random weights: DINO ViT-S/8 with CLIP
-ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, ProxyCLIP alone and under LPOSS+, and a crop
-that is not a multiple of both patch sizes."""
+ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, DINOv3-S/16 on real VOC images (a sweep, the
+folder mode, `lposs.load` and `refine`), ProxyCLIP alone and under LPOSS+, and a crop that is not a multiple of both
+patch sizes."""
 
 import csv
 import json
+import shutil
 
+import numpy as np
 import pytest
+import torch
 from fake_datasets import make_dataset
-from test_main_eval import TINY, assert_one_line_error, cache_from_config, refuse_model_loading, run
-from tiny_models import TINY_CLIP_14
+from PIL import Image
+from test_main_eval import (
+    TINY,
+    VOC_MINI,
+    assert_one_line_error,
+    cache_from_config,
+    needs_voc,
+    refuse_model_loading,
+    run,
+)
+from tiny_models import TINY_CLIP_14, TINY_CLIP_16
+
+import lposs
 
 S8 = [*TINY, "model.dino.name=vit_small_patch8_224.dino"]
 # short side 48, windows 48 x 64: DINO /8 grid 6 x 8, CLIP /16 grid 3 x 4 (resized to 6 x 8)
@@ -16,6 +31,9 @@ SMALL_8 = ["short_side=48", "crop=64", "stride=32", "k=50"]
 V2 = [*TINY, "model.dino.name=vit_small_patch14_reg4_dinov2.lvd142m", f"model.clip.name={TINY_CLIP_14}"]
 # short side 42, windows 42 x 56: both grids 3 x 4
 SMALL_14 = ["short_side=42", "crop=56", "stride=28", "r=5"]
+V3 = [*TINY, "model.dino.name=vit_small_patch16_dinov3", f"model.clip.name={TINY_CLIP_16}"]
+# short side 48, windows 48 x 64: both grids 3 x 4 (RoPE of the 3 x 4 grid, not of DINOv3's 16 x 16 pretraining)
+SMALL_16 = ["short_side=48", "crop=64", "stride=32", "r=5"]
 _HEAD_KEYS = ("head", "proxy_features", "proxy_beta", "proxy_gamma")
 
 
@@ -52,16 +70,53 @@ def test_dino_s8_with_clip_s16(voc, tmp_path, config, method):
     assert record["config"]["patch_propagation"] is (method == "lposs")
 
 
-def test_dinov2_registers_with_patch14_clip_and_proxyclip_under_lposs_plus(voc, tmp_path):
-    """LPOSS+ on MaskCLIP and on ProxyCLIP (labelled so) with DINOv2-S/14 + registers and a patch-14 CLIP."""
+@pytest.mark.parametrize(
+    ("config", "backbones", "dino"),
+    [
+        ("lposs_plus.yaml", [*SMALL_14, *V2], "vit_small_patch14_reg4_dinov2.lvd142m"),
+        pytest.param("lposs_plus_dinov3.yaml", [*SMALL_16, *V3], "vit_small_patch16_dinov3", marks=needs_voc),
+    ],
+    ids=["dinov2", "dinov3"],
+)
+def test_registers_and_proxyclip_under_lposs_plus(voc, tmp_path, config, backbones, dino):
+    """LPOSS+ on MaskCLIP and on ProxyCLIP (labelled so): DINOv2-S/14 + registers with a patch-14 CLIP on generated
+    images, DINOv3-S/16 (CLS + 4 storage tokens, RoPE) from its own config on real VOC images."""
     out = tmp_path / "sweep"
-    args = ["lposs_plus.yaml", "--dataset", "voc", f"data_root={voc}", "--output", str(out), *SMALL_14, *V2]
+    data_root = VOC_MINI if "dinov3" in config else voc
+    args = [config, "--dataset", "voc", f"data_root={data_root}", "--output", str(out), *backbones]
     assert run([*args, "--sweep", "model.clip.head=maskclip,proxyclip"]) == 0
     rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert [row["setting"] for row in rows] == ["model.clip.head=maskclip", "model.clip.head=proxyclip"]
     records = [read(out / row["setting"] / "voc" / "results.json") for row in rows]
     assert [r["method"] for r in records] == ["lposs_plus", "lposs_plus (proxyclip)"]
     assert all(r["num_images"] == 2 and 0 <= r["mIoU"] <= 100 for r in records)
+    assert {r["config"]["model"]["dino"]["name"] for r in records} == {dino}
+
+
+@needs_voc
+def test_dinov3_folder_mode_load_and_refine_on_real_voc_images(tmp_path):
+    """The folder mode (main_eval.py --images) and `lposs.load` of lposs_plus_dinov3 give the same label maps, which
+    vary; `refine` on the segmentor's own MaskCLIP window scores is `predict_scores` bit for bit."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for jpeg in sorted((VOC_MINI / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg")):
+        shutil.copy(jpeg, photos / jpeg.name)
+    classes = ["background", "person", "dog", "sky"]
+    overrides = [*SMALL_16, *V3]
+    folder = ["--images", str(photos), "--classes", ",".join(classes), "--save_predictions", str(out)]
+    assert run(["lposs_plus_dinov3.yaml", *folder, *overrides]) == 0
+    predictor = lposs.load("lposs_plus_dinov3", classes=classes, device="cpu", overrides=overrides)
+    assert predictor.config.model.dino.name == "vit_small_patch16_dinov3"
+    names = sorted(p.name for p in photos.glob("*.jpg"))
+    maps = {name: predictor.predict(photos / name) for name in names}
+    assert len(np.unique(np.concatenate([m.ravel() for m in maps.values()]))) >= 2  # the maps vary
+    for name in names:
+        np.testing.assert_array_equal(np.array(Image.open(out / "labels" / name.replace(".jpg", ".png"))), maps[name])
+    image = np.array(Image.open(photos / names[0]).convert("RGB"))
+    encoding = predictor.segmentor.encode(image)
+    refined = predictor.refine(image, encoding.scores, encoding.boxes)
+    assert refined.shape == (len(classes), *image.shape[:2])
+    assert torch.equal(refined, predictor.predict_scores(image))
 
 
 def test_crop_not_a_multiple_of_both_patch_sizes_exits_2_before_weights_load(voc, capsys, monkeypatch):

@@ -62,6 +62,16 @@ def test_plus_and_maskclip_differ_by_one_key():
         assert len(lines) == 2 and lines[0].startswith("defaults: [lposs, _self_]"), name
 
 
+def test_plus_dinov3_differs_from_plus_by_the_dino_name():
+    plus = OmegaConf.to_container(load_config("lposs_plus.yaml"))
+    dinov3 = OmegaConf.to_container(load_config("lposs_plus_dinov3.yaml"))
+    assert {k for k in plus if plus[k] != dinov3[k]} == {"model"}
+    assert dinov3["model"]["dino"] == {**plus["model"]["dino"], "name": "vit_base_patch16_dinov3.lvd1689m"}
+    assert {k for k in plus["model"] if plus["model"][k] != dinov3["model"][k]} == {"dino"}
+    lines = [line for line in (CONFIG_DIR / "lposs_plus_dinov3.yaml").read_text().splitlines() if line[:1] not in "#"]
+    assert lines[0].startswith("defaults: [lposs_plus, _self_]") and len(lines) == 2
+
+
 def test_overrides_are_typed_and_nested():
     config = load_config("lposs.yaml", ["k=200", "alpha=0.9", "model.clip.pretrained=null", "data_root=/x", "gamma=2"])
     assert config.k == 200 and config.alpha == 0.9 and config.model.clip.pretrained is None and config.data_root == "/x"
@@ -231,7 +241,7 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_and_misnamed_files(tmp_path):
-    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
+    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, lposs_plus_dinov3.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
     with pytest.raises(ConfigError, match=f"not found.*available: {available}"):
         load_config("nothere.yaml")
     (tmp_path / "x.yml").write_text("k: 1\n")

@@ -76,6 +76,18 @@ def test_offline_without_cache_fails_fast(empty_caches, monkeypatch):
     assert "\n" not in dino_message and isinstance(dino_error.value, RuntimeError)
 
 
+def test_dinov3_offline_without_cache_fails_fast_in_one_line(empty_caches, monkeypatch):
+    """DINOv3's LVD-1689M tag goes through timm's hub like the other DINO weights: offline, one line, in seconds."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as error:
+        build_dino("vit_base_patch16_dinov3.lvd1689m", True)
+    assert time.perf_counter() - start < 10
+    message = str(error.value)
+    assert "vit_base_patch16_dinov3.lvd1689m" in message and "model.dino.pretrained=/path/to/" in message
+    assert "HF_HUB_OFFLINE" in message and "\n" not in message
+
+
 def test_unreachable_hub_fails_fast_without_offline_flag(empty_caches, monkeypatch):
     monkeypatch.setattr(factory, "_reachable", lambda *_args, **_kwargs: False)
     with pytest.raises(WeightsUnavailableError, match="unreachable"):

@@ -15,10 +15,11 @@ from typing import Any
 import open_clip
 import timm
 import torch
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 
 from .clip_heads import CLIP_HEADS
-from .dino import DINO_FEATURES, _check_vit_layout, dino_patch_size
+from .dino import DINO_FEATURES, check_dino_layout, dino_patch_size
 from .maskclip import TEMPLATE_SETS
 
 Pretrained = str | bool | None
@@ -142,7 +143,8 @@ def check_clip_pretrained(name: str, pretrained: Pretrained) -> None:
 
 
 def _dino_examples() -> str:
-    return ", ".join(timm.list_pretrained("vit_*.dino") + timm.list_pretrained("vit_*_dinov2.*")[:2])
+    dinov3 = timm.list_pretrained("vit_base_patch16_dinov3.*")[:1]
+    return ", ".join(timm.list_pretrained("vit_*.dino") + timm.list_pretrained("vit_*_dinov2.*")[:2] + dinov3)
 
 
 @functools.lru_cache(maxsize=8)
@@ -157,7 +159,8 @@ def _meta_model(name: str) -> torch.nn.Module:
 
 
 def check_dino_name(name: Any) -> None:
-    """ModelConfigError unless `name` is a timm VisionTransformer (any square patch size) with the layout read here."""
+    """ModelConfigError unless `name` is a timm VisionTransformer (any square patch size) or a DINOv3 Eva with the
+    layout read here."""
     key = "model.dino.name"
     if not isinstance(name, str) or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models() + timm.list_pretrained(), n=5, cutoff=0.6)
@@ -171,11 +174,11 @@ def check_dino_name(name: Any) -> None:
         model = _meta_model(name)
     except Exception as error:
         raise ModelConfigError(f"{key}={name!r}: timm cannot build it ({type(error).__name__}: {error})") from error
-    if not isinstance(model, VisionTransformer):
-        expected = f"expected a timm VisionTransformer, e.g. {_dino_examples()}"
+    if not isinstance(model, (VisionTransformer, Eva)):  # Eva: DINOv3 (lposs/models/dinov3.py)
+        expected = f"expected a timm VisionTransformer or DINOv3, e.g. {_dino_examples()}"
         raise ModelConfigError(f"{key}={name!r}: a {type(model).__name__}, not a ViT; {expected}")
     try:
-        _check_vit_layout(model)
+        check_dino_layout(model)
     except ValueError as error:
         raise ModelConfigError(f"{key}={name!r}: {error}") from error
 

@@ -4,11 +4,12 @@ The value part of the last attention's qkv output is the paper's; its key or que
 code's `enc_type_feats`) or the last block's output after the final norm (`x`, as DINO's and DINOv2's
 `get_intermediate_layers` return it, and as ProxyCLIP reads its proxy) can be used instead (`model.dino.features`).
 
-Any patch size works: DINO ViT-S/16, B/16, S/8, B/8 and DINOv2 S/B/L/14 with or without registers. Prefix tokens
-(CLS and registers) are dropped. The token embedding is computed here rather than by timm's `forward_features`,
-because for patch grids other than the pretraining one each model's authors resize the positional embedding their
-own way (`positional_resize_rule`), which timm does not reproduce for all of them. The timm internals used are
-checked by `_check_vit_layout`, so a layout change in a future timm fails loudly.
+Any patch size works: DINO ViT-S/16, B/16, S/8, B/8 and DINOv2 S/B/L/14 with or without registers; DINOv3 (timm's
+`Eva` with RoPE) goes to `dinov3.py`. Prefix tokens (CLS and registers) are dropped. The token embedding is computed
+here rather than by timm's `forward_features`, because for patch grids other than the pretraining one each model's
+authors resize the positional embedding their own way (`positional_resize_rule`), which timm does not reproduce for
+all of them. The timm internals used are checked by `_check_vit_layout`, so a layout change in a future timm fails
+loudly.
 """
 
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ._image import check_images, pad_and_normalize, tokens_to_map
+from .dinov3 import check_dinov3_layout, dinov3_feature_maps, is_dinov3
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +64,15 @@ def _check_vit_layout(vit: nn.Module) -> None:
     qkv = getattr(getattr(vit.blocks[-1], "attn", None), "qkv", None)
     if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * vit.embed_dim:
         raise _layout_error(f"blocks[-1].attn.qkv must be nn.Linear with out_features {3 * vit.embed_dim}")
+
+
+def check_dino_layout(vit: nn.Module) -> None:
+    """Raise ValueError unless `vit` is a timm ViT (DINO, DINOv2) or a timm Eva with DINOv3's layout that the
+    features can read."""
+    if is_dinov3(vit):
+        check_dinov3_layout(vit)
+    else:
+        _check_vit_layout(vit)
 
 
 def positional_resize_rule(vit: nn.Module) -> tuple[float, bool]:
@@ -138,6 +149,8 @@ def dino_feature_maps(vit: nn.Module, images: torch.Tensor, kinds: Sequence[str]
     """
     check_images(images, "dino_features")
     _check_kinds(kinds)
+    if is_dinov3(vit):  # RoPE instead of a positional embedding: lposs/models/dinov3.py
+        return dinov3_feature_maps(vit, images, kinds)
     _check_vit_layout(vit)
     weight = vit.patch_embed.proj.weight
     x = pad_and_normalize(images.to(weight.device), IMAGENET_MEAN, IMAGENET_STD, weight.dtype, dino_patch_size(vit))
@@ -162,10 +175,11 @@ def dino_feature_maps(vit: nn.Module, images: torch.Tensor, kinds: Sequence[str]
 
 
 def dino_features(vit: nn.Module, images: torch.Tensor, kind: str = "v") -> torch.Tensor:
-    """L2-normalised patch features of a timm DINO / DINOv2 ViT (docs/method.md, "Pipeline", step 6).
+    """L2-normalised patch features of a timm DINO / DINOv2 / DINOv3 ViT (docs/method.md, "Pipeline", step 6).
 
     Args:
-        vit: timm VisionTransformer of any square patch size p (any dtype), e.g. DINO ViT-B/16, ViT-B/8 or DINOv2.
+        vit: timm VisionTransformer of any square patch size p (any dtype), e.g. DINO ViT-B/16, ViT-B/8 or DINOv2,
+            or a timm Eva with DINOv3's layout (`dinov3.py`: RoPE, k and q before it, the model's own mean / std).
         images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's); padded with black to a
             multiple of p.
         kind: 'v' (the paper's), 'k' or 'q': that part of the last block's qkv output, heads concatenated;

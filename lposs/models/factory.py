@@ -194,8 +194,8 @@ def _dino_weights(name: str, pretrained: str | bool) -> str:
 def build_dino(
     name: str, pretrained: Pretrained, device: Device = "cpu", dtype: str | torch.dtype = "float32"
 ) -> nn.Module:
-    """Build a timm ViT (e.g. 'vit_base_patch16_224.dino', 'vit_base_patch8_224.dino', 'vit_base_patch14_reg4_dinov2.lvd142m')
-    without head, in eval mode.
+    """Build a timm ViT (e.g. 'vit_base_patch16_224.dino', 'vit_base_patch8_224.dino', 'vit_base_patch14_reg4_dinov2.lvd142m',
+    DINOv3's 'vit_base_patch16_dinov3.lvd1689m') without head, in eval mode.
 
     Args:
         name: timm model name, optionally with pretrained tag ('arch.tag').
@@ -204,7 +204,7 @@ def build_dino(
         dtype: 'float32' | 'float16' | 'bfloat16'.
 
     Returns:
-        timm VisionTransformer with num_classes=0.
+        timm VisionTransformer (DINOv3: timm Eva) with num_classes=0.
     """
     resolve_dtype(dtype)
     check_dino_name(name)
