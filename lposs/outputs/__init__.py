@@ -1,7 +1,7 @@
 """Output folders that no fault can leave half-written: where to stage and lock, the lock, the publish journal.
 
-Standard library only, and importing nothing else of :mod:`lposs` (the floor below :mod:`lposs.evaluation`,
-which stages and publishes a run's files with it):
+Standard library only, and importing nothing else of :mod:`lposs` but :mod:`lposs.files` (the floor below
+:mod:`lposs.evaluation`, which stages and publishes a run's files with it):
 
 - :mod:`lposs.outputs.place`: staging on the output's own file system (beside it, or inside a mount point);
 - :mod:`lposs.outputs.lock`: one run per output folder (``flock``, or an exclusive create without it);

@@ -14,7 +14,7 @@ put aside are deleted, then ``.joined``, the journal and the marker, in that ord
 deleted before the commit point. A move is undone only while the final file is still the one the journal moved
 in (same inode, size and modification time): a file changed since is left as it is, and named.
 
-Standard library only.
+Standard library only (and :mod:`lposs.files.atomic`, the package's durable write).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lposs.files.atomic import fsync_all, temporary_file, write_durably
 
 __all__ = [
     "COMMITTED",
@@ -47,70 +47,6 @@ JOINED = ".joined"  # in every other staging folder of the publication: the jour
 COMMITTED = ".committed"  # beside the journal: the commit point
 REPLACED = ".replaced"  # earlier files put aside by the publication, until it is committed
 PRIVATE = (JOURNAL, JOINED, COMMITTED, REPLACED)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_POOL: list[ThreadPoolExecutor] = []  # one for the process: starting threads for every sync costs more than it
-
-
-def _forget_pool() -> None:
-    _POOL.clear()  # a forked child has none of the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def fsync_all(paths: Iterable[Path]) -> None:
-    """Make files (their data) or folders (their entries) durable; several at once in threads.
-
-    fsync releases the GIL and file systems batch concurrent syncs: thousands of prediction files take
-    seconds, not minutes.
-    """
-    paths = list(dict.fromkeys(paths))
-    if len(paths) < 2:
-        for path in paths:
-            _fsync(path)
-        return
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(8, thread_name_prefix="lposs-fsync"))
-    list(_POOL[0].map(_fsync, paths))
-
-
-def _temporary(path: Path, text: str) -> Path:
-    """``text`` written to a new temporary file beside ``path`` (not yet synced)."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    return Path(tmp)
-
-
-def write_durably(texts: dict[Path, str], data: Iterable[Path] = ()) -> None:
-    """Each path holds its text whole or not at all, also after a power loss; ``data`` files synced alongside.
-
-    Temporary files are written, synced (with ``data``) in one round, renamed into place, and their folders
-    synced in a second round: two waits for the disk, however many files.
-    """
-    temporary: dict[Path, Path] = {}
-    try:
-        for path, text in texts.items():
-            temporary[path] = _temporary(path, text)
-        fsync_all([*data, *temporary.values()])
-        for path, tmp in temporary.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temporary.values():
-            with suppress(OSError):
-                os.unlink(tmp)
-        raise
-    fsync_all(path.parent for path in texts)
 
 
 def file_id(path: Path | str) -> list[int]:
@@ -189,7 +125,7 @@ class Plan:
         texts.update(
             {staging / JOINED: json.dumps({"journal": str(self.journal)}) + "\n" for _, staging in self.folders[1:]}
         )
-        self.unset = _temporary(self.marker, "")
+        self.unset = temporary_file(self.marker)
         write_durably(texts, [*data, self.unset])
 
     def commit(self, touched: Iterable[Path]) -> None:

@@ -12,7 +12,7 @@ decides: a holder on this host whose process is gone has left a stale lock. A st
 log line, also another user's (its file is replaced by one of ours; where the folder forbids that, one line
 says why). Only rank 0 of a distributed run takes the locks (the ranks of several nodes share them).
 
-Standard library only: tests import this module in child processes that must start fast.
+Standard library only (and :mod:`lposs.files`): tests import this module in child processes that must start fast.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lposs.files.atomic import replace_durably
 
 from .place import HIDDEN, lock_files, resolved
 
@@ -183,7 +185,7 @@ def _replace_foreign(path: Path, old_fd: int, flag: str, folder: Path, holder: d
     try:
         os.fchmod(fd, 0o644)
         _flock(fd)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except OSError as error:
         os.close(fd)
         os.unlink(tmp)
