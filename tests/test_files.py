@@ -171,3 +171,31 @@ def test_staging_owner_record_is_written_durably_first(tmp_path, events):
     assert_durable(events, folder.staging / ".owner")
     assert json.loads((folder.staging / ".owner").read_text())["pid"] == os.getpid()
     folder.discard()
+
+
+def test_link_loops_are_listed_once(tmp_path):
+    """A link to a folder above it, and two folders linking to each other: each real folder is listed once."""
+    from lposs.datasets.image_files import list_image_files
+    from lposs.datasets.user_dataset import UserDataset
+    from lposs.files.walk import walk_once
+
+    photos = tmp_path / "photos"
+    for rel in ("a.jpg", "sub/b.jpg", "x/c.jpg", "y/d.jpg"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        (photos / rel).write_bytes(b"jpeg")
+    (photos / "sub/up").symlink_to("..")  # photos/sub/up -> photos
+    (photos / "x/to_y").symlink_to("../y")  # x -> y -> x
+    (photos / "y/to_x").symlink_to("../x")
+    (photos / "z").symlink_to("sub")  # a second name for sub: listed under its own name only
+    elsewhere = tmp_path / "elsewhere"  # a folder outside, followed once, with a loop of its own
+    elsewhere.mkdir()
+    (elsewhere / "e.jpg").write_bytes(b"jpeg")
+    (elsewhere / "again").symlink_to(".")
+    (elsewhere / "back").symlink_to(photos)
+    (photos / "ext").symlink_to(elsewhere)
+    listed = [Path(root).relative_to(photos).as_posix() for root, _, _ in walk_once(photos)]
+    assert listed == [".", "ext", "sub", "x", "y"]
+    names = ["a.jpg", "ext/e.jpg", "sub/b.jpg", "x/c.jpg", "y/d.jpg"]
+    assert list_image_files(photos) == [Path(name) for name in names]
+    samples = UserDataset.load_annotations(None, str(photos), ".jpg", str(photos), ".png", None)
+    assert [sample["filename"] for sample in samples] == names

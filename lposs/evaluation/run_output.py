@@ -27,7 +27,7 @@ from types import ModuleType
 
 from lposs.files.atomic import atomic_write_text, default_file_mode, replace_durably
 from lposs.outputs.checks import OutputLocationError
-from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id
+from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id, holds_replaced
 from lposs.outputs.lock import holder_record
 from lposs.outputs.place import resolved, staging_prefix, staging_root
 
@@ -302,7 +302,7 @@ class StagedFolder:
 
         Kept: with a journal or a pointer to one (an unfinished publish: the next run finishes or undoes it);
         after a failed publish, renamed ``...unpublished-XXXX`` (the computed results; no later run removes it);
-        or when it cannot be removed.
+        with earlier files put aside (``.replaced``) and no commit point passed; or when it cannot be removed.
         """
         if (self.staging / JOURNAL).exists() or (self.staging / JOINED).exists():
             return self.staging
@@ -314,5 +314,7 @@ class StagedFolder:
             except OSError:
                 return self.staging
             return kept
+        if holds_replaced(self.staging):  # earlier files are deleted only after a commit point (Plan.finish)
+            return self.staging
         shutil.rmtree(self.staging, ignore_errors=True)
         return self.staging if os.path.lexists(self.staging) else None

@@ -38,7 +38,9 @@ __all__ = [
     "Plan",
     "file_id",
     "fsync_all",
+    "holds_replaced",
     "pending_journal",
+    "unreachable_journal",
     "write_durably",
 ]
 
@@ -80,15 +82,40 @@ def _undo(entry: dict) -> bool:
     return False
 
 
+def _joined(staging: Path) -> Path | None:
+    try:
+        return Path(json.loads((staging / JOINED).read_text())["journal"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def pending_journal(staging: Path) -> Path | None:
     """The journal of an unfinished publication that ``staging`` takes part in, or None."""
     if (staging / JOURNAL).is_file():
         return staging / JOURNAL
-    try:
-        journal = Path(json.loads((staging / JOINED).read_text())["journal"])
-    except (OSError, ValueError, KeyError, TypeError):
+    journal = _joined(staging)
+    return journal if journal is not None and journal.is_file() else None  # gone: finished or undone
+
+
+def unreachable_journal(staging: Path) -> Path | None:
+    """The journal ``staging``'s pointer names where this host cannot reach it (its folder is not there), or None.
+
+    The pointers are removed before the journal (:meth:`Plan.forget`): a pointer whose journal's whole folder is
+    missing names a publication another host may still have to finish or undo (a disk this host does not mount),
+    never a finished one.
+    """
+    journal = _joined(staging)
+    if journal is None or journal.is_file():
         return None
-    return journal if journal.is_file() else None  # gone: the publication was finished or undone
+    try:
+        return None if journal.parent.is_dir() else journal
+    except OSError:  # a stale mount, no permission: not reachable either
+        return journal
+
+
+def holds_replaced(staging: Path) -> bool:
+    """True when ``staging`` holds earlier files put aside by a publish (kept until its commit point)."""
+    return any(not path.is_dir() or path.is_symlink() for path in (staging / REPLACED).rglob("*"))
 
 
 @dataclass
@@ -155,8 +182,17 @@ class Plan:
         if self.unset is not None:
             self.unset.unlink(missing_ok=True)
 
+    def _folders(self) -> list[Path]:
+        """Every existing folder whose entries the plan's moves (or their undo) change."""
+        folders = []
+        for entry in self.entries:
+            paths = [entry["created"]] if "created" in entry else [entry["source"], entry["target"], entry["backup"]]
+            folders += [Path(path).parent for path in paths if path is not None]
+        return [folder for folder in dict.fromkeys(folders) if folder.is_dir()]
+
     def roll_back(self) -> tuple[list[str], list[str]]:
-        """Put every file back, last move first, going on past any error; forget the plan when all went back.
+        """Put every file back, last move first, going on past any error; once all went back, sync the folders
+        (the moves back durable) and only then forget the plan.
 
         Returns:
             The targets that could not be put back (their earlier files stay in ``.replaced``, the journal
@@ -173,6 +209,10 @@ class Plan:
                 if "target" in entry:
                     failed.append(entry["target"])
         if not failed:
+            try:
+                fsync_all(self._folders())
+            except OSError:  # not durable yet: the journal stays, and the next run undoes it again (a no-op)
+                return failed, skipped
             self.forget()
         return failed, skipped
 
