@@ -7,6 +7,7 @@ Standard library only, and importing nothing else of :mod:`lposs` but :mod:`lpos
 - :mod:`lposs.outputs.lock`: one run per output folder (``flock``, or an exclusive create without it);
 - :mod:`lposs.outputs.journal`: the publish's plan made durable first, and its one commit point;
 - :mod:`lposs.outputs.checks`: every output folder probed before any work.
+- :mod:`lposs.outputs.mounts`: whether ``flock`` there sees other hosts (not on NFS with ``local_lock``).
 """
 
 from __future__ import annotations
