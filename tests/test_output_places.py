@@ -249,3 +249,44 @@ def test_another_users_stale_lock_is_taken_over_or_one_line_says_why_not(tmp_pat
     assert json.loads(lock_path(folder).read_text())["pid"] == os.getpid()
     lock.release()
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------ NFS local_lock
+
+
+def fake_mount_table(tmp_path, monkeypatch, options, kind="nfs4", fmt="mountinfo"):
+    """A mount table in which ``tmp_path`` is a mount of ``kind`` with ``options`` (the root an ext4 disk)."""
+    point = str(tmp_path).replace(" ", "\\040")
+    if fmt == "mountinfo":
+        lines = [
+            "1 0 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+            f"90 1 0:50 / {point} rw - {kind} srv:/x {options}",
+        ]
+    else:
+        lines = ["/dev/sda1 / ext4 rw 0 0", f"srv:/x {point} {kind} {options} 0 0"]
+    table = tmp_path / f"fake_{fmt}"
+    table.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr("lposs.outputs.mounts.MOUNT_TABLES", (str(tmp_path / "none"), str(table)))
+
+
+@pytest.mark.parametrize("fmt", ["mountinfo", "mounts"])
+def test_nfs_with_local_lock_is_not_taken_for_a_cross_host_lock(tmp_path, monkeypatch, fmt):
+    """flock on NFS mounted with local_lock=flock succeeds on every host: another host's lock record decides."""
+    from lposs.evaluation.output_recovery import lock_outputs
+
+    folder = tmp_path / "out"
+    other_host = {"host": "elsewhere", "pid": 4242, "started": "x"}
+    fake_mount_table(tmp_path, monkeypatch, "rw,vers=4.2,local_lock=flock,addr=10.0.0.1", fmt=fmt)
+    lock_path(folder).write_text(json.dumps(other_host))  # a run on another node holds it (its flock unseen here)
+    with pytest.raises(OutputInUse, match="in use by another run \\(PID 4242 on host elsewhere"):
+        OutputLock.acquire(folder)
+    lock_path(folder).unlink()
+    locks, notes = lock_outputs([("--output", folder)], True)
+    assert not locks[0].flocked and len(notes) == 1
+    assert notes[0].startswith(f"--output {folder}: the nfs4 mount {tmp_path} has local_lock=flock")
+    locks[0].release()
+    fake_mount_table(tmp_path, monkeypatch, "rw,vers=4.2,local_lock=none,addr=10.0.0.1", fmt=fmt)
+    lock_path(folder).write_text(json.dumps(other_host))  # a working flock: nobody holds it, so it is stale
+    lock = OutputLock.acquire(folder)
+    assert lock.flocked and lock.note is None and "left by PID 4242 on host elsewhere" in lock.taken_over
+    lock.release()

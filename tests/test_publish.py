@@ -9,6 +9,7 @@ modification time and mode. ``tests/test_publish_cli.py`` does the same to the r
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -202,6 +203,91 @@ def test_earlier_files_are_never_deleted_when_the_journal_was_removed_by_hand(tm
     notes = recover(out)
     assert len(notes) == 1 and notes[0].startswith(f"kept the staging folder {output.staging}")
     assert (output.staging / ".replaced/voc/visualisations/a.png").read_text() == "old a.png"
+    notes = recover(pred)  # the folder that held the journal: its earlier a.png is kept too
+    assert len(notes) == 1 and notes[0].startswith(f"kept the staging folder {predictions.staging}")
+    assert f"earlier files are kept in {predictions.staging / '.replaced'}" in notes[0]
+    assert (predictions.staging / ".replaced/voc/a.png").read_text() == "old a.png"
+
+
+def test_earlier_files_put_aside_are_kept_until_a_commit_point(tmp_path):
+    """An undo that leaves a later file in place cannot put the earlier one back: its staging folder stays."""
+    out, pred = earlier_results(tmp_path)
+    output, predictions = stage_new_run(out, pred)
+    assert in_child(killed_at(8, output, predictions)) == -signal.SIGKILL  # out's a.png replaced by the new one
+    later = out / "voc/visualisations/a.png"
+    later.unlink()
+    later.write_text("a later run's overlay")
+    assert recover(out, pred)
+    assert later.read_text() == "a later run's overlay"
+    assert (output.staging / ".replaced/voc/visualisations/a.png").read_text() == "old a.png"  # not deleted
+    assert (pred / "voc/a.png").read_text() == "old a.png" and not predictions.staging.exists()
+    output.keep = False
+    assert output.discard() == output.staging  # the run's own clean-up keeps it too
+
+
+def test_a_rollback_syncs_the_folders_it_restored_before_it_forgets_its_journal(tmp_path, monkeypatch):
+    out, pred = earlier_results(tmp_path)
+    output, predictions = stage_new_run(out, pred)
+    events, real_fsync, real_replace, real_unlink = [], os.fsync, os.replace, os.unlink
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        if Path(dst) == out / "voc/results.json" and ".replaced" not in Path(src).parts:
+            raise OSError(errno.EIO, "Input/output error", dst)  # the new results.json: the rollback starts
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    def unlink(path, *args, **kwargs):
+        events.append(("unlink", str(path)))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OSError, match="every earlier file was put back"):
+        publish_run(output, predictions)
+    forgotten = events.index(("unlink", str(predictions.staging / JOURNAL)))
+    last_undo = max(i for i, event in enumerate(events[:forgotten]) if event[0] == "replace")
+    synced = {path for kind, path in events[last_undo:forgotten] if kind == "fsync"}
+    assert {str(pred / "voc"), str(out / "voc"), str(out / "voc/visualisations")} <= synced
+    assert (out / "voc/results.json").read_text() == "old results.json"
+
+
+def test_a_journal_this_host_cannot_reach_is_never_taken_for_finished(tmp_path):
+    out, pred = earlier_results(tmp_path)
+    shutil.rmtree(out)  # no earlier files in out: nothing of it is put aside, only new files moved in
+    before = files_of(pred)
+    output, predictions = stage_new_run(out, pred)
+    assert in_child(killed_at(8, output, predictions)) == -signal.SIGKILL
+    assert (out / "voc/visualisations/a.png").read_text().startswith("new")
+    mounted = predictions.staging.rename(tmp_path / "node-local")  # the journal's disk, not mounted here
+    notes = recover(out)
+    assert len(notes) == 1 and notes[0].startswith(f"kept the staging folder {output.staging}")
+    assert f"its publish journal {predictions.staging / JOURNAL} is not reachable from this host" in notes[0]
+    assert (output.staging / "voc/results.json").is_file()  # the staged results, and the pointer, kept
+    mounted.rename(predictions.staging)  # where the journal is reachable, the publish is undone
+    recover(out, pred)
+    assert files_of(pred) == before and files_of(out) == {} and beside(out) == beside(pred) == []
+
+
+def test_a_folder_named_like_staging_is_ours_only_with_our_owner_record(tmp_path):
+    out = tmp_path / "res"
+    out.mkdir()
+    theirs, forged = tmp_path / ".res.partial-old", tmp_path / ".res.partial-abc"
+    for folder in (theirs, forged):
+        folder.mkdir()
+        (folder / "notes.txt").write_text("the user's")
+    (forged / ".owner").write_text("[1, 2]")  # a file of that name, not a record of a run
+    notes = recover(out)  # with a working flock: every staging folder of a run would be stale
+    assert (theirs / "notes.txt").read_text() == (forged / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".res.partial-abc", ".res.partial-old", "res"]
+    assert notes == [
+        f"left {folder} alone: named like a staging folder, but without the owner record of a run"
+        for folder in (forged, theirs)
+    ]
 
 
 def test_journal_and_folders_are_durable_before_the_first_move_and_at_the_commit(tmp_path, monkeypatch):

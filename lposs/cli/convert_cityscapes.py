@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from lposs.datasets.label_conversion import (
     remap_label,
     run_converter,
 )
+from lposs.files.atomic import atomic_target
 
 SUFFIX = "_gtFine_labelTrainIds.png"
 
@@ -77,12 +77,8 @@ def convert_with_cityscapesscripts(split_dir: Path) -> int:
     files = _find(split_dir, "*_gtFine_polygons.json")
     for src in tqdm(files, desc=f"Cityscapes {split_dir.name}", unit="file"):
         dst = src.with_name(src.name.replace("_gtFine_polygons.json", SUFFIX))
-        tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.png")  # json2labelImg infers PNG from the name
-        try:
+        with atomic_target(dst, suffix=".png") as tmp:  # json2labelImg infers PNG from the name
             json2labelImg(str(src), str(tmp), "trainIds")
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
     return len(files)
 
 

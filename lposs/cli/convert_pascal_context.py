@@ -18,7 +18,6 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from lposs.datasets import DatasetError
 from lposs.datasets.label_conversion import convert_label_files, pascal_context_lut, remap_label, run_converter
+from lposs.files.atomic import atomic_write_text
 
 SPLITS = ("train", "val")
 
@@ -51,10 +51,7 @@ def read_mat_label(path: Path) -> np.ndarray:
 
 def _write_split(voc2010: Path, split: str, names: list[str]) -> None:
     out = voc2010 / "ImageSets" / "SegmentationContext" / f"{split}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{name}\n" for name in sorted(names)))
-    os.replace(tmp, out)
+    atomic_write_text(out, "".join(f"{name}\n" for name in sorted(names)))
     print(f"wrote {len(names)} ids to {out}")
 
 

@@ -6,12 +6,13 @@ by the checks of datasets described in a file (:mod:`lposs.datasets.custom`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from lposs.files.walk import walk_once
 
 from .errors import DatasetError
 
@@ -92,7 +93,7 @@ def list_image_files(folder: Path) -> list[Path]:
     The order depends on the names alone, so every process and every later run lists the same sequence.
     """
     suffixes, found = image_suffixes(), []
-    for root, folders, files in os.walk(folder, followlinks=True):
+    for root, folders, files in walk_once(folder):  # links followed, each real folder once (no loop)
         folders[:] = [name for name in folders if not name.startswith(".")]
         here = Path(root).relative_to(folder)
         found += [here / name for name in files if not name.startswith(".") and Path(name).suffix.lower() in suffixes]

@@ -7,7 +7,6 @@ A table is a lookup array ``lut`` of int16: ``new = lut[old]``; ``-1`` marks an 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from lposs.files.atomic import atomic_target
 
 from .errors import DatasetError
 
@@ -208,14 +209,9 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 def write_png_atomic(label: np.ndarray, path: Path) -> None:
-    """Write a ``[H, W]`` uint8 label PNG; a temporary name is renamed, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    """Write a ``[H, W]`` uint8 label PNG whole or not at all (:func:`lposs.files.atomic.atomic_target`)."""
+    with atomic_target(path) as tmp:
         Image.fromarray(label).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def convert_label_files(jobs: Sequence[tuple[Path, Path]], convert: Callable[[Path], np.ndarray], desc: str) -> int:

@@ -8,12 +8,13 @@ headers alone (before any weights load): its label exists, can be read as class 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mmcv
 from mmseg.datasets import CustomDataset
 from PIL import Image
+
+from lposs.files.walk import walk_once
 
 from .custom import DatasetFile
 from .errors import DatasetError
@@ -66,7 +67,7 @@ class UserDataset(CustomDataset):
             names = [line.strip() for line in Path(split).read_text().splitlines() if line.strip()]
         else:
             names = []
-            for root, folders, files in os.walk(img_dir, followlinks=True):
+            for root, folders, files in walk_once(img_dir):  # links followed, each real folder once
                 folders[:] = [name for name in folders if not name.startswith(".")]
                 here = Path(root).relative_to(img_dir)
                 names += [

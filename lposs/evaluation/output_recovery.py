@@ -4,9 +4,12 @@ Rank 0 locks every output folder (:class:`lposs.outputs.lock.OutputLock`), then 
 folder's staging folders (:func:`lposs.outputs.place.staging_folders`). One whose owner no longer runs
 is stale: while this run holds a working ``flock`` on the folder, every staging folder of it is (its owner held
 the same lock), whatever host made it; otherwise the ``.owner`` record decides (a dead process of this host).
+Only a folder holding an ``.owner`` record (written first, when a run makes its staging folder) is ours: a folder
+that is merely named like staging is the user's, and is never removed or renamed.
 A stale staging folder with an unfinished publish has it finished or undone from its journal
 (:class:`lposs.outputs.journal.Plan`), over every folder that publish touched, while the locks of
-those folders are held; then it is removed. Each folder handled or left is one log line.
+those folders are held; then it is removed, unless it still holds earlier files put aside before a commit
+point (``.replaced``) or points to a journal this host cannot reach. Each folder handled or left is one log line.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lposs.outputs.journal import JOINED, REPLACED, Plan, pending_journal
+from lposs.outputs.journal import REPLACED, Plan, holds_replaced, pending_journal, unreachable_journal
 from lposs.outputs.lock import OutputInUse, OutputLock, describe, is_dead_here
 from lposs.outputs.place import resolved, staging_folders
 
@@ -25,11 +28,14 @@ __all__ = ["clean_stale_staging", "lock_outputs"]
 
 
 def _owner(staging: Path) -> dict | None:
+    """The ``.owner`` record a run writes first into its staging folder; None when there is none (not ours)."""
     try:
         owner = json.loads((staging / ".owner").read_text())
     except (OSError, ValueError):
         return None
-    return owner if isinstance(owner, dict) else None
+    if not isinstance(owner, dict) or not isinstance(owner.get("host"), str) or not isinstance(owner.get("pid"), int):
+        return None
+    return owner
 
 
 def _recover(journal: Path, held: dict[Path, bool]) -> tuple[bool, str]:
@@ -53,13 +59,25 @@ def _recover(journal: Path, held: dict[Path, bool]) -> tuple[bool, str]:
 
 def _resolve(staging: Path, held: dict[Path, bool]) -> tuple[bool, str]:
     """Finish or undo the publish ``staging`` takes part in, if any; (may it be removed now, what was done)."""
+    what = ""
     journal = pending_journal(staging)
     if journal is not None:
         done, what = _recover(journal, held)
-        return done, f", {what}"
-    if (staging / JOINED).exists() and any((staging / REPLACED).rglob("*")):  # its journal removed by hand
-        return False, f", earlier files are in {staging / REPLACED} and the journal that says where they go is gone"
-    return True, ""
+        if not done:
+            return False, f", {what}"
+        what = f", {what}"
+    lost = unreachable_journal(staging)
+    if lost is not None:
+        return False, (
+            f", its publish journal {lost} is not reachable from this host (a disk it does not mount?): "
+            "run again where it is, or remove the folder once that publish is known to be finished"
+        )
+    if holds_replaced(staging):  # before a commit point, or its journal removed by hand: never deleted
+        return (
+            False,
+            f"{what}; earlier files are kept in {staging / REPLACED} (put them back by hand if they are yours)",
+        )
+    return True, what
 
 
 def clean_stale_staging(final: Path, held: dict[Path, bool] | None = None) -> list[str]:
@@ -77,8 +95,11 @@ def clean_stale_staging(final: Path, held: dict[Path, bool] | None = None) -> li
     lines = []
     for staging in staging_folders(final):
         owner = _owner(staging)
-        who = "no owner record" if owner is None else describe(owner)
-        if not (held.get(final, False) or (owner is not None and is_dead_here(owner))):
+        if owner is None:
+            lines.append(f"left {staging} alone: named like a staging folder, but without the owner record of a run")
+            continue
+        who = describe(owner)
+        if not (held.get(final, False) or is_dead_here(owner)):
             lines.append(
                 f"left the staging folder {staging} in place ({who} may still run); remove it if no run uses it"
             )
@@ -118,7 +139,7 @@ def lock_outputs(folders: list[tuple[str, Path | None]], is_main: bool) -> tuple
                     continue
                 locks.append(OutputLock.acquire(folder, flag))
                 held[locks[-1].folder] = locks[-1].flocked
-                notes += [locks[-1].taken_over] if locks[-1].taken_over else []
+                notes += [note for note in (locks[-1].taken_over, locks[-1].note) if note]
             for final in held:
                 notes += clean_stale_staging(final, held)
         except OutputInUse as error:

@@ -1,19 +1,17 @@
-"""Writing results: atomic files, the paper-style table, the run's environment, optional wandb logging."""
+"""Writing results: the paper-style table, the run's environment, optional wandb logging."""
 
 from __future__ import annotations
 
 import importlib
-import os
-import re
 import subprocess
-import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+# The package's one durable atomic write (lposs.files.atomic), importable from here as before.
+from lposs.files.atomic import TEMPORARY_NAME, atomic_target, atomic_write_text, default_file_mode, naming_path
 
 __all__ = [
     "TEMPORARY_NAME",
@@ -31,8 +29,6 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The names atomic_target writes to before the rename: a run killed meanwhile leaves such a file, never a half one.
-TEMPORARY_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 # Distribution names of the packages whose versions go into results.json.
 _VERSIONED_PACKAGES = {"torch": "torch", "open_clip": "open_clip_torch", "timm": "timm", "mmseg": "mmsegmentation"}
 
@@ -46,65 +42,6 @@ _COLUMN_NAMES = {
     "cityscapes": "City",
     "ade20k": "ADE",
 }
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` gives a new file: ``0o666`` minus the process umask (0644 with the usual umask 022)."""
-    try:  # Linux tells the umask without changing it (loader threads may be creating files meanwhile)
-        with open("/proc/self/status") as status:
-            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = os.umask(0)  # elsewhere reading the umask means setting it: put it straight back
-        os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def naming_path(path: Path | str) -> Iterator[None]:
-    """An ``OSError`` without a file name (a ``write`` on a full disk) raised again naming ``path``."""
-    try:
-        yield
-    except OSError as error:
-        if error.filename is not None or error.errno is None:
-            raise
-        raise type(error)(error.errno, error.strerror, str(path)) from error
-
-
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to; renamed to ``path`` when the block ends, removed on any error.
-
-    The name is hidden and unique (``.NAME.PID.XXXXXXXX.tmp``, :data:`TEMPORARY_NAME`), in the same folder (the
-    rename is atomic), and not made by ``mkstemp``, whose 0600 mode would stay on the final file. An ``OSError``
-    without a file name (a full disk) names ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with naming_path(path):
-            yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file.
-
-    The file gets the usual mode (``0o666`` minus the umask), not the ``0600`` of ``mkstemp``. An ``OSError``
-    (a full disk) names ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with naming_path(path), os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def column_name(key: str) -> str:

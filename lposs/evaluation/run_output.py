@@ -25,13 +25,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import ModuleType
 
+from lposs.files.atomic import atomic_write_text, default_file_mode, replace_durably
 from lposs.outputs.checks import OutputLocationError
-from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id
+from lposs.outputs.journal import JOINED, JOURNAL, PRIVATE, REPLACED, Plan, file_id, holds_replaced
 from lposs.outputs.lock import holder_record
 from lposs.outputs.place import resolved, staging_prefix, staging_root
 
 from .interrupts import signals_held
-from .reporting import default_file_mode
 
 __all__ = ["Publication", "PublishError", "StagedFolder", "all_or_nothing", "broadcast_from_main"]
 
@@ -210,7 +210,7 @@ class StagedFolder:
             root = staging_root(final)
             root.mkdir(parents=True, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=staging_prefix(final, root), dir=root)
-            (Path(staging) / _OWNER).write_text(json.dumps(holder_record()) + "\n")
+            atomic_write_text(Path(staging) / _OWNER, json.dumps(holder_record()) + "\n")  # first: ours
             paths = (str(final), staging)
         folder = cls(*map(Path, broadcast_from_main(paths)))
         try:
@@ -288,10 +288,8 @@ class StagedFolder:
                         shutil.copyfileobj(old, out)
                 with open(source, "rb") as new:
                     shutil.copyfileobj(new, out)
-                out.flush()
-                os.fsync(out.fileno())
             os.chmod(combined, target.stat().st_mode & 0o7777 if target.is_file() else default_file_mode())
-            os.replace(combined, target)
+            replace_durably(combined, target)
         except OSError as error:  # named after the log, not the copy in staging
             raise type(error)(error.errno, error.strerror, str(target)) from error
         finally:
@@ -304,7 +302,7 @@ class StagedFolder:
 
         Kept: with a journal or a pointer to one (an unfinished publish: the next run finishes or undoes it);
         after a failed publish, renamed ``...unpublished-XXXX`` (the computed results; no later run removes it);
-        or when it cannot be removed.
+        with earlier files put aside (``.replaced``) and no commit point passed; or when it cannot be removed.
         """
         if (self.staging / JOURNAL).exists() or (self.staging / JOINED).exists():
             return self.staging
@@ -316,5 +314,7 @@ class StagedFolder:
             except OSError:
                 return self.staging
             return kept
+        if holds_replaced(self.staging):  # earlier files are deleted only after a commit point (Plan.finish)
+            return self.staging
         shutil.rmtree(self.staging, ignore_errors=True)
         return self.staging if os.path.lexists(self.staging) else None

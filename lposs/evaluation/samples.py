@@ -3,8 +3,6 @@ loader workers), and label maps written as PNG files atomically."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lposs.datasets import load_image, load_label, stray_labels
+from lposs.files.atomic import atomic_target
 from lposs.segmentation.windows import resize_to_fit
-
-from .reporting import default_file_mode, naming_path
 
 __all__ = ["PassSamples", "save_label_png"]
 
@@ -53,18 +50,9 @@ class PassSamples(Dataset):
 
 
 def save_label_png(labels: np.ndarray, path: Path, palette: list | None = None) -> None:
-    """Write a ``[H, W]`` label map (values < 256) as a PNG, atomically (temp file, then rename), mode 0666 - umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a ``[H, W]`` label map (values < 256) as a PNG, durably and atomically (``atomic_target``), mode 0666 - umask."""
     image = Image.fromarray(labels.astype(np.uint8), mode="P" if palette else "L")
     if palette:
         image.putpalette([channel for colour in palette for channel in colour][: 256 * 3])
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        with naming_path(path):  # a full disk names the file
-            image.save(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_target(path) as tmp:
+        image.save(tmp, format="PNG")

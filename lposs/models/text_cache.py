@@ -11,7 +11,6 @@ does not match (other key, corrupt file, wrong shape, non-finite values) is igno
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from lposs.files.atomic import atomic_target
 
 CACHE_ENV = "LPOSS_CACHE_DIR"
 FORMAT_VERSION = 1
@@ -103,21 +104,14 @@ def load_embeddings(key: Mapping[str, Any]) -> torch.Tensor | None:
 
 
 def save_embeddings(key: Mapping[str, Any], embeddings: torch.Tensor) -> None:
-    """Write an entry atomically (temporary file, then rename; mode 0644). A failed write only warns."""
+    """Write an entry durably and atomically (``atomic_target``; mode 0666 minus the umask). A failed write only warns."""
     folder = text_cache_dir()
     if folder is None:
         return
     path, text = _entry_path(folder, key)
-    temp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor, temp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=".tmp")
-        with os.fdopen(descriptor, "wb") as handle:
+        with atomic_target(path) as temp, open(temp, "wb") as handle:
             torch.save({"key": text, "embeddings": embeddings.detach().float().cpu().contiguous()}, handle)
-        os.chmod(temp, 0o644)  # mkstemp creates 0600; the cache is as readable as any other cache file
-        os.replace(temp, path)
     except OSError as error:
-        if temp is not None and os.path.exists(temp):
-            os.unlink(temp)
         message = f"text-embedding cache not written to {folder} ({error}); set {CACHE_ENV}=off to skip it"
         warnings.warn(message, RuntimeWarning, stacklevel=2)

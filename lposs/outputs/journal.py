@@ -14,7 +14,7 @@ put aside are deleted, then ``.joined``, the journal and the marker, in that ord
 deleted before the commit point. A move is undone only while the final file is still the one the journal moved
 in (same inode, size and modification time): a file changed since is left as it is, and named.
 
-Standard library only.
+Standard library only (and :mod:`lposs.files.atomic`, the package's durable write).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lposs.files.atomic import fsync_all, temporary_file, write_durably
 
 __all__ = [
     "COMMITTED",
@@ -38,7 +38,9 @@ __all__ = [
     "Plan",
     "file_id",
     "fsync_all",
+    "holds_replaced",
     "pending_journal",
+    "unreachable_journal",
     "write_durably",
 ]
 
@@ -47,70 +49,6 @@ JOINED = ".joined"  # in every other staging folder of the publication: the jour
 COMMITTED = ".committed"  # beside the journal: the commit point
 REPLACED = ".replaced"  # earlier files put aside by the publication, until it is committed
 PRIVATE = (JOURNAL, JOINED, COMMITTED, REPLACED)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_POOL: list[ThreadPoolExecutor] = []  # one for the process: starting threads for every sync costs more than it
-
-
-def _forget_pool() -> None:
-    _POOL.clear()  # a forked child has none of the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def fsync_all(paths: Iterable[Path]) -> None:
-    """Make files (their data) or folders (their entries) durable; several at once in threads.
-
-    fsync releases the GIL and file systems batch concurrent syncs: thousands of prediction files take
-    seconds, not minutes.
-    """
-    paths = list(dict.fromkeys(paths))
-    if len(paths) < 2:
-        for path in paths:
-            _fsync(path)
-        return
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(8, thread_name_prefix="lposs-fsync"))
-    list(_POOL[0].map(_fsync, paths))
-
-
-def _temporary(path: Path, text: str) -> Path:
-    """``text`` written to a new temporary file beside ``path`` (not yet synced)."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    return Path(tmp)
-
-
-def write_durably(texts: dict[Path, str], data: Iterable[Path] = ()) -> None:
-    """Each path holds its text whole or not at all, also after a power loss; ``data`` files synced alongside.
-
-    Temporary files are written, synced (with ``data``) in one round, renamed into place, and their folders
-    synced in a second round: two waits for the disk, however many files.
-    """
-    temporary: dict[Path, Path] = {}
-    try:
-        for path, text in texts.items():
-            temporary[path] = _temporary(path, text)
-        fsync_all([*data, *temporary.values()])
-        for path, tmp in temporary.items():
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temporary.values():
-            with suppress(OSError):
-                os.unlink(tmp)
-        raise
-    fsync_all(path.parent for path in texts)
 
 
 def file_id(path: Path | str) -> list[int]:
@@ -144,15 +82,40 @@ def _undo(entry: dict) -> bool:
     return False
 
 
+def _joined(staging: Path) -> Path | None:
+    try:
+        return Path(json.loads((staging / JOINED).read_text())["journal"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def pending_journal(staging: Path) -> Path | None:
     """The journal of an unfinished publication that ``staging`` takes part in, or None."""
     if (staging / JOURNAL).is_file():
         return staging / JOURNAL
-    try:
-        journal = Path(json.loads((staging / JOINED).read_text())["journal"])
-    except (OSError, ValueError, KeyError, TypeError):
+    journal = _joined(staging)
+    return journal if journal is not None and journal.is_file() else None  # gone: finished or undone
+
+
+def unreachable_journal(staging: Path) -> Path | None:
+    """The journal ``staging``'s pointer names where this host cannot reach it (its folder is not there), or None.
+
+    The pointers are removed before the journal (:meth:`Plan.forget`): a pointer whose journal's whole folder is
+    missing names a publication another host may still have to finish or undo (a disk this host does not mount),
+    never a finished one.
+    """
+    journal = _joined(staging)
+    if journal is None or journal.is_file():
         return None
-    return journal if journal.is_file() else None  # gone: the publication was finished or undone
+    try:
+        return None if journal.parent.is_dir() else journal
+    except OSError:  # a stale mount, no permission: not reachable either
+        return journal
+
+
+def holds_replaced(staging: Path) -> bool:
+    """True when ``staging`` holds earlier files put aside by a publish (kept until its commit point)."""
+    return any(not path.is_dir() or path.is_symlink() for path in (staging / REPLACED).rglob("*"))
 
 
 @dataclass
@@ -189,7 +152,7 @@ class Plan:
         texts.update(
             {staging / JOINED: json.dumps({"journal": str(self.journal)}) + "\n" for _, staging in self.folders[1:]}
         )
-        self.unset = _temporary(self.marker, "")
+        self.unset = temporary_file(self.marker)
         write_durably(texts, [*data, self.unset])
 
     def commit(self, touched: Iterable[Path]) -> None:
@@ -219,8 +182,17 @@ class Plan:
         if self.unset is not None:
             self.unset.unlink(missing_ok=True)
 
+    def _folders(self) -> list[Path]:
+        """Every existing folder whose entries the plan's moves (or their undo) change."""
+        folders = []
+        for entry in self.entries:
+            paths = [entry["created"]] if "created" in entry else [entry["source"], entry["target"], entry["backup"]]
+            folders += [Path(path).parent for path in paths if path is not None]
+        return [folder for folder in dict.fromkeys(folders) if folder.is_dir()]
+
     def roll_back(self) -> tuple[list[str], list[str]]:
-        """Put every file back, last move first, going on past any error; forget the plan when all went back.
+        """Put every file back, last move first, going on past any error; once all went back, sync the folders
+        (the moves back durable) and only then forget the plan.
 
         Returns:
             The targets that could not be put back (their earlier files stay in ``.replaced``, the journal
@@ -237,6 +209,10 @@ class Plan:
                 if "target" in entry:
                     failed.append(entry["target"])
         if not failed:
+            try:
+                fsync_all(self._folders())
+            except OSError:  # not durable yet: the journal stays, and the next run undoes it again (a no-op)
+                return failed, skipped
             self.forget()
         return failed, skipped
 

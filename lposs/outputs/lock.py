@@ -8,11 +8,13 @@ goes: :mod:`lposs.outputs.place`). Each file is a one-line JSON record::
 The lock itself is an exclusive ``flock`` on each file, which the kernel releases when its holder dies, however
 it dies; the record only says who holds it. Where the file system has no ``flock`` (some network mounts) the
 file is created exclusively (``O_EXCL``: of two runs started in the same instant one gets it) and the record
-decides: a holder on this host whose process is gone has left a stale lock. A stale lock is taken over with one
+decides: a holder on this host whose process is gone has left a stale lock. On NFS mounted with ``local_lock``
+(:mod:`lposs.outputs.mounts`) ``flock`` works but sees this host only: it is taken, and the record decides as
+without it (:attr:`OutputLock.flocked` is then False, and :attr:`OutputLock.note` says why). A stale lock is taken over with one
 log line, also another user's (its file is replaced by one of ours; where the folder forbids that, one line
 says why). Only rank 0 of a distributed run takes the locks (the ranks of several nodes share them).
 
-Standard library only: tests import this module in child processes that must start fast.
+Standard library only (and :mod:`lposs.files`): tests import this module in child processes that must start fast.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lposs.files.atomic import replace_durably
+
+from .mounts import local_flock
 from .place import HIDDEN, lock_files, resolved
 
 __all__ = [
@@ -183,7 +188,7 @@ def _replace_foreign(path: Path, old_fd: int, flag: str, folder: Path, holder: d
     try:
         os.fchmod(fd, 0o644)
         _flock(fd)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except OSError as error:
         os.close(fd)
         os.unlink(tmp)
@@ -220,8 +225,12 @@ def _remove_stale(path: Path, fd: int, flag: str, folder: Path, holder: dict) ->
     os.unlink(tomb)
 
 
-def _lock_file(path: Path, flag: str, folder: Path) -> tuple[int, dict, bool]:
-    """Hold ``path`` (made if missing): ``(fd, previous holder's record, flock works)``; OutputInUse if held."""
+def _lock_file(path: Path, flag: str, folder: Path, trust_flock: bool = True) -> tuple[int, dict, bool]:
+    """Hold ``path`` (made if missing): ``(fd, previous holder's record, flock works)``; OutputInUse if held.
+
+    Without ``trust_flock`` (a flock that cannot see other hosts) the flock is still taken, and the record
+    decides as where there is none.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     removed: dict = {}  # the record of a stale lock file taken away (no flock), for the log line
     while True:
@@ -235,6 +244,8 @@ def _lock_file(path: Path, flag: str, folder: Path) -> tuple[int, dict, bool]:
         try:
             previous = removed if created else _read_record(path)
             state = _flock(fd)
+            if state == "locked" and not trust_flock:
+                state = "unsupported"  # this host's runs are excluded by the flock, other hosts' by the record
             if state == "busy" or (state == "unsupported" and not created and _fallback_live(previous, path)):
                 raise _in_use(flag, folder, path, previous)
             if state == "unsupported" and not created:  # stale: take it away, then create it exclusively
@@ -259,6 +270,7 @@ class OutputLock:
     fds: list[int]
     flocked: bool  # every lock file holds a working flock: no other live run can hold the folder
     taken_over: str | None = None  # one line when a stale lock was taken over
+    note: str | None = None  # one line when flock cannot see other hosts (NFS with local_lock)
     _released: bool = field(default=False, repr=False)
 
     @property
@@ -279,7 +291,13 @@ class OutputLock:
         stale = {}
         try:
             for path in lock_files(folder):
-                fd, previous, flocked = _lock_file(path, flag, folder)
+                local = local_flock(path.parent)
+                if local is not None:
+                    lock.note = (
+                        f"{flag} {folder}: {local}, so flock there cannot see runs on other hosts: staging folders "
+                        "are judged by their owner records, and a lock left by a run on another host must be removed by hand"
+                    )
+                fd, previous, flocked = _lock_file(path, flag, folder, local is None)
                 lock.paths.append(path)
                 lock.fds.append(fd)
                 lock.flocked &= flocked
