@@ -103,6 +103,29 @@ def test_other_ignore_index_and_stray_values(tmp_path):
         assert stray_labels(dataset, idx, labels[name])["values"] == ["3", "5", "256"]
 
 
+def test_palette_pngs_give_their_indices_and_agree_with_the_palette_key(tmp_path):
+    """A palette PNG's indices are its label values; a palette key that gives each value the file's own colour of
+    that index is accepted (the refusal of one that does not: BAD_INPUTS)."""
+    path, raw = make_user_dataset(tmp_path, BASE + "palette: [[0, 0, 0], [128, 0, 0], [0, 128, 0]]\n")
+    for name in SORTED:
+        palette_label(tmp_path, name, [[0, 0, 0], RED, GREEN, *[[9, 9, 9]] * 253])
+    dataset, names, labels = labels_of(path)
+    assert Image.open(tmp_path / "labels" / f"{names[0]}.png").mode == "P"
+    for name in names:
+        np.testing.assert_array_equal(labels[name], raw[name])
+
+
+def test_negative_label_values_are_reported_as_numbers(tmp_path):
+    path, raw = make_user_dataset(tmp_path, BASE.replace("labels: labels", "labels: labels\nlabel_suffix: .tif"))
+    for name, values in raw.items():
+        signed = values.astype(np.float32)
+        signed[5:7, 8:11] = -1.0
+        Image.fromarray(signed).save(tmp_path / "labels" / f"{name}.tif")
+    dataset, names, labels = labels_of(path)
+    report = stray_labels(dataset, 0, labels[names[0]])
+    assert report["pixels"] == 6 and report["values"] == ["-1"]
+
+
 def test_a_name_in_the_user_folder(tmp_path, monkeypatch):
     text = BASE.replace("name: mydata", "name: shelf").replace(": images", f": {tmp_path}/images")
     path, _ = make_user_dataset(tmp_path, text.replace(": labels", f": {tmp_path}/labels"))  # absolute folders
@@ -120,6 +143,21 @@ def test_a_name_in_the_user_folder(tmp_path, monkeypatch):
 
 def bad_label(root, name, array):
     Image.fromarray(array).save(root / "labels" / f"{name}.png")
+
+
+RED, GREEN = [128, 0, 0], [0, 128, 0]
+
+
+def palette_label(root, name, colours):
+    """The label of ``name`` saved again as a palette PNG (same indices) whose index i has ``colours[i]``."""
+    path = root / "labels" / f"{name}.png"
+    image = Image.fromarray(np.array(Image.open(path)), mode="P")
+    image.putpalette([c for colour in colours for c in colour])
+    image.save(path)
+
+
+def edit_bytes(path, old, new):
+    path.write_bytes(path.read_bytes().replace(old, new))
 
 
 # Each bad input: (what the test changes, fragments of the one line; "{x}" is filled in with tmp_path).
@@ -155,6 +193,39 @@ BAD_INPUTS = {
     ),
     "unknown key": (lambda root: _yaml(root, "labels:", "labls:"), ["{x}/mydata.yaml", "unknown key 'labls'"]),
     "a benchmark's name": (lambda root: _yaml(root, "name: mydata", "name: voc"), ["{x}/mydata.yaml", "benchmark"]),
+    "a key given twice": (
+        lambda root: _yaml(root, "labels: labels", "labels: labels\nlabels: masks"),
+        ["{x}/mydata.yaml", "key 'labels' is given twice (lines 3 and 4)"],
+    ),
+    "a palette value given twice": (
+        lambda root: _yaml(root, "classes:", "palette: {0: [0, 0, 0], 0: [1, 1, 1], 1: [2, 2, 2]}\nclasses:"),
+        ["{x}/mydata.yaml", "key 0 is given twice (line 4)"],
+    ),
+    "a dataset file not in UTF-8": (
+        lambda root: edit_bytes(root / "mydata.yaml", b"classes:", b"# caf\xe9\nclasses:"),
+        ["dataset file {x}/mydata.yaml: not UTF-8 text (byte 0xe9 on line 4)"],
+    ),
+    "a class file not in UTF-8": (
+        lambda root: (_yaml(root, CLASSES, "names.txt"), (root / "names.txt").write_bytes(b"sky\ntr\xe9e\nroad\n")),
+        ["class file {x}/names.txt: not UTF-8 text (byte 0xe9 on line 2)"],
+    ),
+    "a split file not in UTF-8": (
+        lambda root: (
+            _yaml(root, "classes:", "split: val.txt\nclasses:"),
+            (root / "val.txt").write_bytes(b"a\n\xff\n"),
+        ),
+        ["split file {x}/val.txt: not UTF-8 text (byte 0xff on line 2)"],
+    ),
+    "a palette PNG whose colours disagree with the palette key": (
+        lambda root: (
+            _yaml(root, "classes:", "palette: [[0, 0, 0], [0, 128, 0], [128, 0, 0]]\nclasses:"),
+            palette_label(root, "site_a/0001", [[0, 0, 0], RED, GREEN]),
+        ),
+        [
+            "label {x}/labels/site_a/0001.png is a palette image whose index 1 has colour [128, 0, 0]",
+            "the dataset file's palette gives label value 1 the colour [0, 128, 0]",
+        ],
+    ),
     "split lists a missing image": (
         lambda root: (_yaml(root, "classes:", "split: val.txt\nclasses:"), (root / "val.txt").write_text("site_c/9\n")),
         ["image not found: {x}/images/site_c/9.jpg"],

@@ -16,9 +16,9 @@ from mmseg.datasets import CustomDataset
 from PIL import Image
 
 from .custom import DatasetFile
-from .errors import DatasetError
+from .errors import DatasetError, read_text_file
 from .image_files import decoded_image_size
-from .labels import label_mode_problem, read_label
+from .labels import label_mode_problem, palette_problem, read_label
 
 __all__ = ["UserDataset", "build_user_dataset", "check_samples"]
 
@@ -63,7 +63,8 @@ class UserDataset(CustomDataset):
         """Samples in split-file order, else every image under ``img_dir`` (recursively, hidden names skipped)
         sorted by path; a label is the image's path with ``label_suffix`` for ``image_suffix``."""
         if split is not None:
-            names = [line.strip() for line in Path(split).read_text().splitlines() if line.strip()]
+            text = read_text_file(Path(split), "split file")
+            names = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             names = []
             for root, folders, files in os.walk(img_dir, followlinks=True):
@@ -87,9 +88,11 @@ def _sample_problem(image: Path, label: Path, spec: DatasetFile) -> str | None:
     try:
         with Image.open(label) as opened:
             mode, (width, height) = opened.mode, opened.size
+            problem = label_mode_problem(mode, label, spec.palette is not None) or palette_problem(
+                opened, label, spec.palette
+            )
     except Exception as error:
         return f"cannot read label {label}: {type(error).__name__}: {error}"
-    problem = label_mode_problem(mode, label, spec.palette is not None)
     if problem is not None:
         return problem
     try:
