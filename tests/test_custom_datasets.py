@@ -126,6 +126,36 @@ def test_negative_label_values_are_reported_as_numbers(tmp_path):
     assert report["pixels"] == 6 and report["values"] == ["-1"]
 
 
+def test_resume_recomputes_a_result_whose_dataset_file_changed(tmp_path):
+    """results.json records the dataset file's resolved content; --resume keeps a result only while the file's keys,
+    classes and image list are as recorded, and the log names what changed."""
+    path, _ = make_user_dataset(tmp_path, BASE)
+    out = tmp_path / "out"
+    args = ["maskclip.yaml", "--dataset", str(path), "--output", str(out), *SMALL, *TINY]
+    assert run(args) == 0
+    results = out / "results.json"
+    recorded = json.loads(results.read_text())["dataset_file"]
+    assert recorded["classes"] == ["sky;cloud", "tree", "road"] and recorded["images"]["count"] == 2
+    assert recorded["keys"]["reduce_zero_label"] is False and recorded["file"] == str(path)
+    first = results.read_bytes()
+    assert run([*args, "--resume"]) == 0
+    assert results.read_bytes() == first and "--resume: mydata is complete, skipped" in (out / "eval.log").read_text()
+    changed = f"--resume: mydata is recomputed: the dataset file {path} changed: "
+    _yaml(tmp_path, "road]", "street]")  # the class list edited
+    assert run([*args, "--resume"]) == 0
+    record = json.loads(results.read_text())
+    assert list(record["IoU"]) == ["sky", "tree", "street"] and record["dataset_file"]["classes"][-1] == "street"
+    log = (out / "eval.log").read_text()
+    assert changed + 'classes ["sky;cloud", "tree", "road"] -> ["sky;cloud", "tree", "street"]' in log
+    _yaml(tmp_path, "classes:", "reduce_zero_label: true\nsplit: val.txt\nclasses:")
+    (tmp_path / "val.txt").write_text(f"{SORTED[0]}\n")
+    assert run([*args, "--resume"]) == 0
+    record = json.loads(results.read_text())
+    assert record["num_images"] == 1 and record["dataset_file"]["keys"]["reduce_zero_label"] is True
+    log = (out / "eval.log").read_text()
+    assert changed + 'split null -> "val.txt"; reduce_zero_label false -> true; the image list (2 -> 1 images)' in log
+
+
 def test_a_name_in_the_user_folder(tmp_path, monkeypatch):
     text = BASE.replace("name: mydata", "name: shelf").replace(": images", f": {tmp_path}/images")
     path, _ = make_user_dataset(tmp_path, text.replace(": labels", f": {tmp_path}/labels"))  # absolute folders

@@ -8,6 +8,8 @@ headers alone (before any weights load): its label exists, can be read as class 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -58,6 +60,31 @@ class UserDataset(CustomDataset):
         colours = [spec.palette.get(v) for v in spec.class_values()] if spec.palette else []
         # mmseg draws random colours for a dataset without a palette: None lets the outputs pick theirs
         self.PALETTE = [list(c) for c in colours] if colours and None not in colours else None
+
+    def resolved_content(self) -> dict:
+        """What this dataset's results depend on, as JSON: the file's keys as resolved (defaults filled in), its
+        classes (a class file read), and its image list (count and a SHA-256 of the names with their labels, in
+        order). ``results.json`` records it; ``--resume`` recomputes a result whose record differs."""
+        spec = self.spec
+        keys = {
+            "images": spec.images,
+            "labels": spec.labels,
+            "relative_to": spec.relative_to,
+            "image_suffix": spec.image_suffix,
+            "label_suffix": spec.label_suffix,
+            "split": spec.split,
+            "ignore_index": spec.ignore_index,
+            "reduce_zero_label": spec.reduce_zero_label,
+            "palette": None if spec.palette is None else {str(v): list(c) for v, c in sorted(spec.palette.items())},
+        }
+        names = [[info["filename"], info["ann"]["seg_map"]] for info in self.img_infos]
+        digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()
+        return {
+            "file": str(spec.source),
+            "keys": keys,
+            "classes": list(spec.classes),
+            "images": {"count": len(names), "sha256": digest},
+        }
 
     def load_annotations(self, img_dir: str, img_suffix: str, ann_dir: str, seg_map_suffix: str, split) -> list:
         """Samples in split-file order, else every image under ``img_dir`` (recursively, hidden names skipped)
