@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_main_eval import SMALL, TINY, shared_backbones  # noqa: F401 (fixture: backbones built once)
+from test_main_eval import SMALL, TINY, TINY_TEXT, shared_backbones  # noqa: F401 (fixture: backbones built once)
 
 import lposs
 import lposs.segmentation
@@ -16,6 +16,7 @@ from lposs.models import LPOSSBackbones
 
 CLASSES = ["sky;cloud", "tree", "person"]
 OVERRIDES = [*TINY, *SMALL]
+BUILD_BACKBONES = LPOSSBackbones.__dict__["from_config"]  # before shared_backbones caches it for each test
 
 
 def _image(height: int = 40, width: int = 56) -> np.ndarray:
@@ -118,3 +119,49 @@ def test_refine_with_its_own_maskclip_window_scores_is_predict_exactly(predictor
         assert torch.equal(lposs_only.refine(image, encoding.scores), lposs_only.predict_scores(image))
     finally:
         predictor.set_classes(CLASSES)
+
+
+def _global_state() -> tuple:
+    """What a library call must leave as it found it: the CPU RNG and the three float32 precision flags."""
+    return (
+        torch.get_rng_state(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+    )
+
+
+def _assert_same_state(actual: tuple, expected: tuple) -> None:
+    assert torch.equal(actual[0], expected[0]), "the global RNG state changed"
+    assert actual[1:] == expected[1:], "the precision flags changed"
+
+
+def test_load_and_predict_leave_the_global_rng_and_precision_flags_as_they_found_them(monkeypatch):
+    """The caller's flags (TF32 matmuls on, cuDNN TF32 off) are the opposite of the config's paper mode in all
+    three; two loads under different caller RNG states give equal random weights (the config's seed)."""
+    monkeypatch.setattr(LPOSSBackbones, "from_config", BUILD_BACKBONES)  # really built, not the tests' cache
+    overrides = [*TINY_TEXT, *SMALL]
+    saved = _global_state()
+    try:
+        torch.manual_seed(1234)
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = False
+        before = _global_state()
+        assert before[1:] == (True, "high", False)
+        first = lposs.load("lposs", classes=CLASSES, device="cpu", overrides=overrides)
+        _assert_same_state(_global_state(), before)
+        seen = []
+        predict = first.segmentor.predict
+        monkeypatch.setattr(first.segmentor, "predict", lambda image: seen.append(_global_state()) or predict(image))
+        first.predict(_image())
+        _assert_same_state(_global_state(), before)
+        assert seen[0][1:] == (False, "highest", True)  # the config's mode (paper), during the call only
+        torch.manual_seed(99)  # another caller state: the weights still come from the config's seed
+        second = lposs.load("lposs", classes=CLASSES, device="cpu", overrides=overrides)
+        assert second.backbones is not first.backbones
+        weights, again = first.backbones.state_dict(), second.backbones.state_dict()
+        assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+    finally:
+        torch.set_rng_state(saved[0])
+        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[3]
