@@ -14,6 +14,7 @@ from PIL import Image
 from test_main_eval import (  # noqa: F401 (shared_backbones: the autouse fixture)
     SMALL,
     TINY,
+    TINY_TEXT,
     VOC_MINI,
     assert_one_line_error,
     needs_voc,
@@ -140,20 +141,18 @@ def test_resume_recomputes_a_result_whose_dataset_file_changed(tmp_path):
     first = results.read_bytes()
     assert run([*args, "--resume"]) == 0
     assert results.read_bytes() == first and "--resume: mydata is complete, skipped" in (out / "eval.log").read_text()
-    changed = f"--resume: mydata is recomputed: the dataset file {path} changed: "
-    _yaml(tmp_path, "road]", "street]")  # the class list edited
-    assert run([*args, "--resume"]) == 0
-    record = json.loads(results.read_text())
-    assert list(record["IoU"]) == ["sky", "tree", "street"] and record["dataset_file"]["classes"][-1] == "street"
-    log = (out / "eval.log").read_text()
-    assert changed + 'classes ["sky;cloud", "tree", "road"] -> ["sky;cloud", "tree", "street"]' in log
-    _yaml(tmp_path, "classes:", "reduce_zero_label: true\nsplit: val.txt\nclasses:")
+    _yaml(tmp_path, "road]", "street]\nreduce_zero_label: true\nsplit: val.txt")  # classes, a key, the images
     (tmp_path / "val.txt").write_text(f"{SORTED[0]}\n")
     assert run([*args, "--resume"]) == 0
     record = json.loads(results.read_text())
-    assert record["num_images"] == 1 and record["dataset_file"]["keys"]["reduce_zero_label"] is True
-    log = (out / "eval.log").read_text()
-    assert changed + 'split null -> "val.txt"; reduce_zero_label false -> true; the image list (2 -> 1 images)' in log
+    assert list(record["IoU"]) == ["sky", "tree", "street"] and record["num_images"] == 1
+    assert record["dataset_file"]["keys"]["reduce_zero_label"] is True
+    line = next(line for line in (out / "eval.log").read_text().splitlines() if "is recomputed" in line)
+    assert line == (
+        f"--resume: mydata is recomputed: the dataset file {path} changed: "
+        'split null -> "val.txt"; reduce_zero_label false -> true; '
+        'classes ["sky;cloud", "tree", "road"] -> ["sky;cloud", "tree", "street"]; the image list (2 -> 1 images)'
+    )
 
 
 def test_a_name_in_the_user_folder(tmp_path, monkeypatch):
@@ -323,7 +322,8 @@ def test_the_worked_example_of_the_docs(tmp_path, monkeypatch):
     _, raw = make_user_dataset(root, yaml_text, values=(0, 4))  # 0 unlabelled, 1..3 the classes, 255 ignored
     assert command[:2] == ["python", "main_eval.py"]
     monkeypatch.chdir(tmp_path)
-    assert run([*command[2:], "--save_predictions", "pred", "--save_visualisations", "1", *SMALL, *TINY]) == 0
+    # the 3-block tiny CLIP: label maps of 1 and 3 labels here (ViT-S-16's are constant, and equal any other)
+    assert run([*command[2:], "--save_predictions", "pred", "--save_visualisations", "1", *SMALL, *TINY_TEXT]) == 0
     out = Path(command[command.index("--output") + 1])
     overlays = [p.relative_to(out / "visualisations").as_posix() for p in (out / "visualisations").rglob("*.png")]
     assert overlays == ["site_b/0002.png"]  # the first image of the split, in its sub-folder as its prediction
@@ -332,6 +332,7 @@ def test_the_worked_example_of_the_docs(tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["datasets"] == ["mydata"]
     # the metrics equal mmseg's mean_iou of the saved label maps against the labels as the docs define them
     preds = [np.array(Image.open(Path("pred", f"{name}.png"))).astype(np.int64) for name in USER_NAMES]
+    assert max(len(np.unique(pred)) for pred in preds) >= 2  # maps that vary: the comparison can fail
     labels = [expected_label(raw[name], reduce_zero_label=True) for name in USER_NAMES]
     reference = mean_iou(preds, labels, num_classes=3, ignore_index=255)
     ours = np.array([np.nan if v is None else v / 100 for v in record["IoU"].values()])
@@ -360,7 +361,9 @@ def test_a_copy_of_voc_gives_the_voc_numbers_and_label_maps(tmp_path, capsys):
     out, pred = tmp_path / "out", tmp_path / "pred"
     keys = f"voc,{copy / 'myvoc.yaml'},{same}"
     common = ["--output", str(out), "--save_predictions", str(pred), f"data_root={VOC_MINI}", *SMALL]
-    assert run(["lposs_plus.yaml", "--dataset", keys, "--measure_boundary", *common, *TINY]) == 0
+    # MaskCLIP on the 3-block tiny CLIP: label maps of 2 and 7 labels (LPOSS+ on random weights gives one class
+    # everywhere on these images, and a constant map equals any other); the datasets' images are the same either way
+    assert run(["maskclip.yaml", "--dataset", keys, "--measure_boundary", *common, *TINY_TEXT]) == 0
     assert "one pass shared by voc, vocsame" in capsys.readouterr().out
     records = {key: json.loads((out / key / "results.json").read_text()) for key in ("voc", "myvoc", "vocsame")}
     for key in ("myvoc", "vocsame"):
@@ -371,6 +374,7 @@ def test_a_copy_of_voc_gives_the_voc_numbers_and_label_maps(tmp_path, capsys):
     assert records["voc"]["mIoU"] > 0
     maps = sorted((pred / "voc").glob("*.png"))
     assert len(maps) == len(voc) == 2
+    assert [len(np.unique(np.array(Image.open(path)))) >= 2 for path in maps] == [True, True]  # maps that vary
     for path in maps:
         for key in ("myvoc", "vocsame"):
             np.testing.assert_array_equal(np.array(Image.open(path)), np.array(Image.open(pred / key / path.name)))
