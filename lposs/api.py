@@ -1,11 +1,15 @@
 """The one-line API: ``lposs.load(config, classes=...)`` -> a :class:`Predictor` with ``predict`` / ``predict_scores``.
 
 It builds what ``main_eval.py`` and ``tools/demo.py`` build, from the same config names, ``key=value`` overrides
-and weight options, and checks them the same way before any weights load.
+and weight options, and checks them the same way before any weights load. Unlike those programs it leaves the
+caller's process-wide state as it found it (docs/api.md, section 'Global state'): the global RNG is untouched
+(random-init weights come from a forked, seeded generator), and the float32 precision flags and the current CUDA
+device are set only for the duration of each of its own calls.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lposs.cli.demo import pick_device
 from lposs.datasets.image_files import load_image, to_rgb_array
 from lposs.evaluation.config import load_config
-from lposs.evaluation.device import apply_precision
+from lposs.evaluation.device import current_device, pick_device, precision
 from lposs.models import LPOSSBackbones, check_model_config
 from lposs.segmentation import Segmentor, SegmentorSettings
 
@@ -41,12 +44,20 @@ class Predictor:
         self.classes: list[str] = []
         self.set_classes(classes)
 
+    def _own_settings(self) -> contextlib.ExitStack:
+        """The config's float32 precision and the model's CUDA device as current, for one call; the caller's after."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(precision(self.config.strict_float32))
+        stack.enter_context(current_device(self.device))
+        return stack
+
     def set_classes(self, classes: Sequence[str]) -> None:
         """Replace the class list (``;`` separates aliases of one class); the backbones stay loaded."""
         classes = list(classes)
         if not classes or any(not isinstance(name, str) or not name.strip() for name in classes):
             raise ValueError(f"classes must be a non-empty list of non-empty names, got {classes!r}")
-        self.backbones.set_classes(classes)
+        with self._own_settings():  # the text encoder runs here
+            self.backbones.set_classes(classes)
         self.classes = classes
 
     @property
@@ -59,11 +70,13 @@ class Predictor:
         Args:
             image: ``[H, W, 3]`` uint8 RGB array, a PIL image, or an image file's path.
         """
-        return self.segmentor.predict_scores(as_rgb_array(image))
+        with self._own_settings():
+            return self.segmentor.predict_scores(as_rgb_array(image))
 
     def predict(self, image: ImageLike) -> np.ndarray:
         """Label map ``[H, W]`` int64 of indices into :attr:`classes` (argmax of :meth:`predict_scores`)."""
-        return self.segmentor.predict(as_rgb_array(image))
+        with self._own_settings():
+            return self.segmentor.predict(as_rgb_array(image))
 
     def refine(
         self, image: ImageLike, scores: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]] | None = None
@@ -78,7 +91,8 @@ class Predictor:
         Returns:
             ``[C, H, W]`` float32 refined scores at the image's original size (the class list is not used).
         """
-        return self.segmentor.refine(as_rgb_array(image), scores, boxes)
+        with self._own_settings():
+            return self.segmentor.refine(as_rgb_array(image), scores, boxes)
 
 
 def as_rgb_array(image: ImageLike) -> np.ndarray:
@@ -125,10 +139,13 @@ def load(
         name += ".yaml"
     overrides = _overrides(overrides) + ([f"device={device}"] if device is not None else [])
     resolved = load_config(name, overrides)
-    torch_device = pick_device(resolved.device)
-    apply_precision(resolved.strict_float32)
+    torch_device = pick_device(resolved.device, current=False)  # current only during the predictor's calls
     # names, tags, files, dtype, the windows a multiple of both patch sizes: before any weights load
     check_model_config(resolved.model, torch_device, crop=resolved.crop)
-    torch.manual_seed(resolved.seed)  # random-init backbones (pretrained=null) are reproducible
-    backbones = LPOSSBackbones.from_config(resolved.model, torch_device).eval()
+    # Random-init backbones (pretrained=null) are reproducible: built on the CPU (models.factory) from the CPU
+    # generator seeded here, inside a fork whose end gives the caller back its own RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(resolved.seed)
+        with precision(resolved.strict_float32), current_device(torch_device):
+            backbones = LPOSSBackbones.from_config(resolved.model, torch_device).eval()
     return Predictor(resolved, backbones, classes)

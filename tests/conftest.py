@@ -99,3 +99,15 @@ def builds(monkeypatch):
     monkeypatch.setattr(lp, "patch_affinity", counting("patch", lp.patch_affinity))
     monkeypatch.setattr(lp, "pixel_affinity", counting("pixel", lp.pixel_affinity))
     return counts
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects by marks
+def pytest_collection_modifyitems(config, items):
+    """Every test that starts processes (subprocess, forks, torchrun; tests/process_starts.py reads the test code)
+    is marked ``slow``: ``-m "not slow"`` leaves out the multi-process runs, new tests included."""
+    from process_starts import starts_processes
+
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is not None and starts_processes(module.__name__.rpartition(".")[2], item.originalname):
+            item.add_marker(pytest.mark.slow)

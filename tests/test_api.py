@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_main_eval import SMALL, TINY, shared_backbones  # noqa: F401 (fixture: backbones built once)
+from test_main_eval import SMALL, TINY_TEXT, shared_backbones  # noqa: F401 (fixture: backbones built once)
 
 import lposs
 import lposs.segmentation
@@ -15,7 +15,15 @@ from lposs.evaluation.config import ConfigError, resolve_config_path
 from lposs.models import LPOSSBackbones
 
 CLASSES = ["sky;cloud", "tree", "person"]
-OVERRIDES = [*TINY, *SMALL]
+# The 3-block tiny CLIP: on these images LPOSS+ gives 2-3 labels (ViT-S-16's random scores give one class
+# everywhere, and a constant label map equals any other).
+OVERRIDES = [*TINY_TEXT, *SMALL]
+BUILD_BACKBONES = LPOSSBackbones.__dict__["from_config"]  # before shared_backbones caches it for each test
+
+
+def assert_varies(labels: np.ndarray) -> None:
+    """A label map worth comparing: at least two labels (a constant map equals any other)."""
+    assert len(np.unique(labels)) >= 2, "the label map is constant: a comparison of it shows nothing"
 
 
 def _image(height: int = 40, width: int = 56) -> np.ndarray:
@@ -46,6 +54,7 @@ def test_load_predicts_labels_and_scores(predictor):
     labels = predictor.predict(image)
     assert scores.shape == (3, 40, 56) and scores.dtype == torch.float32
     assert labels.shape == (40, 56) and labels.dtype == np.int64
+    assert_varies(labels)
     np.testing.assert_array_equal(labels, scores.argmax(0).numpy())
     assert predictor.classes == CLASSES and predictor.config.pixel_refine is True
     assert predictor.config.k == 400 and predictor.config.short_side == 48  # paper default kept, override applied
@@ -67,6 +76,7 @@ def test_images_as_arrays_pil_or_paths_agree(predictor, tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(image).save(path)
     expected = predictor.predict(image)
+    assert_varies(expected)
     for given in (Image.fromarray(image), path, str(path)):
         np.testing.assert_array_equal(predictor.predict(given), expected)
 
@@ -118,3 +128,48 @@ def test_refine_with_its_own_maskclip_window_scores_is_predict_exactly(predictor
         assert torch.equal(lposs_only.refine(image, encoding.scores), lposs_only.predict_scores(image))
     finally:
         predictor.set_classes(CLASSES)
+
+
+def _global_state() -> tuple:
+    """What a library call must leave as it found it: the CPU RNG and the three float32 precision flags."""
+    return (
+        torch.get_rng_state(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+    )
+
+
+def _assert_same_state(actual: tuple, expected: tuple) -> None:
+    assert torch.equal(actual[0], expected[0]), "the global RNG state changed"
+    assert actual[1:] == expected[1:], "the precision flags changed"
+
+
+def test_load_and_predict_leave_the_global_rng_and_precision_flags_as_they_found_them(monkeypatch):
+    """The caller's flags (TF32 matmuls on, cuDNN TF32 off) are the opposite of the config's paper mode in all
+    three; two loads under different caller RNG states give equal random weights (the config's seed)."""
+    monkeypatch.setattr(LPOSSBackbones, "from_config", BUILD_BACKBONES)  # really built, not the tests' cache
+    saved = _global_state()
+    try:
+        torch.manual_seed(1234)
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = False
+        before = _global_state()
+        assert before[1:] == (True, "high", False)
+        first = lposs.load("lposs", classes=CLASSES, device="cpu", overrides=OVERRIDES)
+        _assert_same_state(_global_state(), before)
+        seen = []
+        predict = first.segmentor.predict
+        monkeypatch.setattr(first.segmentor, "predict", lambda image: seen.append(_global_state()) or predict(image))
+        first.predict(_image())
+        _assert_same_state(_global_state(), before)
+        assert seen[0][1:] == (False, "highest", True)  # the config's mode (paper), during the call only
+        torch.manual_seed(99)  # another caller state: the weights still come from the config's seed
+        second = lposs.load("lposs", classes=CLASSES, device="cpu", overrides=OVERRIDES)
+        assert second.backbones is not first.backbones
+        weights, again = first.backbones.state_dict(), second.backbones.state_dict()
+        assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+    finally:
+        torch.set_rng_state(saved[0])
+        torch.set_float32_matmul_precision(saved[2])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1], saved[3]

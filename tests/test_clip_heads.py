@@ -9,6 +9,7 @@ sizes run on open_clip's ViT at patch 14 and 32, tiny.
 """
 
 import copy
+import logging
 
 import open_clip
 import pytest
@@ -227,6 +228,32 @@ def test_proxyclip_batch_equals_one_window_at_a_time(model, windows, proxy, prox
     """The mean is each window's own: a window alone gives its row of the batch."""
     alone = dense_clip_features(model, windows[1:], "proxyclip", proxy=proxy[1:])
     assert_close(alone, proxy_ours[1:], rtol=RTOL, atol=RTOL * proxy_ours.abs().max().item())
+
+
+def test_proxyclip_rows_below_the_cut_attend_to_their_own_patch(model, windows, tokens, proxy, proxy_ours, caplog):
+    """A window whose proxy features are all alike (every row below beta * mean) and one with a zero feature at
+    patch (5, 7) (that row alone): the authors' code gives NaN exactly there, ours the features of attention on
+    the patch itself, which the authors' code gives for one-hot proxy features (S = I: only the diagonal is kept);
+    everywhere else ours is the authors'."""
+    triggering = torch.stack([torch.ones_like(proxy[0]), proxy[1].clone()])
+    triggering[1, :, 5, 7] = 0.0
+    with caplog.at_level(logging.DEBUG, logger="lposs.models.clip_heads"):
+        out = dense_clip_features(model, windows, "proxyclip", proxy=triggering)
+    assert "785 of 1568 attention rows fell below beta * mean" in caplog.text
+    assert torch.isfinite(out).all()
+    theirs = proxyclip_reference(model, *tokens, triggering)
+    nan_patches = torch.isnan(theirs).any(dim=1)  # [B, 28, 28]
+    expected_nan = torch.zeros_like(nan_patches)
+    expected_nan[0] = True
+    expected_nan[1, 5, 7] = True
+    assert torch.equal(nan_patches, expected_nan)  # the authors' NaN, where the fix applies
+    scale = RTOL * theirs[~torch.isnan(theirs)].abs().max().item()
+    finite = ~nan_patches[:, None].expand_as(theirs)
+    assert_close(out[finite], theirs[finite], rtol=RTOL, atol=scale)
+    one_hot = torch.eye(28 * 28).reshape(28 * 28, 28, 28).expand(2, -1, -1, -1)
+    own_patch = proxyclip_reference(model, *tokens, one_hot)
+    assert_close(out[~finite], own_patch[~finite], rtol=RTOL, atol=scale)
+    assert distance(own_patch, proxy_ours) > 100 * RTOL  # attention on the patch itself is not the usual
 
 
 def test_proxyclip_constants_and_a_non_square_window(model):

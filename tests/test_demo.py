@@ -280,4 +280,9 @@ def test_end_to_end_folder_input(tmp_path, capsys, monkeypatch):
     assert main(parse_args([*argv, "device=cpu", *TINY, *SMALL])) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["a_labels.png", "a_overlay.png", "b_labels.png", "b_overlay.png"]
-    assert "Traceback" not in capsys.readouterr().err
+    # main() returned (no exception escaped), with no error line, and the label maps are whole, of the images' size
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith("error") or "images failed" in line], err
+    for stem in ("a", "b"):
+        labels = Image.open(tmp_path / "out" / f"{stem}_labels.png")
+        assert labels.mode == "P" and labels.size == (120, 90) and np.array(labels).max() <= 2

@@ -525,3 +525,32 @@ def test_dead_or_stalled_rank_ends_the_others_within_dist_timeout(tmp_path, faul
     assert lines[-1].startswith("error: rank 0: rank 1 did not arrive within dist_timeout=5 s (died or stalled")
     assert lines[-1].endswith("staging removed, earlier results unchanged")
     assert beside(out) == [] and not out.exists() and not (tmp_path / "pred").exists()
+
+
+# ------------------------------------------------------------------------------------------ non-finite scores
+
+
+def test_non_finite_scores_name_the_image_and_keep_earlier_results(tmp_path, capsys, monkeypatch):
+    """NaN class scores for the second image (img_a, listed second), argmaxed as they are (maskclip) or propagated
+    (lposs): one line naming it, exit 1, and the earlier results under --output and --save_predictions byte for
+    byte as they were."""
+    out, pred, common = first_results(tmp_path)
+    before = files_of(out, pred)
+    real_encode, calls = Segmentor.encode_batch, []
+
+    def nan_for_the_second_image(self, images, sizes):
+        encodings = real_encode(self, images, sizes)
+        calls.append(len(images))
+        if len(calls) % 2 == 0:
+            encodings[0].scores[:, 0] = float("nan")  # one class column of every window
+        return encodings
+
+    monkeypatch.setattr(Segmentor, "encode_batch", nan_for_the_second_image)
+    image = tmp_path / "VOCdevkit/VOC2012/JPEGImages/img_a.jpg"
+    for config in ("maskclip.yaml", "lposs.yaml"):
+        code = run([config, *common[1:], "--image_batch", "1", "k=7"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert calls[-2:] == [1, 1] and code == 1, config  # main() returned: no exception escaped
+        assert err[-1].startswith(f"error: image {image}: ") and "NaN or infinite" in err[-1]
+        assert err[-1].endswith("staging removed, earlier results unchanged")
+        assert files_of(out, pred) == before and beside(out) == beside(pred) == []

@@ -18,7 +18,7 @@ FLOORS = {
     "scripts": {"cli"},
     "lposs": ENTRY | {"api"},  # the package face re-exports the API and the engine
     "cli": ENTRY | {"api"},
-    "api": ENTRY | {"cli"},
+    "api": ENTRY,  # a library call never goes through the command-line programs
     "evaluation": {"segmentation", "models", "datasets", "outputs", "files"},
     "segmentation": {"models", "datasets", "files"},
     "models": {"files"},
@@ -86,6 +86,19 @@ def test_imports_only_go_down():
             f"{module} imports {name}" for name in imported if floor_of(name) not in allowed and name != "lposs"
         ]
     assert not offenders, "imports that go up or sideways:\n" + "\n".join(sorted(offenders))
+
+
+def test_nothing_outside_the_command_line_programs_imports_them():
+    """``lposs.cli`` is the top floor: the API, the package face and every floor below import none of it."""
+    offenders = [
+        f"{module} imports {name}"
+        for module, imported in _graph().items()
+        if module.startswith("lposs") and floor_of(module) != "cli"
+        for name in imported
+        if floor_of(name) == "cli"
+    ]
+    assert not offenders, "imports of lposs.cli:\n" + "\n".join(sorted(offenders))
+    assert "lposs.evaluation.device" in _graph()["lposs.api"]  # the check sees the API's imports
 
 
 def test_no_import_circle():

@@ -41,8 +41,8 @@ from tqdm import tqdm
 from lposs.datasets import DatasetError
 from lposs.datasets.class_lists import display_names, parse_class_argument
 from lposs.datasets.image_files import ImageReadError, image_suffixes, load_image, to_rgb_array
-from lposs.evaluation.config import ConfigError, load_config
-from lposs.evaluation.device import apply_precision, make_current
+from lposs.evaluation.config import load_config
+from lposs.evaluation.device import apply_precision, pick_device
 from lposs.evaluation.visualise import (
     Colour,
     draw_legend,
@@ -305,25 +305,6 @@ def segment_files(
             continue
         write_outputs(image, segment(image), method, stem, output, classes, colours, titles)
     return failed
-
-
-def pick_device(setting: str) -> torch.device:
-    """Config ``device`` (auto, cpu, cuda, cuda:N) -> a torch device; auto is CUDA when there is one.
-
-    ``cuda:N`` must exist and becomes the current device of the calling thread (Triton's launches and a bare
-    ``synchronize()`` go to the current device, 0 unless set).
-    """
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"config value device={setting!r} is invalid: no CUDA device is available")
-    device = torch.device(setting)
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"config value device={setting!r} is invalid: this machine has {torch.cuda.device_count()} GPU(s)"
-        )
-    make_current(device)
-    return device
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[list[str], Any, torch.device, list[Path]]:

@@ -38,7 +38,7 @@ from lposs.datasets import DATASET_KEYS, DatasetError
 from lposs.evaluation.config import ConfigError
 from lposs.evaluation.distributed import PeerFailure
 from lposs.evaluation.interrupts import Terminated, sigterm_raises
-from lposs.evaluation.loop import SampleError, is_main_process
+from lposs.evaluation.loop import NonFiniteScores, SampleError, is_main_process
 from lposs.evaluation.run_output import PublishError
 from lposs.evaluation.runner import PAPER_ORDER, RunReport, dataset_keys, preflight, run
 from lposs.outputs.checks import OutputLocationError
@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> int:
     except PublishError as error:
         kept = f"; this run's results are kept in {', '.join(map(str, report.kept))}" if report.kept else ""
         return _fault(f"cannot publish {error.filename}: {error.strerror}{kept}")
-    except PeerFailure as error:
+    except (PeerFailure, NonFiniteScores) as error:  # NaN scores: the models' fault on one image, not the file's
         if args.images is not None:  # a folder run writes each image's files as it goes, no staging
             return _fault(f"{error}; the images done so far stay (finish with --resume)")
         return _fault(f"{error}; {report.aftermath()}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import DatasetError
+from .errors import DatasetError, read_text_file
 
 __all__ = ["MAX_CLASSES", "check_class_list", "display_names", "parse_class_argument", "read_class_file"]
 
@@ -61,11 +61,11 @@ def read_class_file(path: Path) -> list[str]:
 
     Raises:
         FileNotFoundError: no such file.
-        DatasetError: see :func:`check_class_list`.
+        DatasetError: not UTF-8 text, or see :func:`check_class_list`.
     """
     if not path.is_file():
         raise FileNotFoundError(f"class file not found: {path}")
-    lines = path.read_text().splitlines()
+    lines = read_text_file(path, "class file").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return check_class_list(lines, f"class file {path} (class N on line N)")

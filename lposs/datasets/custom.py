@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from .class_lists import check_class_list, display_names, read_class_file
-from .errors import DatasetError
+from .errors import DatasetError, read_text_file
 
 __all__ = ["DatasetFile", "load_dataset_file", "resolve_dataset_file", "user_dataset_folder"]
 
@@ -79,6 +79,30 @@ class DatasetFile:
         """The label values that are classes: ``0..C-1``, or ``1..C`` with ``reduce_zero_label``."""
         first = 1 if self.reduce_zero_label else 0
         return range(first, first + len(self.classes))
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: object, first: int, second: int) -> None:
+        where = f"line {first}" if first == second else f"lines {first} and {second}"
+        super().__init__(f"key {key!r} is given twice ({where}); give each key once")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing a mapping that repeats a key (SafeLoader keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may override: not a repeat
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                if key in lines:
+                    raise _RepeatedKey(key, lines[key], line)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                break
+            lines[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def user_dataset_folder() -> Path:
@@ -181,16 +205,19 @@ def load_dataset_file(path: str | Path) -> DatasetFile:
 
     Raises:
         FileNotFoundError: no such file, or its class file is missing.
-        DatasetError: one line naming the file: not YAML, an unknown or missing key, a bad value, an empty or
-            repeated class name, an ignore index that is a class.
+        DatasetError: one line naming the file: not UTF-8, not YAML, a key given twice, an unknown or missing
+            key, a bad value, an empty or repeated class name, an ignore index that is a class.
     """
     source = Path(path).expanduser().absolute()
     if not source.is_file():
         raise FileNotFoundError(f"dataset file not found: {source}")
+    text = read_text_file(source, "dataset file")
     try:
-        values = yaml.safe_load(source.read_text())
+        values = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise _fail(source, f"not valid YAML ({' '.join(str(error).split())})") from None
+    except _RepeatedKey as error:
+        raise _fail(source, str(error)) from None
     if not isinstance(values, dict):
         raise _fail(source, "expected a mapping of keys to values (name: ..., images: ..., ...)")
     unknown = sorted(set(values) - set(_REQUIRED) - set(_DEFAULTS), key=str)

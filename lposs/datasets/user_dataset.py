@@ -8,6 +8,8 @@ headers alone (before any weights load): its label exists, can be read as class 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import mmcv
@@ -17,9 +19,9 @@ from PIL import Image
 from lposs.files.walk import walk_once
 
 from .custom import DatasetFile
-from .errors import DatasetError
+from .errors import DatasetError, read_text_file
 from .image_files import decoded_image_size
-from .labels import label_mode_problem, read_label
+from .labels import label_mode_problem, palette_problem, read_label
 
 __all__ = ["UserDataset", "build_user_dataset", "check_samples"]
 
@@ -60,11 +62,37 @@ class UserDataset(CustomDataset):
         # mmseg draws random colours for a dataset without a palette: None lets the outputs pick theirs
         self.PALETTE = [list(c) for c in colours] if colours and None not in colours else None
 
+    def resolved_content(self) -> dict:
+        """What this dataset's results depend on, as JSON: the file's keys as resolved (defaults filled in), its
+        classes (a class file read), and its image list (count and a SHA-256 of the names with their labels, in
+        order). ``results.json`` records it; ``--resume`` recomputes a result whose record differs."""
+        spec = self.spec
+        keys = {
+            "images": spec.images,
+            "labels": spec.labels,
+            "relative_to": spec.relative_to,
+            "image_suffix": spec.image_suffix,
+            "label_suffix": spec.label_suffix,
+            "split": spec.split,
+            "ignore_index": spec.ignore_index,
+            "reduce_zero_label": spec.reduce_zero_label,
+            "palette": None if spec.palette is None else {str(v): list(c) for v, c in sorted(spec.palette.items())},
+        }
+        names = [[info["filename"], info["ann"]["seg_map"]] for info in self.img_infos]
+        digest = hashlib.sha256(json.dumps(names).encode()).hexdigest()
+        return {
+            "file": str(spec.source),
+            "keys": keys,
+            "classes": list(spec.classes),
+            "images": {"count": len(names), "sha256": digest},
+        }
+
     def load_annotations(self, img_dir: str, img_suffix: str, ann_dir: str, seg_map_suffix: str, split) -> list:
         """Samples in split-file order, else every image under ``img_dir`` (recursively, hidden names skipped)
         sorted by path; a label is the image's path with ``label_suffix`` for ``image_suffix``."""
         if split is not None:
-            names = [line.strip() for line in Path(split).read_text().splitlines() if line.strip()]
+            text = read_text_file(Path(split), "split file")
+            names = [line.strip() for line in text.splitlines() if line.strip()]
         else:
             names = []
             for root, folders, files in walk_once(img_dir):  # links followed, each real folder once
@@ -88,9 +116,11 @@ def _sample_problem(image: Path, label: Path, spec: DatasetFile) -> str | None:
     try:
         with Image.open(label) as opened:
             mode, (width, height) = opened.mode, opened.size
+            problem = label_mode_problem(mode, label, spec.palette is not None) or palette_problem(
+                opened, label, spec.palette
+            )
     except Exception as error:
         return f"cannot read label {label}: {type(error).__name__}: {error}"
-    problem = label_mode_problem(mode, label, spec.palette is not None)
     if problem is not None:
         return problem
     try:

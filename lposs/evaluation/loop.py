@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lposs.segmentation import Segmentor, SegmentorSettings
+from lposs.segmentation import NonFiniteError, Segmentor, SegmentorSettings
 from lposs.segmentation.image_graphs import PIXEL_GRAPH_FIELDS, ImageGraphs, graph_key
 from lposs.segmentation.segmentor import ClassColumns
 
@@ -33,6 +33,7 @@ from .samples import PassSamples, save_label_png
 
 __all__ = [
     "EvaluationResult",
+    "NonFiniteScores",
     "PassMember",
     "PredictionOutputs",
     "SampleError",
@@ -148,6 +149,29 @@ class SampleError(RuntimeError):
     """An image or label of the dataset could not be used."""
 
 
+class NonFiniteScores(SampleError):
+    """An image's class scores (or the features behind them) hold NaN or infinite values: a fault of the models on
+    that image, not of its file."""
+
+
+def _check_scores(sample: dict, scores: torch.Tensor) -> None:
+    """NonFiniteScores naming the image unless ``scores [K, H, W]`` are finite (argmax would hide a NaN)."""
+    # A sum is non-finite whenever an entry is: the exact check only then (as the propagation's own check).
+    if not torch.isfinite(scores.sum()) and not torch.isfinite(scores).all():
+        raise NonFiniteScores(f"image {sample['info']['filename']}: class scores contain NaN or infinite values")
+
+
+def _propagated(segmentor: Segmentor, sample: dict, encoding, settings, groups, graphs) -> list[torch.Tensor]:
+    """``segmentor.propagate_columns`` on one image, a non-finite input or output named by the image."""
+    try:
+        scores = segmentor.propagate_columns(encoding, settings, groups, graphs)
+    except NonFiniteError as error:
+        raise NonFiniteScores(f"image {sample['info']['filename']}: {error}") from error
+    for group_scores in scores:
+        _check_scores(sample, group_scores)
+    return scores
+
+
 class _CountSums:
     """Per-setting running sums of IoU (and Boundary IoU) counts, kept on the segmentation device.
 
@@ -208,7 +232,7 @@ def _evaluate_batch(
         for j in order:
             users = [m for m, member in enumerate(members) if j in member.settings]
             groups = [members[m].columns for m in users]
-            for m, scores in zip(users, segmentor.propagate_columns(encoding, settings[j], groups, graphs)):
+            for m, scores in zip(users, _propagated(segmentor, sample, encoding, settings[j], groups, graphs)):
                 prediction = scores.argmax(0)  # [H, W] int64, on the device
                 position = members[m].settings.index(j)
                 sums[m].add(position, prediction, labels[m])

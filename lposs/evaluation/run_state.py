@@ -25,7 +25,7 @@ from .output_recovery import lock_outputs
 from .preflight import RunPlan, relative_folder
 from .reporting import atomic_write_text, environment_record, method_label, naming_path
 from .run_output import Publication, PublishError, StagedFolder, all_or_nothing
-from .sweep import Combination, is_complete
+from .sweep import Combination, dataset_change, is_complete
 
 __all__ = ["LogFile", "RunReport", "RunState", "dumps", "logger", "setup_logging"]
 
@@ -118,7 +118,18 @@ class RunState:
         path = self.output.final / self.relative(combination, key) / "results.json"
         if not is_complete(path, combination.config, self.args.limit, self.args.measure_boundary):
             return None
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        change = dataset_change(record.get("dataset_file"), self._dataset_content(combination, key))
+        if change is not None:
+            logger.info(f"--resume: {' '.join([combination.name, key]).strip()} is recomputed: {change}")
+            return None
+        return record
+
+    def _dataset_content(self, combination: Combination, key: str) -> dict | None:
+        """The resolved content of a dataset file (``UserDataset.resolved_content``), None for a benchmark."""
+        dataset = self.plan.datasets[(str(combination.config.data_root), key)]
+        content = getattr(dataset, "resolved_content", None)
+        return None if content is None else content()
 
     def outputs(self, combination: Combination, key: str, dataset) -> PredictionOutputs:
         rel = self.relative(combination, key)
@@ -149,6 +160,9 @@ class RunState:
             "config": OmegaConf.to_container(config, resolve=True),
             **self.environment,
         }
+        content = self._dataset_content(combination, key)
+        if content is not None:  # a dataset file: what --resume compares besides the config
+            record["dataset_file"] = content
         self.evaluated.add((combination.name, key))
         if is_main_process():
             title = f"{combination.name} | {key}" if combination.name else key

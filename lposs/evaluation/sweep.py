@@ -26,6 +26,7 @@ from .reporting import column_name
 __all__ = [
     "PROPAGATION_KEYS",
     "Combination",
+    "dataset_change",
     "format_sweep_tables",
     "group_by_encoding",
     "is_complete",
@@ -103,6 +104,37 @@ def is_complete(path: Path, config: DictConfig, limit: int | None, measure_bound
     if measure_boundary and record.get("boundary_mIoU") is None:
         return False
     return record.get("config") == OmegaConf.to_container(config, resolve=True) and record.get("limit") == limit
+
+
+def dataset_change(recorded: object, current: dict | None) -> str | None:
+    """What changed in a dataset file since a results.json recorded its resolved content (for ``--resume``), as
+    a phrase naming the keys, the classes or the image list; None when nothing did.
+
+    Args:
+        recorded: the record's ``dataset_file`` entry (None or absent for a benchmark).
+        current: ``UserDataset.resolved_content()`` of the dataset now, None for a benchmark.
+    """
+    if current is None:
+        return None if recorded is None else "the results are of a dataset file, this is a benchmark"
+    if not isinstance(recorded, dict):
+        return f"the results record no content of the dataset file {current['file']} (written before it was recorded)"
+    changes = []
+    keys, old_keys = current["keys"], recorded.get("keys") or {}
+    changes += [
+        f"{key} {json.dumps(old_keys.get(key))} -> {json.dumps(keys[key])}"
+        for key in keys
+        if old_keys.get(key) != keys[key]
+    ]
+    classes, old_classes = current["classes"], recorded.get("classes")
+    if old_classes != classes:
+        changes.append(f"classes {json.dumps(old_classes)} -> {json.dumps(classes)}")
+    images, old_images = current["images"], recorded.get("images") or {}
+    if old_images != images:
+        count = f"{old_images.get('count')} -> {images['count']} images"
+        changes.append(
+            f"the image list ({count if old_images.get('count') != images['count'] else 'same count, other names or order'})"
+        )
+    return f"the dataset file {current['file']} changed: {'; '.join(changes)}" if changes else None
 
 
 def _cell(value: float | None) -> str:

@@ -14,16 +14,21 @@ after it (`ln_post`, dropping CLS, `proj`) stays as in MaskCLIP. With `x` the ou
 - `proxyclip` (ProxyCLIP, mc-lan/ProxyCLIP `open_clip/transformer.py`, `VisionTransformer.custom_attn`): the
   attention comes from proxy features F [C, h * w] of the same window (a vision model's, on its own grid h x w):
   with F's columns L2-normalised, `S = FT F`, `S' = gamma (S - beta mean(S))` (mean over the window's whole
-  matrix), entries below 0 set to -inf, `A = softmax(S')` shared by all heads; the values (CLS dropped) are resized
+  matrix), entries below 0 set to -inf, `A = softmax(S')` shared by all heads (a row that is -inf throughout, NaN
+  in the authors' code, attends to its own patch only); the values (CLS dropped) are resized
   bilinearly from the CLIP grid to h x w; `y = out_proj(A v)`, no residual and no MLP; the output has no CLS token.
 
 Attention is per head (never averaged over heads) and, but for ProxyCLIP's, covers every token, CLS included, as in
 the authors' code. `maskclip`, the default, lives in `models.maskclip` and is not computed here.
 """
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
 # NACLIP's Gaussian window, in patches: its paper's value and its code's default (`gaussian_std=5.`).
@@ -92,20 +97,32 @@ def refined_last_block(block: nn.Module, x: torch.Tensor, head: str, grid: tuple
 
 
 def proxy_attention(proxy: torch.Tensor, beta: float = PROXY_BETA, gamma: float = PROXY_GAMMA) -> torch.Tensor:
-    """ProxyCLIP's attention weights [B, h * w, h * w] float32 from proxy features [B, C, h, w] (any dtype).
+    """ProxyCLIP's attention weights [B, h * w, h * w] float32 in [0, 1], rows summing to 1, from proxy features
+    [B, C, h, w] (any dtype).
 
     `S = FT F` of the L2-normalised columns F [C, h * w] of each window, `S' = gamma (S - beta mean(S))`, entries
     below 0 set to -inf, softmax over the last axis. The mean is over each window's whole matrix (the authors'
     `mean(dim=(1, 2))`), so a batch of windows gives what each window gives alone. A row whose entries all fall
-    below `beta mean(S)` is NaN, as in the authors' code (it needs `mean(S) > 1 / beta` for the diagonal's 1).
+    below `beta mean(S)` (every row of a window whose features are all alike, `mean(S) > 1 / beta`; the row of a
+    zero feature) is NaN in the authors' code; here it attends to its own patch only (one-hot on the diagonal).
+    Every other row is the authors'.
     """
     features = F.normalize(proxy.flatten(2).float(), dim=1)  # [B, C, h * w], unit columns
     similarity = features.transpose(1, 2) @ features  # [B, h * w, h * w]
     # The authors' mean is over dims (1, 2): each window's whole matrix, never the batch's.
     similarity = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
-    # Reproduced as the authors' code: no guard for a row that is -inf throughout (it becomes NaN).
-    similarity = similarity.masked_fill(similarity < 0.0, float("-inf"))
-    return torch.softmax(similarity, dim=-1)
+    cut = similarity < 0.0  # [B, h * w, h * w]
+    empty = cut.all(dim=-1, keepdim=True)  # [B, h * w, 1]: rows the authors' softmax turns into NaN
+    # Deviation (docs/method.md, "ProxyCLIP"): an empty row keeps its diagonal entry, so it attends to itself.
+    own = torch.eye(cut.shape[-1], dtype=torch.bool, device=cut.device)
+    cut = cut & ~(empty & own)
+    if logger.isEnabledFor(logging.DEBUG):  # counting syncs a GPU: only when asked
+        logger.debug(
+            "ProxyCLIP: %d of %d attention rows fell below beta * mean; they attend to their own patch",
+            int(empty.sum()),
+            empty.numel(),
+        )
+    return torch.softmax(similarity.masked_fill(cut, float("-inf")), dim=-1)
 
 
 def proxyclip_last_block(

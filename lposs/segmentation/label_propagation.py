@@ -26,6 +26,7 @@ from .patch_graph import knn_search, patch_affinity
 from .pixel_graph import apply_stencil, pixel_affinity, rgb_to_lab, stencil_offsets, stencil_operator, stencil_product
 
 __all__ = [
+    "NonFiniteError",
     "PixelGraph",
     "apply_stencil",
     "build_patch_graph",
@@ -71,11 +72,15 @@ def _check_solver_args(alpha: float, tol: float, maxiter: int) -> None:
         raise ValueError(f"maxiter must be an integer >= 1, got {maxiter}")
 
 
+class NonFiniteError(ValueError):
+    """Scores, features or an image handed to the propagation hold NaN or infinite values."""
+
+
 def _check_finite(name: str, tensor: torch.Tensor) -> None:
     # A sum is NaN or infinite whenever an entry is, and costs a few times less than isfinite().all(); only
     # a non-finite sum (which finite entries can also give, by overflow) needs the exact check.
     if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise NonFiniteError(f"{name} contains NaN or infinite values")
 
 
 # --------------------------------------------------------------------------------------------------
