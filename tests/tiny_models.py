@@ -60,3 +60,22 @@ def _register_tiny_trunks() -> None:
 
         build.__name__ = tiny
         register_model(build)
+
+
+def write_tiny_tokenizer(folder: Path) -> Path:
+    """A Hugging Face tokenizer folder (tokenizer.json, tokenizer_config.json) standing in for SigLIP2's Gemma one:
+    a word-level vocabulary of 40 words, '<pad>' = 0, '<eos>' = 1 appended, '<unk>' = 2 for any other word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = (
+        "a photo of the background aeroplane bicycle bird boat bottle bus car cat chair cow dining table dog horse "
+        "motorbike person potted plant sheep sofa train tv monitor sky tree grass road building wall floor water"
+    ).split()
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(dict.fromkeys(words))}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text('{"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}')
+    return folder

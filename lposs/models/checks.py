@@ -122,13 +122,16 @@ def _check_timm_clip(name: str, vision: Mapping[str, Any]) -> None:
     trunk_name, pool = vision["timm_model_name"], vision.get("timm_pool", "avg")
     usable = "e.g. EVA02-B-16, ViT-B-16-SigLIP2, PE-Core-B-16, or open_clip's own ViT-B-16"
     if pool in ("abs_attn", "rot_attn") or vision.get("timm_proj") == "mlp":
-        raise ModelConfigError(f"model.clip.name={name!r}: open_clip's own pooling / MLP head on timm's "
-                               f"{trunk_name!r} is not read here; {usable}")
+        raise ModelConfigError(
+            f"model.clip.name={name!r}: open_clip's own pooling / MLP head on timm's "
+            f"{trunk_name!r} is not read here; {usable}"
+        )
     try:
         check_timm_trunk(_timm_trunk(trunk_name, pool))
     except ValueError as error:
-        raise ModelConfigError(f"model.clip.name={name!r}: its visual tower is timm's {trunk_name!r}: {error}; "
-                               f"{usable}") from error
+        raise ModelConfigError(
+            f"model.clip.name={name!r}: its visual tower is timm's {trunk_name!r}: {error}; {usable}"
+        ) from error
 
 
 def clip_tokenizer_repo(name: str) -> str | None:
@@ -145,8 +148,9 @@ def check_clip_tokenizer(name: str, folder: Any) -> None:
     if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder).strip():
         raise ModelConfigError(f"{key}={folder!r}: expected null or a Hugging Face tokenizer folder")
     if clip_tokenizer_repo(name) is None:
-        raise ModelConfigError(f"{key}={folder!r}: {name} uses open_clip's own tokenizer, not a Hugging Face one; "
-                               "leave it null")
+        raise ModelConfigError(
+            f"{key}={folder!r}: {name} uses open_clip's own tokenizer, not a Hugging Face one; leave it null"
+        )
     path = os.path.expanduser(os.fspath(folder))
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
         raise ModelConfigError(f"{key}={folder!r}: expected a Hugging Face tokenizer folder holding tokenizer.json")

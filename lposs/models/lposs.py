@@ -25,8 +25,8 @@ from .checks import (
 from .clip_heads import CLIP_HEADS, PROXY_BETA, PROXY_GAMMA
 from .dino import DINO_FEATURES, dino_feature_maps, dino_features, dino_patch_size
 from .factory import build_clip, build_dino
-from .timm_clip import is_timm_tower
 from .maskclip import IMAGENET_TEMPLATES, TEMPLATE_SETS, Template, clip_patch_size, dense_clip_features, text_classifier
+from .timm_clip import is_timm_tower
 
 # The ProxyCLIP settings of the config (model.clip.*) and their defaults, which are ProxyCLIP's.
 PROXY_DEFAULTS = {"proxy_features": "x", "proxy_beta": PROXY_BETA, "proxy_gamma": PROXY_GAMMA}

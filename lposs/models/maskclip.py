@@ -157,8 +157,10 @@ def dense_clip_features(
     visual = clip_model.visual
     if is_timm_tower(visual):  # EVA02, SigLIP, PE-Core: one reading per pooling kind (models.timm_clip)
         if head != "maskclip":
-            raise ValueError(f"dense_clip_features: head={head!r} reads open_clip's own ViT blocks; a timm tower "
-                             "takes head='maskclip' (its own reading, docs/method.md, 'Other backbones')")
+            raise ValueError(
+                f"dense_clip_features: head={head!r} reads open_clip's own ViT blocks; a timm tower "
+                "takes head='maskclip' (its own reading, docs/method.md, 'Other backbones')"
+            )
         return dense_timm_clip_features(clip_model, images)
     _check_visual_layout(visual)
     weight = visual.conv1.weight

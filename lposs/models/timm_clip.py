@@ -69,7 +69,9 @@ def _check_cls_block(trunk: nn.Module) -> None:
     if (attn.qkv is None) == (attn.v_proj is None):
         raise _layout_error("EvaAttention: expected either a fused `qkv` or separate `v_proj`")
     if trunk.num_prefix_tokens < 1 or trunk.global_pool != "token":
-        raise _layout_error(f"CLS-pooled trunk: expected global_pool 'token' with a CLS token, got {trunk.global_pool!r}")
+        raise _layout_error(
+            f"CLS-pooled trunk: expected global_pool 'token' with a CLS token, got {trunk.global_pool!r}"
+        )
 
 
 def _check_attention_pool(trunk: nn.Module) -> None:
