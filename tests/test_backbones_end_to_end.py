@@ -1,14 +1,26 @@
 """Other backbones and the ProxyCLIP head through main_eval.py, on tiny random weights: DINO ViT-S/8 with CLIP
-ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, ProxyCLIP alone and under LPOSS+, and a crop
-that is not a multiple of both patch sizes."""
+ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, ProxyCLIP alone and under LPOSS+, a crop
+that is not a multiple of both patch sizes, and CLIP towers on timm trunks (EVA02, SigLIP2, PE-Core) on VOC images."""
 
 import csv
 import json
 
+import numpy as np
 import pytest
 from fake_datasets import make_dataset
-from test_main_eval import TINY, assert_one_line_error, cache_from_config, refuse_model_loading, run
-from tiny_models import TINY_CLIP_14
+from PIL import Image
+from test_main_eval import (
+    TINY,
+    VOC_MINI,
+    assert_one_line_error,
+    cache_from_config,
+    needs_voc,
+    refuse_model_loading,
+    run,
+)
+from tiny_models import TINY_CLIP_14, TINY_EVA02, TINY_PE, TINY_SIGLIP2, write_tiny_tokenizer
+
+import lposs
 
 S8 = [*TINY, "model.dino.name=vit_small_patch8_224.dino"]
 # short side 48, windows 48 x 64: DINO /8 grid 6 x 8, CLIP /16 grid 3 x 4 (resized to 6 x 8)
@@ -70,3 +82,40 @@ def test_crop_not_a_multiple_of_both_patch_sizes_exits_2_before_weights_load(voc
     assert_one_line_error(
         capsys, code, "crop=64", f"model.clip.name='{TINY_CLIP_14}' (14)", "(14), i.e. of 14 (e.g. 224)"
     )
+
+
+TIMM_TOWER_REST = [
+    "model.clip.pretrained=null",
+    "model.dino.name=vit_small_patch16_224.dino",
+    "model.dino.pretrained=null",
+    "model.templates=single",
+]
+
+
+@pytest.fixture(scope="module")
+def timm_tower_overrides(tmp_path_factory):
+    """name -> overrides of the tiny CLIP towers on timm trunks; SigLIP2's tokenizer from a local folder."""
+    folder = write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return {
+        TINY_EVA02: [f"model.clip.name={TINY_EVA02}", *TIMM_TOWER_REST],
+        TINY_SIGLIP2: [f"model.clip.name={TINY_SIGLIP2}", f"model.clip.tokenizer={folder}", *TIMM_TOWER_REST],
+        TINY_PE: [f"model.clip.name={TINY_PE}", *TIMM_TOWER_REST],
+    }
+
+
+@needs_voc
+@pytest.mark.parametrize("name", [TINY_EVA02, TINY_SIGLIP2, TINY_PE])
+def test_clip_towers_on_timm_trunks_run_main_eval_and_load_on_voc(timm_tower_overrides, tmp_path, name):
+    """EVA02, SigLIP2 and PE-Core architectures (tiny, random) under LPOSS+ on real VOC images: main_eval.py and
+    lposs.load give labels of the dataset's classes."""
+    overrides = [*timm_tower_overrides[name], "short_side=64", "k=50", "r=5"]
+    out = tmp_path / "out"
+    args = ["lposs_plus.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "--output", str(out)]
+    assert run([*args, *overrides, "num_workers=0"]) == 0
+    record = read(out / "results.json")
+    assert record["num_images"] == 2 and 0 <= record["mIoU"] <= 100
+    assert record["config"]["model"]["clip"]["name"] == name
+    image = sorted((VOC_MINI / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))[0]
+    predictor = lposs.load("lposs_plus", classes=["sky", "person", "dog"], device="cpu", overrides=overrides)
+    labels = predictor.predict(image)
+    assert labels.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(labels)) <= {0, 1, 2}
