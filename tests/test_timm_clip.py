@@ -156,3 +156,34 @@ def test_refusals_are_one_line_before_weights(offline, clip, expected):
 def test_other_heads_on_a_loaded_timm_tower_are_refused(towers):
     with pytest.raises(ValueError, match="head='naclip'"):
         dense_clip_features(towers[TINY_PE][0], torch.rand(1, 3, 32, 32), head="naclip")
+
+
+@pytest.mark.parametrize(
+    ("config", "clip"), [("lposs_plus_dinov3_siglip2", "ViT-B-16-SigLIP2"), ("lposs_plus_dinov3_pe", "PE-Core-B-16")]
+)
+def test_the_2025_configs_are_lposs_plus_with_their_backbones(config, clip):
+    from omegaconf import OmegaConf
+
+    from lposs.evaluation.config import load_config
+
+    loaded = OmegaConf.to_container(load_config(f"{config}.yaml"))
+    plus = OmegaConf.to_container(load_config("lposs_plus.yaml"))
+    assert loaded["model"]["clip"]["name"] == clip and loaded["model"]["dino"]["name"] == "vit_base_patch16_dinov3"
+    for section in ("clip", "dino"):
+        for key in ("name", "pretrained"):
+            loaded["model"][section].pop(key), plus["model"][section].pop(key)
+    assert loaded == plus  # nothing else differs from LPOSS+
+
+
+@pytest.mark.parametrize(
+    ("name", "tag"), [("ViT-B-16-SigLIP2", "webli"), ("PE-Core-B-16", "meta"), ("EVA02-B-16", "merged2b_s8b_b131k")]
+)
+def test_hub_tags_offline_are_one_line(monkeypatch, tmp_path, tokenizer_dir, name, tag):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("open_clip model built"))
+    folder = str(tokenizer_dir) if name == "ViT-B-16-SigLIP2" else None
+    with pytest.raises(WeightsUnavailableError) as caught:
+        build_clip(name, tag, tokenizer=folder)
+    assert "\n" not in str(caught.value) and f"CLIP {name} (pretrained={tag})" in str(caught.value)
