@@ -1,7 +1,7 @@
 """Other backbones and the ProxyCLIP head through main_eval.py, on tiny random weights: DINO ViT-S/8 with CLIP
 ViT-S/16 (two grids), DINOv2-S/14 with registers with a patch-14 CLIP, DINOv3-S/16 on real VOC images (a sweep, the
-folder mode, `lposs.load` and `refine`), ProxyCLIP alone and under LPOSS+, and a crop that is not a multiple of both
-patch sizes."""
+folder mode, `lposs.load` and `refine`), ProxyCLIP alone and under LPOSS+, a crop that is not a multiple of both
+patch sizes, and CLIP towers on timm trunks (EVA02, SigLIP2, PE-Core) on VOC images."""
 
 import csv
 import json
@@ -21,7 +21,7 @@ from test_main_eval import (
     refuse_model_loading,
     run,
 )
-from tiny_models import TINY_CLIP_14, TINY_CLIP_16
+from tiny_models import TINY_CLIP_14, TINY_CLIP_16, TINY_EVA02, TINY_PE, TINY_SIGLIP2, write_tiny_tokenizer
 
 import lposs
 
@@ -125,3 +125,40 @@ def test_crop_not_a_multiple_of_both_patch_sizes_exits_2_before_weights_load(voc
     assert_one_line_error(
         capsys, code, "crop=64", f"model.clip.name='{TINY_CLIP_14}' (14)", "(14), i.e. of 14 (e.g. 224)"
     )
+
+
+TIMM_TOWER_REST = [
+    "model.clip.pretrained=null",
+    "model.dino.name=vit_small_patch16_224.dino",
+    "model.dino.pretrained=null",
+    "model.templates=single",
+]
+
+
+@pytest.fixture(scope="module")
+def timm_tower_overrides(tmp_path_factory):
+    """name -> overrides of the tiny CLIP towers on timm trunks; SigLIP2's tokenizer from a local folder."""
+    folder = write_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+    return {
+        TINY_EVA02: [f"model.clip.name={TINY_EVA02}", *TIMM_TOWER_REST],
+        TINY_SIGLIP2: [f"model.clip.name={TINY_SIGLIP2}", f"model.clip.tokenizer={folder}", *TIMM_TOWER_REST],
+        TINY_PE: [f"model.clip.name={TINY_PE}", *TIMM_TOWER_REST],
+    }
+
+
+@needs_voc
+@pytest.mark.parametrize("name", [TINY_EVA02, TINY_SIGLIP2, TINY_PE])
+def test_clip_towers_on_timm_trunks_run_main_eval_and_load_on_voc(timm_tower_overrides, tmp_path, name):
+    """EVA02, SigLIP2 and PE-Core architectures (tiny, random) under LPOSS+ on a real VOC image: main_eval.py and
+    lposs.load give labels of the classes asked for."""
+    overrides = [*timm_tower_overrides[name], "short_side=64", "k=50", "r=5"]
+    out = tmp_path / "out"
+    args = ["lposs_plus.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "--output", str(out), "--limit", "1"]
+    assert run([*args, *overrides, "num_workers=0"]) == 0
+    record = read(out / "results.json")
+    assert record["num_images"] == 1 and 0 <= record["mIoU"] <= 100
+    assert record["config"]["model"]["clip"]["name"] == name
+    image = sorted((VOC_MINI / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))[0]
+    predictor = lposs.load("lposs_plus", classes=["sky", "person", "dog"], device="cpu", overrides=overrides)
+    labels = predictor.predict(image)
+    assert labels.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(labels)) <= {0, 1, 2}

@@ -241,7 +241,10 @@ def test_bad_config_files(tmp_path, text, message):
 
 
 def test_missing_and_misnamed_files(tmp_path):
-    available = "clearclip.yaml, lposs.yaml, lposs_plus.yaml, lposs_plus_dinov3.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
+    available = (
+        "clearclip.yaml, lposs.yaml, lposs_plus.yaml, lposs_plus_dinov3.yaml, lposs_plus_dinov3_pe.yaml, "
+        "lposs_plus_dinov3_siglip2.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
+    )
     with pytest.raises(ConfigError, match=f"not found.*available: {available}"):
         load_config("nothere.yaml")
     (tmp_path / "x.yml").write_text("k: 1\n")

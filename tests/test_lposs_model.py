@@ -153,7 +153,9 @@ def test_bfloat16_runs_under_autocast_with_float32_outputs(backbones):
 
 def test_from_config_keeps_float32_weights_and_sets_autocast(backbones, monkeypatch):
     built = []
-    monkeypatch.setattr(lposs_module, "build_clip", lambda *a: built.append(a) or (backbones.clip, backbones.tokenizer))
+    monkeypatch.setattr(
+        lposs_module, "build_clip", lambda *a, **k: built.append(a) or (backbones.clip, backbones.tokenizer)
+    )
     monkeypatch.setattr(lposs_module, "build_dino", lambda *a: built.append(a) or backbones.dino)
     half = LPOSSBackbones.from_config({**CONFIG, "dtype": "bfloat16"}, "cpu")
     assert half.precision is torch.bfloat16 and all(len(args) == 3 for args in built)  # no dtype: float32 weights
@@ -213,7 +215,7 @@ def test_text_side_does_not_depend_on_the_head(backbones, monkeypatch, tmp_path)
 
 
 def test_from_config_reads_head_and_kind(backbones, monkeypatch):
-    monkeypatch.setattr(lposs_module, "build_clip", lambda *a: (backbones.clip, backbones.tokenizer))
+    monkeypatch.setattr(lposs_module, "build_clip", lambda *a, **k: (backbones.clip, backbones.tokenizer))
     monkeypatch.setattr(lposs_module, "build_dino", lambda *a: backbones.dino)
     config = {**CONFIG, "clip": {**CONFIG["clip"], "head": "clearclip"}, "dino": {**CONFIG["dino"], "features": "q"}}
     built = LPOSSBackbones.from_config(config, "cpu")

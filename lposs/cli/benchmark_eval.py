@@ -17,6 +17,7 @@ Usage::
     python tools/benchmark_eval.py --tiny --cases voc               # ViT-S, small image (smoke test)
     python tools/benchmark_eval.py --cases voc --dino vit_base_patch8_224.dino            # DINO ViT-B/8
     python tools/benchmark_eval.py --cases voc --clip ViT-L-14 --dino vit_large_patch14_reg4_dinov2.lvd142m
+    python tools/benchmark_eval.py --cases voc --clip ViT-B-16-SigLIP2 --tokenizer /path/to/gemma_tokenizer
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dino", default=None, help="timm DINO model instead of ViT-B/16 (e.g. vit_base_patch8_224.dino)"
     )
     parser.add_argument("--head", default="maskclip", help="CLIP head (model.clip.head), e.g. proxyclip")
+    parser.add_argument("--tokenizer", default=None, help="model.clip.tokenizer: a local Hugging Face tokenizer folder")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--pixel_backend", default=None, help="passed to SegmentorSettings.pixel_backend")
     parser.add_argument("--seed", type=int, default=0, help="random backbone weights and image")
@@ -88,12 +90,14 @@ def build_backbones(
     clip: str | None = None,
     dino: str | None = None,
     head: str = "maskclip",
+    tokenizer: str | None = None,
 ) -> LPOSSBackbones:
-    """CLIP and DINO at random initialisation (ViT-B/16, or ViT-S/16 when ``tiny``, or the named ones), seeded."""
+    """CLIP and DINO at random initialisation (ViT-B/16, or ViT-S/16 when ``tiny``, or the named ones), seeded;
+    ``tokenizer``: SigLIP's Hugging Face tokenizer folder (model.clip.tokenizer)."""
     torch.manual_seed(seed)
     clip, dino = backbone_names(tiny, clip, dino)
     config = {
-        "clip": {"name": clip, "pretrained": None, "head": head},
+        "clip": {"name": clip, "pretrained": None, "head": head, "tokenizer": tokenizer},
         "dino": {"name": dino, "pretrained": None},
         "dtype": dtype,
         "templates": "single",  # one prompt per alias: text encoding is not what is measured
@@ -179,7 +183,9 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    backbones = build_backbones(args.tiny, device, args.dtype, args.seed, args.clip, args.dino, args.head)
+    backbones = build_backbones(
+        args.tiny, device, args.dtype, args.seed, args.clip, args.dino, args.head, args.tokenizer
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     clip, dino = backbone_names(args.tiny, args.clip, args.dino)
     print(f"device {device} ({name}) | CLIP {clip} ({args.head}), DINO {dino}, random init | {args.dtype}")

@@ -237,6 +237,7 @@ def _expected(full_key: str) -> str:
     return {
         "model.clip.pretrained": "a pretrained tag, a local path or null",
         "model.dino.pretrained": "true, a local path or null",
+        "model.clip.tokenizer": "a local Hugging Face tokenizer folder or null",
         "wandb.project": "a W&B project name",
         "wandb.entity": "a W&B entity name or null",
     }.get(full_key, "a value of the type in evaluation/config_schema.py")

@@ -25,6 +25,7 @@ class ClipConfig:
     proxy_features: str = MISSING  # proxyclip's proxy: the DINO feature kind v | k | q | x (ProxyCLIP's: x)
     proxy_beta: float = MISSING  # proxyclip's beta (1.2)
     proxy_gamma: float = MISSING  # proxyclip's gamma (3.0)
+    tokenizer: str | None = MISSING  # a local Hugging Face tokenizer folder (SigLIP's), or null: the hub
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Frozen backbones of LPOSS: dense CLIP features (MaskCLIP and other heads), CLIP text classifier, DINO features.
 
-Any patch size: open_clip ViTs (B/16, L/14, B/32...), timm DINO (S/16, B/16, S/8, B/8) and DINOv2 (/14, registers).
+Any patch size: open_clip ViTs (B/16, L/14, B/32...) and CLIP towers on timm trunks (EVA02, SigLIP / SigLIP2,
+PE-Core), timm DINO (S/16, B/16, S/8, B/8) and DINOv2 (/14, registers).
 """
 
 from .checks import (

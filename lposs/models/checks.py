@@ -21,6 +21,7 @@ from timm.models.vision_transformer import VisionTransformer
 from .clip_heads import CLIP_HEADS
 from .dino import DINO_FEATURES, check_dino_layout, dino_patch_size
 from .maskclip import TEMPLATE_SETS
+from .timm_clip import check_timm_trunk
 
 Pretrained = str | bool | None
 Device = str | torch.device
@@ -100,12 +101,65 @@ def usable_clip_models() -> list[str]:
 
 
 def clip_patch_size(name: str) -> int:
-    """The patch size of open_clip model `name`'s visual tower, from its config (no weights)."""
-    return int(open_clip.get_model_config(name)["vision_cfg"]["patch_size"])
+    """The patch size of open_clip model `name`'s visual tower, from its config or its timm trunk (no weights)."""
+    vision = open_clip.get_model_config(name)["vision_cfg"]
+    if "timm_model_name" in vision:
+        return int(_timm_trunk(vision["timm_model_name"], vision.get("timm_pool", "avg")).patch_embed.patch_size[0])
+    return int(vision["patch_size"])
+
+
+@functools.lru_cache(maxsize=8)
+def _timm_trunk(name: str, pool: str) -> torch.nn.Module:
+    """A CLIP tower's timm trunk built on the meta device as open_clip builds it (its pooling), no weights."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool)
+    except Exception:  # a model that cannot be built on meta: build it on the CPU, still without weights
+        return timm.create_model(name, pretrained=False, num_classes=0, global_pool=pool)
+
+
+def _check_timm_clip(name: str, vision: Mapping[str, Any]) -> None:
+    """ModelConfigError unless open_clip's TimmModel tower of `name` has a trunk that `models.timm_clip` reads."""
+    trunk_name, pool = vision["timm_model_name"], vision.get("timm_pool", "avg")
+    usable = "e.g. EVA02-B-16, ViT-B-16-SigLIP2, PE-Core-B-16, or open_clip's own ViT-B-16"
+    if pool in ("abs_attn", "rot_attn") or vision.get("timm_proj") == "mlp":
+        raise ModelConfigError(
+            f"model.clip.name={name!r}: open_clip's own pooling / MLP head on timm's "
+            f"{trunk_name!r} is not read here; {usable}"
+        )
+    try:
+        check_timm_trunk(_timm_trunk(trunk_name, pool))
+    except ValueError as error:
+        raise ModelConfigError(
+            f"model.clip.name={name!r}: its visual tower is timm's {trunk_name!r}: {error}; {usable}"
+        ) from error
+
+
+def clip_tokenizer_repo(name: str) -> str | None:
+    """The Hugging Face tokenizer repo of open_clip model `name` (SigLIP's), None for open_clip's own tokenizers."""
+    return open_clip.get_model_config(name)["text_cfg"].get("hf_tokenizer_name") or None
+
+
+def check_clip_tokenizer(name: str, folder: Any) -> None:
+    """ModelConfigError unless `model.clip.tokenizer` is null, or a folder with tokenizer.json for a model whose
+    tokenizer is a Hugging Face one (SigLIP's)."""
+    key = "model.clip.tokenizer"
+    if folder is None:
+        return
+    if not isinstance(folder, (str, os.PathLike)) or not os.fspath(folder).strip():
+        raise ModelConfigError(f"{key}={folder!r}: expected null or a Hugging Face tokenizer folder")
+    if clip_tokenizer_repo(name) is None:
+        raise ModelConfigError(
+            f"{key}={folder!r}: {name} uses open_clip's own tokenizer, not a Hugging Face one; leave it null"
+        )
+    path = os.path.expanduser(os.fspath(folder))
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise ModelConfigError(f"{key}={folder!r}: expected a Hugging Face tokenizer folder holding tokenizer.json")
 
 
 def check_clip_name(name: Any) -> None:
-    """ModelConfigError unless `name` is an open_clip model with a native plain ViT visual tower (any patch size)."""
+    """ModelConfigError unless `name` is an open_clip model whose visual tower is read here: open_clip's own plain ViT
+    (any patch size), or a timm trunk of `models.timm_clip` (EVA02, SigLIP / SigLIP2, PE-Core)."""
     key = "model.clip.name"
     known = open_clip.list_models()
     if not isinstance(name, str) or name not in known:
@@ -115,15 +169,27 @@ def check_clip_name(name: Any) -> None:
     vision = open_clip.get_model_config(name)["vision_cfg"]
     usable = f"e.g. {', '.join(('ViT-B-16', 'ViT-L-14', 'ViT-L-14-336', 'ViT-B-32'))}"
     if "timm_model_name" in vision:
-        raise ModelConfigError(
-            f"{key}={name!r}: its visual tower is timm's {vision['timm_model_name']!r}; expected open_clip's own ViT "
-            f"(the heads read its blocks), {usable}"
-        )
+        _check_timm_clip(name, vision)
+        return
     patch = vision.get("patch_size")
     if not isinstance(patch, int):
         raise ModelConfigError(f"{key}={name!r}: no patch size (not a ViT); expected an open_clip ViT, {usable}")
     if vision.get("attentional_pool"):
         raise ModelConfigError(f"{key}={name!r}: attentional pooler, expected a plain ViT; {usable}")
+
+
+def is_timm_clip(name: str) -> bool:
+    """True when open_clip model `name` has a timm trunk as its visual tower (EVA02, SigLIP, PE-Core...)."""
+    return "timm_model_name" in open_clip.get_model_config(name)["vision_cfg"]
+
+
+def check_clip_head(name: str, head: str) -> None:
+    """ModelConfigError unless `head` can read `name`'s tower: the other heads read open_clip's own ViT blocks only."""
+    if head != "maskclip" and is_timm_clip(name):
+        raise ModelConfigError(
+            f"model.clip.head={head!r}: reads open_clip's own ViT blocks, and {name}'s visual tower is a timm trunk; "
+            "use model.clip.head=maskclip (its own reading, docs/method.md, 'Other backbones') or a plain ViT"
+        )
 
 
 def check_clip_pretrained(name: str, pretrained: Pretrained) -> None:
@@ -256,7 +322,7 @@ def check_model_config(model_cfg: Any, device: Device, crop: int | None = None) 
 
     Args:
         model_cfg: mapping with clip.name, clip.pretrained, dino.name, dino.pretrained, dtype, optional templates,
-            optional clip.head, clip.proxy_features and dino.features.
+            optional clip.head, clip.proxy_features, clip.tokenizer and dino.features.
         device: where the backbones will run ('cpu', 'cuda', 'cuda:1' or a torch.device).
         crop: the config's `crop`, if given: it must be a multiple of both patch sizes (`check_crop`).
 
@@ -268,7 +334,9 @@ def check_model_config(model_cfg: Any, device: Device, crop: int | None = None) 
     check_choice("dino.features", optional_value(model_cfg, "dino.features", "v"), DINO_FEATURES)
     check_choice("clip.proxy_features", optional_value(model_cfg, "clip.proxy_features", "x"), DINO_FEATURES)
     check_clip_name(clip_name)
+    check_clip_head(clip_name, optional_value(model_cfg, "clip.head", "maskclip"))
     check_clip_pretrained(clip_name, config_value(model_cfg, "clip.pretrained"))
+    check_clip_tokenizer(clip_name, optional_value(model_cfg, "clip.tokenizer", None))
     check_dino_name(dino_name)
     check_dino_pretrained(dino_name, config_value(model_cfg, "dino.pretrained"))
     check_dtype(config_value(model_cfg, "dtype"), device)

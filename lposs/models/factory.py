@@ -15,19 +15,24 @@ from urllib.parse import urlparse
 import open_clip
 import timm
 import torch
+from open_clip.model import set_model_preprocess_cfg
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from torch import nn
 
 from .checks import (
     Device,
+    ModelConfigError,
     Pretrained,
     check_clip_name,
     check_clip_pretrained,
+    check_clip_tokenizer,
     check_dino_name,
     check_dino_pretrained,
     local_checkpoint,
     normalize_pretrained,
     resolve_dtype,
 )
+from .timm_clip import is_timm_tower
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -137,16 +142,83 @@ def _finish(model: nn.Module, device: Device, dtype: str | torch.dtype) -> nn.Mo
     return model.requires_grad_(False)
 
 
+def _hub_tokenizer(name: str, repo_id: str) -> str:
+    """A Hugging Face tokenizer's source: its cached snapshot folder, else `repo_id` when the hub can be reached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = _hf_cache_dir()
+    cached = try_to_load_from_cache(repo_id, "tokenizer.json", cache_dir=cache_dir)
+    if isinstance(cached, str):
+        return os.path.dirname(cached)  # the snapshot folder: no hub round trip when offline
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    reason = "HF_HUB_OFFLINE is set" if _hub_offline() else None
+    if reason is None and not _reachable(endpoint):
+        reason = f"{endpoint} is unreachable"
+    if reason is not None:
+        raise WeightsUnavailableError(
+            f"model.clip.name={name!r}: its tokenizer {repo_id!r} is not in the Hugging Face cache {cache_dir} and "
+            f"{reason}; set model.clip.tokenizer=/path/to/folder (a Hugging Face tokenizer folder with tokenizer.json)"
+        )
+    return repo_id
+
+
+def build_tokenizer(name: str, folder: str | None = None) -> Callable:
+    """The tokenizer of open_clip model `name`, as `open_clip.get_tokenizer(name)` builds it; a Hugging Face tokenizer
+    (SigLIP's) is read from `folder` when given (a local tokenizer folder with tokenizer.json), else from the hub cache
+    or the hub, with the model's own context length and cleaning.
+
+    Raises:
+        ModelConfigError: a bad folder, or `transformers` missing for a Hugging Face tokenizer.
+        WeightsUnavailableError: offline with neither a local folder nor a cached copy (one line).
+    """
+    check_clip_tokenizer(name, folder)
+    text = open_clip.get_model_config(name)["text_cfg"]
+    repo_id = text.get("hf_tokenizer_name")
+    if not repo_id:
+        return open_clip.get_tokenizer(name)
+    try:
+        from open_clip.tokenizer import HFTokenizer
+        from transformers import AutoTokenizer  # noqa: F401 (HFTokenizer imports it when built)
+    except ImportError as error:
+        raise ModelConfigError(
+            f"model.clip.name={name!r}: its tokenizer is Hugging Face's {repo_id!r}, which needs the `transformers` "
+            "package (pip install transformers)"
+        ) from error
+    source = os.path.expanduser(folder) if folder else _hub_tokenizer(name, repo_id)
+    return HFTokenizer(
+        source,
+        context_length=text.get("context_length", DEFAULT_CONTEXT_LENGTH),
+        tokenizer_mode=text.get("tokenizer_mode"),
+        **text.get("tokenizer_kwargs", {}),
+    )
+
+
+def _set_tower_preprocess(model: nn.Module, name: str, pretrained: Pretrained) -> None:
+    """A timm tower's mean / std: the pretrained tag's (open_clip's table), else its timm trunk's `pretrained_cfg`
+    (a checkpoint file or random weights; open_clip itself would fall back to OpenAI's constants)."""
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    source = open_clip.get_pretrained_cfg(name, pretrained) if pretrained in tags else model.visual.trunk.pretrained_cfg
+    cfg = dict(model.visual.preprocess_cfg)
+    cfg.update(mean=tuple(source["mean"]), std=tuple(source["std"]))
+    set_model_preprocess_cfg(model, cfg)
+
+
 def build_clip(
-    name: str, pretrained: Pretrained, device: Device = "cpu", dtype: str | torch.dtype = "float32"
+    name: str,
+    pretrained: Pretrained,
+    device: Device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    tokenizer: str | None = None,
 ) -> tuple[nn.Module, Callable]:
-    """Build an open_clip ViT CLIP model (any patch size) in eval mode, and its tokenizer.
+    """Build an open_clip CLIP model in eval mode, and its tokenizer: a ViT of open_clip's own (any patch size) or a
+    tower on a timm trunk (EVA02, SigLIP / SigLIP2, PE-Core; docs/method.md, "Other backbones").
 
     Args:
-        name: open_clip model name, e.g. 'ViT-B-16', 'ViT-L-14', 'ViT-L-14-336', 'ViT-B-32'.
+        name: open_clip model name, e.g. 'ViT-B-16', 'ViT-L-14', 'EVA02-B-16', 'ViT-B-16-SigLIP2', 'PE-Core-B-16'.
         pretrained: open_clip tag (e.g. 'laion2b_s34b_b88k'), local checkpoint path, or None / false / 'null'.
         device: target device.
         dtype: 'float32' | 'float16' | 'bfloat16'; the whole model is cast to it.
+        tokenizer: a local Hugging Face tokenizer folder for models with one (SigLIP's), instead of the hub.
 
     Returns:
         (model, tokenizer); tokenizer maps list[str] -> LongTensor [N, context_length].
@@ -154,6 +226,7 @@ def build_clip(
     resolve_dtype(dtype)
     check_clip_name(name)
     check_clip_pretrained(name, pretrained)  # one-line errors before anything is read or downloaded
+    text_tokenizer = build_tokenizer(name, tokenizer)  # before the weights: offline, the one line comes first
     pretrained = normalize_pretrained(pretrained)
     checkpoint, extra = (None, {}) if pretrained is None else _clip_weights(name, pretrained)
     source = checkpoint if checkpoint is not None else pretrained
@@ -165,7 +238,9 @@ def build_clip(
                 f"download of CLIP {name} (pretrained={pretrained}) failed: {error}"
             ) from error
         raise ValueError(f"model.clip.pretrained={pretrained!r}: cannot load into {name}: {error}") from error
-    return _finish(model, device, dtype), open_clip.get_tokenizer(name)
+    if is_timm_tower(model.visual):
+        _set_tower_preprocess(model, name, pretrained)
+    return _finish(model, device, dtype), text_tokenizer
 
 
 def _dino_weights(name: str, pretrained: str | bool) -> str:

@@ -13,11 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._precision import autocast_context
-from .checks import DTYPES, Device, ModelConfigError, check_choice, check_model_config, config_value, optional_value
+from .checks import (
+    DTYPES,
+    Device,
+    ModelConfigError,
+    check_choice,
+    check_model_config,
+    config_value,
+    optional_value,
+)
 from .clip_heads import CLIP_HEADS, PROXY_BETA, PROXY_GAMMA
 from .dino import DINO_FEATURES, dino_feature_maps, dino_features, dino_patch_size
 from .factory import build_clip, build_dino
 from .maskclip import IMAGENET_TEMPLATES, TEMPLATE_SETS, Template, clip_patch_size, dense_clip_features, text_classifier
+from .timm_clip import is_timm_tower
 
 # The ProxyCLIP settings of the config (model.clip.*) and their defaults, which are ProxyCLIP's.
 PROXY_DEFAULTS = {"proxy_features": "x", "proxy_beta": PROXY_BETA, "proxy_gamma": PROXY_GAMMA}
@@ -71,14 +80,16 @@ class LPOSSBackbones(nn.Module):
         Keys: clip.name, clip.pretrained, dino.name, dino.pretrained, dtype ('float32' | 'float16' | 'bfloat16':
         the weights stay float32, half types run under torch.autocast), optional templates ('imagenet80', the
         default and the paper's, or 'single'), optional clip.head (default 'maskclip'), clip.proxy_features,
-        clip.proxy_beta, clip.proxy_gamma (ProxyCLIP's: x, 1.2, 3.0) and dino.features (default 'v').
+        clip.proxy_beta, clip.proxy_gamma (ProxyCLIP's: x, 1.2, 3.0), clip.tokenizer (a local Hugging Face tokenizer
+        folder for SigLIP's, default null: the hub) and dino.features (default 'v').
 
         Raises:
             ModelConfigError: a bad value, before any weights are read (one line naming key and value).
         """
         check_model_config(model_cfg, device)
         clip_name, clip_pretrained = config_value(model_cfg, "clip.name"), config_value(model_cfg, "clip.pretrained")
-        clip_model, tokenizer = build_clip(clip_name, clip_pretrained, device)
+        folder = optional_value(model_cfg, "clip.tokenizer", None)  # SigLIP's Hugging Face tokenizer, read locally
+        clip_model, tokenizer = build_clip(clip_name, clip_pretrained, device, tokenizer=folder)
         dino_model = build_dino(
             config_value(model_cfg, "dino.name"), config_value(model_cfg, "dino.pretrained"), device
         )
@@ -100,6 +111,11 @@ class LPOSSBackbones(nn.Module):
         """
         check_choice("clip.head", clip_head, CLIP_HEADS)
         check_choice("dino.features", dino_kind, DINO_FEATURES)
+        if clip_head != "maskclip" and is_timm_tower(self.clip.visual):
+            raise ModelConfigError(
+                f"model.clip.head={clip_head!r}: reads open_clip's own ViT blocks, and this CLIP's visual tower is a "
+                "timm trunk; use model.clip.head=maskclip (its own reading, docs/method.md, 'Other backbones')"
+            )
         proxy = {**PROXY_DEFAULTS, **(proxy or {})}
         check_choice("clip.proxy_features", proxy["proxy_features"], DINO_FEATURES)
         if set(proxy) != set(PROXY_DEFAULTS):

@@ -6,6 +6,7 @@ The open_clip internals used here are checked by `_check_visual_layout`, so a la
 future open_clip fails loudly instead of silently changing the features.
 """
 
+import hashlib
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from . import text_cache
 from ._image import check_images, pad_and_normalize, tokens_to_map
 from ._precision import autocast_context
 from .clip_heads import PROXY_BETA, PROXY_GAMMA, check_head, proxyclip_last_block, refined_last_block
+from .timm_clip import dense_timm_clip_features, is_timm_tower, timm_patch_size
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -36,6 +38,7 @@ TEMPLATE_SETS: dict[str, tuple] = {"imagenet80": IMAGENET_TEMPLATES, "single": (
 
 # (id(model), class names, device, dtype, autocast dtype, templates) -> (weakref to model, embeddings, alias_to_class)
 _TEXT_CACHE: dict = {}
+_TOKENIZER_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> describe_tokenizer(...)
 
 
 def _layout_error(what: str) -> ValueError:
@@ -43,7 +46,10 @@ def _layout_error(what: str) -> ValueError:
 
 
 def clip_patch_size(visual: nn.Module) -> int:
-    """The (square) patch size of an open_clip ViT visual tower: 16 for ViT-B/16, 14 for ViT-L/14, 32 for ViT-B/32."""
+    """The (square) patch size of an open_clip ViT visual tower: 16 for ViT-B/16, 14 for ViT-L/14, 32 for ViT-B/32
+    (and of a timm trunk's tower: 16 for EVA02-B-16, ViT-B-16-SigLIP2, PE-Core-B-16)."""
+    if is_timm_tower(visual):
+        return timm_patch_size(visual)
     size = tuple(visual.patch_size)
     if len(size) != 2 or size[0] != size[1]:
         raise _layout_error(f"expected a square patch size, got {size}")
@@ -131,7 +137,8 @@ def dense_clip_features(
     """Dense patch features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
     Args:
-        clip_model: open_clip CLIP model with a ViT visual tower of any square patch size p (any dtype).
+        clip_model: open_clip CLIP model with a ViT visual tower of any square patch size p (any dtype), or with a
+            timm trunk (EVA02, SigLIP, PE-Core: `models.timm_clip`, head 'maskclip' only).
         images: [B, 3, H, W] float RGB in [0, 1], any device (moved to the model's); padded with black to a
             multiple of p.
         head: the last block: 'maskclip' (the paper's), 'sclip', 'clearclip', 'naclip' or 'proxyclip'
@@ -148,6 +155,13 @@ def dense_clip_features(
     check_head(head)
     _check_proxy(head, proxy, images.shape[0])
     visual = clip_model.visual
+    if is_timm_tower(visual):  # EVA02, SigLIP, PE-Core: one reading per pooling kind (models.timm_clip)
+        if head != "maskclip":
+            raise ValueError(
+                f"dense_clip_features: head={head!r} reads open_clip's own ViT blocks; a timm tower "
+                "takes head='maskclip' (its own reading, docs/method.md, 'Other backbones')"
+            )
+        return dense_timm_clip_features(clip_model, images)
     _check_visual_layout(visual)
     weight = visual.conv1.weight
     patch = clip_patch_size(visual)
@@ -187,6 +201,28 @@ def split_aliases(class_names: Sequence[str]) -> tuple[list[str], list[int]]:
         aliases += parts
         owners += [index] * len(parts)
     return aliases, owners
+
+
+def describe_tokenizer(tokenizer: Callable) -> str:
+    """What a tokenizer's output depends on, for the text caches' keys: its class and context length, and for a
+    Hugging Face tokenizer (SigLIP's) a SHA-256 of its whole definition (vocabulary, rules), wherever it was read;
+    worked out once per tokenizer object (Gemma's definition is tens of MB)."""
+    try:
+        return _TOKENIZER_IDS[tokenizer]
+    except (KeyError, TypeError):  # TypeError: not weakly referenceable, described anew each time
+        pass
+    parts = [type(tokenizer).__qualname__, str(getattr(tokenizer, "context_length", None))]
+    backend = getattr(getattr(tokenizer, "tokenizer", None), "backend_tokenizer", None)
+    if backend is not None:
+        parts.append(hashlib.sha256(backend.to_str().encode()).hexdigest())
+        parts.append(str(getattr(tokenizer, "strip_sep_token", False)))
+        parts.append(getattr(getattr(tokenizer, "clean_fn", None), "__name__", ""))
+    described = "|".join(parts)
+    try:
+        _TOKENIZER_IDS[tokenizer] = described
+    except TypeError:
+        pass
+    return described
 
 
 def _fill(template: Template, text: str) -> str:
@@ -240,7 +276,7 @@ def _cached_or_encoded(
     if text_cache.text_cache_dir() is not None:
         model_id = model_id if model_id is not None else {"class": type(clip_model).__qualname__}
         key = text_cache.entry_key(
-            model_id,
+            {**model_id, "tokenizer": describe_tokenizer(tokenizer)},
             text_cache.text_weights_fingerprint(clip_model),
             aliases,
             [_fill(t, "{}") for t in templates],
@@ -291,6 +327,7 @@ def text_classifier(
     # Tensor versions change with every in-place update, so weights changed after a first call never hit.
     versions = tuple(p._version for p in clip_model.parameters())
     key = (id(clip_model), versions, tuple(class_names), str(param.device), param.dtype, precision, filled)
+    key += (describe_tokenizer(tokenizer),)
     hit = _TEXT_CACHE.get(key)
     if hit is not None and hit[0]() is clip_model:
         return hit[1], hit[2]
