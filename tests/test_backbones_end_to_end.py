@@ -148,17 +148,35 @@ def timm_tower_overrides(tmp_path_factory):
 
 @needs_voc
 @pytest.mark.parametrize("name", [TINY_EVA02, TINY_SIGLIP2, TINY_PE])
-def test_clip_towers_on_timm_trunks_run_main_eval_and_load_on_voc(timm_tower_overrides, tmp_path, name):
-    """EVA02, SigLIP2 and PE-Core architectures (tiny, random) under LPOSS+ on a real VOC image: main_eval.py and
-    lposs.load give labels of the classes asked for."""
+def test_clip_towers_on_timm_trunks_run_everywhere_a_vit_runs(timm_tower_overrides, tmp_path, name):
+    """EVA02, SigLIP2 and PE-Core architectures (tiny, random) under LPOSS+ on a real VOC image: a main_eval.py sweep,
+    the folder mode and lposs.load (MaskCLIP) give the same labels of the classes asked for; `refine` on the
+    segmentor's own window scores is `predict_scores` bit for bit (LPOSS+)."""
     overrides = [*timm_tower_overrides[name], "short_side=64", "k=50", "r=5"]
     out = tmp_path / "out"
     args = ["lposs_plus.yaml", "--dataset", "voc", f"data_root={VOC_MINI}", "--output", str(out), "--limit", "1"]
-    assert run([*args, *overrides, "num_workers=0"]) == 0
-    record = read(out / "results.json")
-    assert record["num_images"] == 1 and 0 <= record["mIoU"] <= 100
-    assert record["config"]["model"]["clip"]["name"] == name
+    assert run([*args, *overrides, "num_workers=0", "--sweep", "alpha=0.9,0.95"]) == 0
+    rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+    assert [row["setting"] for row in rows] == ["alpha=0.9", "alpha=0.95"]
+    for row in rows:
+        record = read(out / row["setting"] / "voc" / "results.json")
+        assert record["num_images"] == 1 and 0 <= record["mIoU"] <= 100
+        assert record["config"]["model"]["clip"]["name"] == name
     image = sorted((VOC_MINI / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))[0]
-    predictor = lposs.load("lposs_plus", classes=["sky", "person", "dog"], device="cpu", overrides=overrides)
+    photos, labels_out = tmp_path / "photos", tmp_path / "labels_out"
+    photos.mkdir()
+    shutil.copy(image, photos / image.name)
+    # MaskCLIP's scores (no propagation, which smooths random scores into one class) give maps that vary
+    classes = ["sky", "person", "dog", "grass", "car", "table"]
+    folder = ["--images", str(photos), "--classes", ",".join(classes), "--save_predictions", str(labels_out)]
+    assert run(["maskclip.yaml", *folder, *overrides]) == 0
+    predictor = lposs.load("maskclip", classes=classes, device="cpu", overrides=overrides)
     labels = predictor.predict(image)
-    assert labels.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(labels)) <= {0, 1, 2}
+    assert labels.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(labels)) <= set(range(6))
+    assert len(np.unique(labels)) >= 2  # the maps vary: equal maps mean something
+    written = np.array(Image.open(labels_out / "labels" / image.name.replace(".jpg", ".png")))
+    np.testing.assert_array_equal(written, labels)
+    rgb = np.array(Image.open(image).convert("RGB"))
+    predictor = lposs.load("lposs_plus", classes=classes, device="cpu", overrides=overrides)
+    encoding = predictor.segmentor.encode(rgb)
+    assert torch.equal(predictor.refine(rgb, encoding.scores, encoding.boxes), predictor.predict_scores(rgb))
