@@ -84,11 +84,11 @@ class _Images(Dataset):
         return {"index": index, "resized": resized, "size": image.shape[:2], "image": image if keep else None}
 
 
-def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) -> None:
-    """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32."""
+def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, labels: torch.Tensor, colours: list) -> None:
+    """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32, ``labels`` ``[H, W]`` int64."""
     image = plan.images[sample["index"]]
     missing = plan.missing(sample["index"])
-    labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
+    labels = labels.cpu().numpy()
     if "scores" in missing:
         with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
             np.save(handle, scores.to(torch.float16).cpu().numpy())
@@ -157,7 +157,8 @@ def _segment_share(
                         progress.write(f"skipped: {sample['error']}", file=sys.stderr)
             sizes = [sample["size"] for sample in good]
             for sample, encoding in zip(good, segmentor.encode_batch([x["resized"] for x in good], sizes)):
-                _write(plan, sample, segmentor.propagate(encoding), colours)
+                scores = segmentor.propagate(encoding)
+                _write(plan, sample, scores, segmentor.labels(scores), colours)  # labels: prob_thd applied
                 segmented += 1
             progress.update(len(batch))
     return segmented, failed
