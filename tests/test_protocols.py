@@ -79,7 +79,7 @@ def test_own_configs_hold_the_authors_values_for_every_benchmark(method):
     for key, expected in AUTHORS[method].items():
         config = load_config(f"{method}_own.yaml", dataset=key)
         assert protocol_of(config) == expected, key
-        assert config.model.clip.name == "ViT-B-16-quickgelu" and config.model.clip.pretrained == "openai"
+        assert config.model.clip.name == "ViT-B-16" and config.model.clip.pretrained == "openai"
         assert config.model.clip.head == method and config.patch_propagation is False
         assert config.long_side == 2048 and config.model.templates == "imagenet80" and config.background == 0
         assert list(config.pamr_dilations) == [8, 16]
@@ -146,11 +146,18 @@ def voc_image():
     return np.ascontiguousarray(np.asarray(Image.open(VOC_IMAGE).convert("RGB"))[150:246, 180:308])
 
 
-def _backbones(config):
+@pytest.fixture(scope="module")
+def tiny_voc():
+    """Random backbones of the own configs' architecture (tiny), holding SCLIP's VOC class file; its text rows as
+    the authors' __init__ computes them."""
     from lposs.models import LPOSSBackbones
 
+    config = load_config("sclip_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
     torch.manual_seed(0)
-    return LPOSSBackbones.from_config(config.model, "cpu").eval()
+    backbones = LPOSSBackbones.from_config(config.model, "cpu").eval()
+    backbones.set_classes(protocol_class_names("voc", config.class_names))
+    names, owners = get_cls_idx(CLASS_NAME_DIR / "sclip" / "cls_voc21.txt", SEPARATORS["sclip"])
+    return backbones, text_features(backbones.clip, backbones.tokenizer, names, backbones.templates), owners
 
 
 # On the tiny random backbones: a logit scale that spreads the probabilities, short side 224 (two windows, the
@@ -162,21 +169,20 @@ CASES = {
 }
 
 
-def _predictions(voc_image, method):
+def _predictions(voc_image, tiny_voc, method):
+    backbones, text, owners = tiny_voc
     config = load_config(f"{method}_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
-    backbones = _backbones(config)
-    backbones.set_classes(protocol_class_names("voc", config.class_names))
+    assert config.class_names == "sclip" and config.model.clip.head == method
+    backbones.set_heads(method)
     settings = replace(SegmentorSettings.from_config(config), **CASES[method])
-    names, owners = get_cls_idx(CLASS_NAME_DIR / "sclip" / "cls_voc21.txt", SEPARATORS["sclip"])
-    text = text_features(backbones.clip, backbones.tokenizer, names, backbones.templates)
     probabilities = reference_predict(backbones.clip, text, owners, voc_image, method, settings.__dict__)
     prob_thd = float(probabilities.max(0).values.quantile(0.3))
     return Segmentor(backbones, replace(settings, prob_thd=prob_thd)), probabilities, prob_thd
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
-def test_own_protocol_prediction_equals_the_authors_predict(voc_image, method):
-    segmentor, expected_probs, prob_thd = _predictions(voc_image, method)
+def test_own_protocol_prediction_equals_the_authors_predict(voc_image, tiny_voc, method):
+    segmentor, expected_probs, prob_thd = _predictions(voc_image, tiny_voc, method)
     expected_labels = reference_labels(expected_probs, prob_thd)
     scores = segmentor.predict_scores(voc_image)
     labels = segmentor.labels(scores)
