@@ -40,7 +40,16 @@ METHODS = {
 # None: not verified from a source we could read (docs/benchmarks.md says where each number comes from)
 PUBLISHED: dict[str, tuple[float | None, ...]] = {
     "lposs": (None,) * 8,  # the LPOSS row of the paper's table was not in our sources
-    "lposs_plus": (61.1, 34.6, 33.4, 78.8, 37.8, 25.9, 37.3, 21.8),  # LPOSS paper (CVPR 2025), SPEC section 5
+    "lposs_plus": (
+        61.1,
+        34.6,
+        33.4,
+        78.8,
+        37.8,
+        25.9,
+        37.3,
+        21.8,
+    ),  # LPOSS paper (CVPR 2025), docs/method.md "Published results"
     "sclip": (59.63, 31.74, 33.52, 81.54, 34.46, 22.77, 32.34, 16.45),  # wangf3014/SCLIP README, "Results"
     "naclip": (62.36, 34.99, 36.19, 80.60, 38.35, 25.18, 38.27, 19.05),  # sinahmr/NACLIP README, "Results"
     "clearclip": (None,) * 8,  # mc-lan/ClearCLIP README: a picture only (assets/results.png)
