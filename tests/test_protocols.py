@@ -163,17 +163,24 @@ def tiny_voc():
 # On the tiny random backbones: a logit scale that spreads the probabilities, short side 224 (two windows, the
 # overlap averaged; the protocols' own values are checked above), SCLIP's area_thd at a value that drops a class
 # (asserted). prob_thd is set below from the probabilities, so that it sends some pixels, not all, to class 0.
+# ClearCLIP at its Cityscapes windows (224, stride 224: the grid of its weights, no positional-embedding resize).
 CASES = {
     "sclip": {"logit_scale": 400, "area_thd": 0.08, "short_side": 224},
     "naclip": {"logit_scale": 400, "short_side": 224},
+    "clearclip": {"logit_scale": 400, "short_side": 224, "crop": 224, "stride": 224},
 }
 
 
 def _predictions(voc_image, tiny_voc, method):
     backbones, text, owners = tiny_voc
     config = load_config(f"{method}_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
-    assert config.class_names == "sclip" and config.model.clip.head == method
+    assert config.model.clip.head == method
     backbones.set_heads(method)
+    backbones.set_classes(protocol_class_names("voc", config.class_names))  # cached: SCLIP's file encoded once
+    if config.class_names != "sclip":  # its own file, read as its get_cls_idx reads it
+        path = CLASS_NAME_DIR / config.class_names / "cls_voc21.txt"
+        names, owners = get_cls_idx(path, SEPARATORS[config.class_names])
+        text = text_features(backbones.clip, backbones.tokenizer, names, backbones.templates)
     settings = replace(SegmentorSettings.from_config(config), **CASES[method])
     probabilities = reference_predict(backbones.clip, text, owners, voc_image, method, settings.__dict__)
     prob_thd = float(probabilities.max(0).values.quantile(0.3))
