@@ -11,17 +11,16 @@ NACLIP's `pamr.py`, in their layout:
 - SCLIP's `area_thd` on the argmax areas of the non-background classes, then the argmax and `prob_thd` (class 0).
 """
 
+import math
+
 import mmcv
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from head_reference import reference_head, tokens_before_last_block
+from head_reference import reference_head
 
 MEAN_255 = torch.tensor([122.771, 116.746, 104.094]).view(1, 3, 1, 1)  # SegDataPreProcessor(mean=...)
 STD_255 = torch.tensor([68.501, 66.632, 70.323]).view(1, 3, 1, 1)
-CLIP_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 def get_cls_idx(path, separator: str) -> tuple[list[str], list[int]]:
@@ -79,10 +78,35 @@ def pamr_reference(image: torch.Tensor, mask: torch.Tensor, steps: int, dilation
 
 
 @torch.no_grad()
+def authors_tokens(model, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Sequence-first tokens [N, B, C] leaving the second-to-last block of normalised images [B, 3, w, h], the
+    positional embedding resized as the repositories' `interpolate_pos_encoding` does: bicubic, scale factor
+    (w // p + 0.1) / sqrt(N) per axis, whenever the token count differs from the embedding's."""
+    visual = model.visual
+    x = visual.conv1(images)
+    grid = tuple(x.shape[-2:])
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    x = torch.cat([visual.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
+    pos = visual.positional_embedding
+    if x.shape[1] != pos.shape[0]:
+        n, dim, side = pos.shape[0] - 1, x.shape[-1], int(math.sqrt(pos.shape[0] - 1))
+        w0, h0 = images.shape[-2] // visual.patch_size[0] + 0.1, images.shape[-1] // visual.patch_size[1] + 0.1
+        patch = F.interpolate(
+            pos[1:].reshape(1, side, side, dim).permute(0, 3, 1, 2),
+            scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)),
+            mode="bicubic",
+        )
+        pos = torch.cat([pos[[0]], patch.permute(0, 2, 3, 1).reshape(-1, dim)])
+    x = visual.ln_pre(x + pos)
+    for block in visual.transformer.resblocks[:-1]:
+        x = block(x)
+    return x.permute(1, 0, 2), grid
+
+
+@torch.no_grad()
 def crop_logits(model, crop: torch.Tensor, text: torch.Tensor, head: str) -> torch.Tensor:
     """forward_feature: [1, Q, h, w] logits of one normalised crop [1, 3, h, w], resized to the crop."""
-    # tokens_before_last_block normalises with CLIP's mean/std: undo it, so that conv1 sees the authors' input
-    tokens, grid = tokens_before_last_block(model, crop * CLIP_STD + CLIP_MEAN)
+    tokens, grid = authors_tokens(model, crop)
     features = reference_head(model, tokens, grid, head)  # [1, E, gh, gw]
     features = features / features.norm(dim=1, keepdim=True)
     logits = torch.einsum("behw,qe->bqhw", features, text)

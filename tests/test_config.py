@@ -134,6 +134,7 @@ BAD_VALUES = [
     ("model.clip.proxy_gamma=-1", "model.clip.proxy_gamma=-1.0 is invalid: expected a number > 0"),
     ("model.dino.pretrained=3", "model.dino.pretrained=3"),
     ("wandb.mode=cloud", "wandb.mode='cloud'"),
+    ("model.clip.pos_interpolation=area", "model.clip.pos_interpolation='area' is invalid: expected size or offset"),
     ("class_names=mine", "class_names='mine' is invalid: expected one of lposs, sclip, clearclip, proxyclip"),
     ("logit_scale=0", "logit_scale=0.0 is invalid: expected null or a number > 0"),
     ("pamr_steps=-1", "pamr_steps=-1 is invalid: expected an integer >= 0"),

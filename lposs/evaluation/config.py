@@ -320,6 +320,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dino.features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
     "model.clip.proxy_features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
     "model.clip.proxy_beta": (_is_number, "a number"),
+    "model.clip.pos_interpolation": (lambda v: v in ("size", "offset"), "size or offset"),
     "model.clip.proxy_gamma": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),

@@ -26,6 +26,7 @@ class ClipConfig:
     proxy_features: str = MISSING  # proxyclip's proxy: the DINO feature kind v | k | q | x (ProxyCLIP's: x)
     proxy_beta: float = MISSING  # proxyclip's beta (1.2)
     proxy_gamma: float = MISSING  # proxyclip's gamma (3.0)
+    pos_interpolation: str = MISSING  # positional embedding to another grid: size (LPOSS's) | offset (the baselines')
 
 
 @dataclass
