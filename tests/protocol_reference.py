@@ -17,10 +17,15 @@ import mmcv
 import numpy as np
 import torch
 import torch.nn.functional as F
-from head_reference import reference_head
+from dino_reference import reference_features
+from head_reference import proxyclip_reference, reference_head
 
 MEAN_255 = torch.tensor([122.771, 116.746, 104.094]).view(1, 3, 1, 1)  # SegDataPreProcessor(mean=...)
 STD_255 = torch.tensor([68.501, 66.632, 70.323]).view(1, 3, 1, 1)
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # ProxyCLIP's UnNormalize
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+# ProxyCLIP's beta, gamma in the reference (1.2, 3.0 are its defaults; a test may set others, as on the backbones)
+PROXY_CONSTANTS = [1.2, 3.0]
 
 
 def get_cls_idx(path, separator: str) -> tuple[list[str], list[int]]:
@@ -104,17 +109,24 @@ def authors_tokens(model, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int
 
 
 @torch.no_grad()
-def crop_logits(model, crop: torch.Tensor, text: torch.Tensor, head: str) -> torch.Tensor:
-    """forward_feature: [1, Q, h, w] logits of one normalised crop [1, 3, h, w], resized to the crop."""
+def crop_logits(model, crop: torch.Tensor, text: torch.Tensor, head: str, proxy_vit=None) -> torch.Tensor:
+    """forward_feature: [1, Q, h, w] logits of one normalised crop [1, 3, h, w], resized to the crop.
+
+    ProxyCLIP: the crop un-normalised with CLIP's exact mean/std (its UnNormalize), DINO's `x` features of it
+    (normalised with ImageNet's inside reference_features) as the proxy, the logits on the proxy's grid."""
     tokens, grid = authors_tokens(model, crop)
-    features = reference_head(model, tokens, grid, head)  # [1, E, gh, gw]
+    if head == "proxyclip":
+        proxy = reference_features(proxy_vit, crop * CLIP_STD + CLIP_MEAN, "x", 0.1, False)
+        features = proxyclip_reference(model, tokens, grid, proxy, *PROXY_CONSTANTS)  # [1, E, I, J]
+    else:
+        features = reference_head(model, tokens, grid, head)  # [1, E, gh, gw]
     features = features / features.norm(dim=1, keepdim=True)
     logits = torch.einsum("behw,qe->bqhw", features, text)
     return F.interpolate(logits, size=crop.shape[-2:], mode="bilinear")
 
 
 @torch.no_grad()
-def forward_slide(model, image: torch.Tensor, text: torch.Tensor, head: str, crop: int, stride: int) -> torch.Tensor:
+def forward_slide(model, image, text, head: str, crop: int, stride: int, proxy_vit=None) -> torch.Tensor:
     """[1, Q, h, w]: the mmseg sliding-window average of the crops' logits, on the resized normalised image."""
     _, _, h_img, w_img = image.shape
     h_grids = max(h_img - crop + stride - 1, 0) // stride + 1
@@ -126,14 +138,14 @@ def forward_slide(model, image: torch.Tensor, text: torch.Tensor, head: str, cro
             y1, x1 = h_idx * stride, w_idx * stride
             y2, x2 = min(y1 + crop, h_img), min(x1 + crop, w_img)
             y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-            logits = crop_logits(model, image[:, :, y1:y2, x1:x2], text, head)
+            logits = crop_logits(model, image[:, :, y1:y2, x1:x2], text, head, proxy_vit)
             preds += F.pad(logits, (x1, w_img - x2, y1, h_img - y2))
             count[:, :, y1:y2, x1:x2] += 1
     return preds / count
 
 
 @torch.no_grad()
-def reference_predict(model, text, query_idx, image: np.ndarray, head: str, protocol: dict):
+def reference_predict(model, text, query_idx, image: np.ndarray, head: str, protocol: dict, proxy_vit=None):
     """The authors' predict + postprocess_result but the last step on one [H, W, 3] uint8 RGB image.
 
     protocol: short_side, crop, stride, logit_scale, area_thd (None), pamr_steps, pamr_dilations.
@@ -143,7 +155,7 @@ def reference_predict(model, text, query_idx, image: np.ndarray, head: str, prot
     """
     resized = mmcv.imrescale(image, (2048, protocol["short_side"]), interpolation="bilinear")
     inputs = (torch.from_numpy(resized).permute(2, 0, 1)[None].float() - MEAN_255) / STD_255
-    logits = forward_slide(model, inputs, text, head, protocol["crop"], protocol["stride"])
+    logits = forward_slide(model, inputs, text, head, protocol["crop"], protocol["stride"], proxy_vit)
     size = image.shape[:2]
     logits = F.interpolate(logits, size=size, mode="bilinear")  # forward_slide's (SCLIP) or predict's (NACLIP)
     if protocol["pamr_steps"] > 0:
