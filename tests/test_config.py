@@ -144,6 +144,14 @@ BAD_VALUES = [
     ("model.clip.proxy_gamma=-1", "model.clip.proxy_gamma=-1.0 is invalid: expected a number > 0"),
     ("model.dino.pretrained=3", "model.dino.pretrained=3"),
     ("wandb.mode=cloud", "wandb.mode='cloud'"),
+    ("model.clip.pos_interpolation=area", "model.clip.pos_interpolation='area' is invalid: expected size or offset"),
+    ("class_names=mine", "class_names='mine' is invalid: expected one of lposs, sclip, clearclip, proxyclip"),
+    ("logit_scale=0", "logit_scale=0.0 is invalid: expected null or a number > 0"),
+    ("pamr_steps=-1", "pamr_steps=-1 is invalid: expected an integer >= 0"),
+    ("pamr_dilations=[0]", "pamr_dilations=[0] is invalid"),
+    ("area_thd=1.5", "area_thd=1.5 is invalid: expected null or a number in [0, 1]"),
+    ("prob_thd=high", "prob_thd='high'"),
+    ("background=-1", "background=-1 is invalid: expected an integer >= 0"),
     ("model=3", "'model' is a section"),
     ("model.clip=3", "'model.clip' is a section"),
 ]
@@ -242,8 +250,9 @@ def test_bad_config_files(tmp_path, text, message):
 
 def test_missing_and_misnamed_files(tmp_path):
     available = (
-        "clearclip.yaml, lposs.yaml, lposs_plus.yaml, lposs_plus_dinov3.yaml, lposs_plus_dinov3_pe.yaml, "
-        "lposs_plus_dinov3_siglip2.yaml, maskclip.yaml, naclip.yaml, proxyclip.yaml, sclip.yaml"
+        "clearclip.yaml, clearclip_own.yaml, lposs.yaml, lposs_plus.yaml, lposs_plus_dinov3.yaml, "
+        "lposs_plus_dinov3_pe.yaml, lposs_plus_dinov3_siglip2.yaml, maskclip.yaml, naclip.yaml, naclip_own.yaml, "
+        "proxyclip.yaml, proxyclip_own.yaml, sclip.yaml, sclip_own.yaml"
     )
     with pytest.raises(ConfigError, match=f"not found.*available: {available}"):
         load_config("nothere.yaml")

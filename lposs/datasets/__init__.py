@@ -42,8 +42,10 @@ from .build import (  # noqa: E402
 )
 from .custom import DatasetFile, load_dataset_file, user_dataset_folder  # noqa: E402
 from .errors import DatasetError  # noqa: E402
+from .method_class_names import CLASS_NAME_SOURCES, protocol_class_names  # noqa: E402
 
 __all__ = [
+    "CLASS_NAME_SOURCES",
     "DATASET_KEYS",
     "DatasetError",
     "DatasetFile",
@@ -53,6 +55,7 @@ __all__ = [
     "load_dataset_file",
     "load_image",
     "load_label",
+    "protocol_class_names",
     "resolve_keys",
     "stray_labels",
     "user_dataset_folder",

@@ -40,6 +40,7 @@ from .config_schema import LPOSSConfig
 __all__ = [
     "CONFIG_DIR",
     "ConfigError",
+    "apply_dataset_values",
     "expand_sweep",
     "load_config",
     "resolve_config_path",
@@ -51,6 +52,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _HYDRA_LOCK = threading.Lock()  # Hydra keeps one global state per process: one composition at a time
 CLIP_HEADS = ("maskclip", "sclip", "clearclip", "naclip", "proxyclip")
 DINO_FEATURES = ("v", "k", "q", "x")
+# the class-name sources of `class_names` (datasets.method_class_names.CLASS_NAME_SOURCES; not imported here)
+CLASS_NAME_SOURCES = ("lposs", "sclip", "clearclip", "proxyclip")
 _OVERRIDE_FORM = "key=value (e.g. k=200, model.clip.pretrained=null, data_root='/my data')"
 
 
@@ -76,13 +79,15 @@ def resolve_config_path(name: str | Path) -> Path:
     )
 
 
-def load_config(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+def load_config(name: str | Path, overrides: Sequence[str] = (), dataset: str | None = None) -> DictConfig:
     """Compose a config file with Hydra, apply overrides in Hydra's grammar, type- and range-check every value.
 
     Args:
         name: a file name in ``configs/`` (``"lposs_plus.yaml"``) or a path anywhere; its ``defaults`` list may
             name the files of ``configs/`` (``defaults: [lposs, _self_]``).
         overrides: ``key=value`` strings, Hydra's override grammar; one value per key (no sweeps).
+        dataset: the dataset key the run evaluates: its ``per_dataset`` entry, if any, replaces those values
+            (a key given in ``overrides`` keeps the override's value).
 
     Returns:
         The typed config (schema ``LPOSSConfig``, struct mode: unknown keys and wrong types raise on assignment).
@@ -91,8 +96,35 @@ def load_config(name: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         ConfigError: missing file, unparsable override, unknown key, wrong type, value out of range.
     """
     config = _compose_typed(resolve_config_path(name).resolve(), overrides)
+    if dataset is not None:
+        given = {override.get_key_element() for override in _parse_overrides(overrides)}
+        apply_dataset_values(config, dataset, skip=given)
     validate_config(config)
     return config
+
+
+def apply_dataset_values(config: DictConfig, dataset: str, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Set the values of ``config.per_dataset[dataset]`` (an own-protocol config's table) in place, but ``skip``'s.
+
+    Raises:
+        ConfigError: an entry that is not a mapping, or a key or value that the schema refuses.
+    """
+    entry = config.per_dataset.get(dataset)
+    if entry is None:
+        return
+    if not isinstance(entry, DictConfig):
+        raise ConfigError(f"config value per_dataset.{dataset}={entry!r} is invalid: expected a mapping key: value")
+    for key, value in entry.items():
+        if key == "per_dataset" or not _in_schema(str(key)):
+            raise ConfigError(f"config key per_dataset.{dataset}.{key}: unknown config key {key!r}")
+        if key in skip:
+            continue
+        try:
+            OmegaConf.update(config, str(key), value, merge=False)
+        except OmegaConfBaseException:
+            raise ConfigError(
+                f"config value per_dataset.{dataset}.{key}={value!r} is invalid: expected {_expected(str(key))}"
+            ) from None
 
 
 def _parse_overrides(overrides: Sequence[str]) -> list[Override]:
@@ -289,9 +321,20 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dino.features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
     "model.clip.proxy_features": (lambda v: v in DINO_FEATURES, "one of " + ", ".join(DINO_FEATURES)),
     "model.clip.proxy_beta": (_is_number, "a number"),
+    "model.clip.pos_interpolation": (lambda v: v in ("size", "offset"), "size or offset"),
     "model.clip.proxy_gamma": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),
+    "class_names": (lambda v: v in CLASS_NAME_SOURCES, "one of " + ", ".join(CLASS_NAME_SOURCES)),
+    "logit_scale": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
+    "pamr_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "pamr_dilations": (
+        lambda v: v is not None and len(v) > 0 and all(_is_int(d) and d > 0 for d in v),
+        "a non-empty list of integers > 0",
+    ),
+    "area_thd": (lambda v: v is None or (_is_number(v) and 0 <= v <= 1), "null or a number in [0, 1]"),
+    "prob_thd": (lambda v: v is None or _is_number(v), "null or a number"),
+    "background": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (a class index)"),
 }
 
 
@@ -313,6 +356,17 @@ def _check_consistency(config: DictConfig) -> None:
     """Constraints between keys."""
     if config.stride > config.crop:
         raise ConfigError(f"config value stride={config.stride} is invalid: expected at most crop={config.crop}")
+    for dataset, entry in config.per_dataset.items():
+        if not isinstance(entry, DictConfig):
+            raise ConfigError(f"config value per_dataset.{dataset}={entry!r} is invalid: expected a mapping key: value")
+        for key in entry:
+            if key == "per_dataset" or not _in_schema(str(key)):
+                raise ConfigError(f"config key per_dataset.{dataset}.{key}: unknown config key {key!r}")
+    if config.area_thd is not None and config.logit_scale is None:
+        raise ConfigError(
+            f"config value area_thd={config.area_thd} needs logit_scale (it applies to class probabilities); "
+            "set logit_scale, e.g. logit_scale=40"
+        )
     if config.long_side < config.short_side:
         raise ConfigError(
             f"config value long_side={config.long_side} is invalid: expected >= short_side={config.short_side}"

@@ -9,6 +9,7 @@ in ``evaluation/config.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -26,6 +27,7 @@ class ClipConfig:
     proxy_beta: float = MISSING  # proxyclip's beta (1.2)
     proxy_gamma: float = MISSING  # proxyclip's gamma (3.0)
     tokenizer: str | None = MISSING  # a local Hugging Face tokenizer folder (SigLIP's), or null: the hub
+    pos_interpolation: str = MISSING  # positional embedding to another grid: size (LPOSS's) | offset (the baselines')
 
 
 @dataclass
@@ -85,4 +87,13 @@ class LPOSSConfig:
     seed: int = MISSING
     num_workers: int = MISSING
     dist_timeout: float = MISSING
+    # post-processing (docs/method.md, "Own protocols"): the baselines' protocols; LPOSS's has none
+    class_names: str = MISSING  # lposs (this toolkit's lists) | sclip | clearclip | proxyclip (the authors' files)
+    logit_scale: float | None = MISSING  # softmax(logit_scale * scores) over names; null: raw scores
+    pamr_steps: int = MISSING  # PAMR rounds (NACLIP: 10); 0: none
+    pamr_dilations: list[int] = MISSING  # PAMR's neighbour distances in pixels (NACLIP: [8, 16])
+    area_thd: float | None = MISSING  # SCLIP's area threshold; null: none
+    prob_thd: float | None = MISSING  # below it (top class score), the background class; null: none
+    background: int = MISSING  # index of the background class (prob_thd, area_thd)
+    per_dataset: dict[str, Any] = MISSING  # dataset key -> {key: value} replacing those values for that dataset
     wandb: WandbConfig = field(default_factory=WandbConfig)

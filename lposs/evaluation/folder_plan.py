@@ -95,6 +95,7 @@ def settings_record(settings: SegmentorSettings, model: dict | None = None) -> d
     (less ``window_batch``, which changes no result) and, when known, the model config."""
     values = dataclasses.asdict(settings)
     values.pop("window_batch")
+    values["pamr_dilations"] = list(values["pamr_dilations"])  # as run.json holds it (JSON has no tuples)
     return {"settings": values} | ({} if model is None else {"model": model})
 
 

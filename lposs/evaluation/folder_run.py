@@ -85,11 +85,11 @@ class _Images(Dataset):
         return {"index": index, "resized": resized, "size": image.shape[:2], "image": image if keep else None}
 
 
-def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, colours: list) -> None:
-    """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32."""
+def _write(plan: FolderPlan, sample: dict, scores: torch.Tensor, labels: torch.Tensor, colours: list) -> None:
+    """Write the missing outputs of one image; ``scores`` ``[C, H, W]`` float32, ``labels`` ``[H, W]`` int64."""
     image = plan.images[sample["index"]]
     missing = plan.missing(sample["index"], tuple(sample["size"]))
-    labels = scores.argmax(0).cpu().numpy()  # [H, W] int64
+    labels = labels.cpu().numpy()  # [H, W] int64
     if "scores" in missing:
         with atomic_target(plan.output("scores", image)) as tmp, open(tmp, "wb") as handle:
             np.save(handle, scores.to(torch.float16).cpu().numpy())
@@ -172,7 +172,7 @@ def _segment_share(
                     if scores is None:
                         skip(sample, f"{plan.folder / plan.images[sample['index']]}: {why}")
                         continue
-                    _write(plan, sample, scores, colours)
+                    _write(plan, sample, scores, segmentor.labels(scores), colours)  # labels: prob_thd applied
                     segmented += 1
                     done(1)
         except BaseException:

@@ -233,7 +233,7 @@ def _evaluate_batch(
             users = [m for m, member in enumerate(members) if j in member.settings]
             groups = [members[m].columns for m in users]
             for m, scores in zip(users, _propagated(segmentor, sample, encoding, settings[j], groups, graphs)):
-                prediction = scores.argmax(0)  # [H, W] int64, on the device
+                prediction = segmentor.labels(scores, settings[j])  # [H, W] int64, on the device (prob_thd)
                 position = members[m].settings.index(j)
                 sums[m].add(position, prediction, labels[m])
                 palette = getattr(members[m].dataset, "PALETTE", None)

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from lposs.datasets import DatasetError, build_dataset, resolve_keys
+from lposs.datasets import DatasetError, build_dataset, protocol_class_names, resolve_keys
 from lposs.outputs.checks import check_output_locations, check_staging
 
 from .config import ConfigError
@@ -170,8 +170,9 @@ def preflight(args: argparse.Namespace) -> RunPlan:
     Raises:
         ConfigError, DatasetError, ImportError, ValueError, OutputLocationError: one line naming the bad input.
     """
-    combinations = plan_combinations(args.config, args.overrides, args.sweep)
     keys = dataset_keys(args.dataset)
+    combinations = plan_combinations(args.config, args.overrides, args.sweep, keys[0] if len(keys) == 1 else None)
+    check_per_dataset(args.config, combinations, keys)
     roots = list(dict.fromkeys(str(c.config.data_root) for c in combinations))
     datasets = build_datasets(keys, roots)
     for mode in dict.fromkeys(str(c.config.wandb.mode) for c in combinations):
@@ -184,6 +185,25 @@ def preflight(args: argparse.Namespace) -> RunPlan:
         if root is not None:  # staged beside or inside it (a mount point): the publish's renames must work there
             check_staging(flag, root, [folder for _, folder in folders])
     return plan
+
+
+def check_per_dataset(config_name: str, combinations: list[Combination], keys: list[str]) -> None:
+    """One dataset at a time for a config whose ``per_dataset`` table covers some of them; the class files of the
+    configured ``class_names`` exist for every dataset.
+
+    Raises:
+        ConfigError: several datasets with a per-dataset table; DatasetError: a class file missing or wrong.
+    """
+    if len(keys) > 1:
+        covered = sorted({key for c in combinations for key in c.config.per_dataset if key in keys})
+        if covered:
+            raise ConfigError(
+                f"config {config_name} sets per-dataset values (per_dataset) for {', '.join(covered)}: evaluate one "
+                "--dataset at a time (tools/reproduce.py runs every dataset of an own-protocol config)"
+            )
+    for source in dict.fromkeys(str(c.config.class_names) for c in combinations):
+        for key in keys:
+            protocol_class_names(key, source)
 
 
 def relative_folder(plan: RunPlan, combination: Combination, key: str) -> str:

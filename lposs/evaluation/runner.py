@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from lposs.datasets import class_names
+from lposs.datasets import class_names, protocol_class_names
 from lposs.segmentation import Segmentor, SegmentorSettings
 from lposs.segmentation.segmentor import ClassColumns
 
@@ -78,9 +78,10 @@ def _members(
     run: RunState, group: list[Combination], todo: dict[str, list[int]], wanted: list[int], backbones
 ) -> list[PassMember]:
     """The datasets of one pass, their classes set on the backbones one list after another (score columns)."""
-    root = str(group[0].config.data_root)
+    root, source = str(group[0].config.data_root), str(group[0].config.class_names)
     members, offset = [], 0
-    for key, alias_to_class in zip(todo, backbones.set_class_groups([class_names(key) for key in todo])):
+    prompts = [protocol_class_names(key, source) for key in todo]  # this toolkit's lists, or a baseline's files
+    for key, alias_to_class in zip(todo, backbones.set_class_groups(prompts)):
         dataset = run.plan.datasets[(root, key)]
         columns = ClassColumns(slice(offset, offset + len(alias_to_class)), alias_to_class)
         offset += len(alias_to_class)

@@ -51,8 +51,12 @@ class Combination:
         return self.name.replace("/", "_")
 
 
-def plan_combinations(config_name: str | Path, overrides: Sequence[str], sweep: bool) -> list[Combination]:
+def plan_combinations(
+    config_name: str | Path, overrides: Sequence[str], sweep: bool, dataset: str | None = None
+) -> list[Combination]:
     """Every combination of a (possibly swept) command line, each config loaded and checked.
+
+    ``dataset``: the run's only dataset, whose ``per_dataset`` values (own-protocol configs) apply.
 
     Raises:
         ConfigError: a bad key or value in any combination, or comma lists without ``sweep``.
@@ -70,7 +74,7 @@ def plan_combinations(config_name: str | Path, overrides: Sequence[str], sweep: 
         values = dict(item.split("=", 1) for item in grid_overrides)
         name = ",".join(f"{key}={values[key]}" for key in varying)
         try:
-            config = load_config(config_name, grid_overrides)
+            config = load_config(config_name, grid_overrides, dataset=dataset)
         except ConfigError as error:
             raise ConfigError(f"sweep setting {name}: {error}" if name else str(error)) from error
         combinations.append(Combination(name, config))

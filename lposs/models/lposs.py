@@ -68,6 +68,7 @@ class LPOSSBackbones(nn.Module):
         self.clip_head = clip_head
         self.dino_kind = dino_kind
         self.proxy = {**PROXY_DEFAULTS, **(proxy or {})}
+        self.pos_interpolation = "size"  # model.clip.pos_interpolation: 'offset' for the baselines' own protocols
         self.text_embeddings: torch.Tensor | None = None  # [A, E] float32, L2-normalised
         self.alias_to_class: torch.Tensor | None = None  # [A] int64
         self.class_names: list[str] | None = None
@@ -98,7 +99,9 @@ class LPOSSBackbones(nn.Module):
         clip_id = {"name": clip_name, "pretrained": clip_pretrained}
         head, kind = optional_value(model_cfg, "clip.head", "maskclip"), optional_value(model_cfg, "dino.features", "v")
         proxy = {key: optional_value(model_cfg, f"clip.{key}", value) for key, value in PROXY_DEFAULTS.items()}
-        return cls(clip_model, tokenizer, dino_model, templates, precision, clip_id, head, kind, proxy)
+        backbones = cls(clip_model, tokenizer, dino_model, templates, precision, clip_id, head, kind, proxy)
+        backbones.pos_interpolation = optional_value(model_cfg, "clip.pos_interpolation", "size")
+        return backbones
 
     def set_heads(
         self, clip_head: str = "maskclip", dino_kind: str = "v", proxy: Mapping[str, Any] | None = None
@@ -204,7 +207,9 @@ class LPOSSBackbones(nn.Module):
             maps = dino_feature_maps(self.dino, windows, kinds)  # one DINO pass for the graph and the proxy
             proxy = maps[self.proxy["proxy_features"]] if proxyclip else None
             beta, gamma = self.proxy["proxy_beta"], self.proxy["proxy_gamma"]
-            clip_features = dense_clip_features(self.clip, windows, self.clip_head, proxy, beta, gamma)
+            clip_features = dense_clip_features(
+                self.clip, windows, self.clip_head, proxy, beta, gamma, self.pos_interpolation
+            )
         features = maps[self.dino_kind]  # [B, D, gh, gw]
         clip_features = F.normalize(clip_features, dim=1)  # [B, E, gh', gw'], the CLIP grid (or the proxy's)
         blocks = [self.text_embeddings] if self.text_blocks is None else self.text_blocks

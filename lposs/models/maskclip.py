@@ -79,18 +79,31 @@ def _check_visual_layout(visual: nn.Module) -> None:
             raise _layout_error(f"last block's {name} must be Identity or LayerScale")
 
 
-def _clip_positional_embedding(visual: VisionTransformer, grid: Sequence[int]) -> torch.Tensor:
+# How the positional embedding is resized to another grid: `size` (this toolkit's, step 4) or `offset` (the baselines'
+# repositories: bicubic with scale_factor (g + 0.1) / g0, the rule of facebookresearch/dino).
+POS_INTERPOLATIONS = ("size", "offset")
+
+
+def _clip_positional_embedding(
+    visual: VisionTransformer, grid: Sequence[int], interpolation: str = "size"
+) -> torch.Tensor:
     """Positional embedding [1 + gh * gw, width] for a patch grid (gh, gw), CLS row first.
 
-    The patch part is resized bicubically (align_corners False) to `size=grid` when the grid differs
-    from the pretraining grid, as docs/method.md ("Pipeline", step 4) states; the CLS row is unchanged.
+    The patch part is resized bicubically (align_corners False) when the grid differs from the pretraining grid:
+    to `size=grid` (`interpolation="size"`, docs/method.md, "Pipeline", step 4), or with
+    `scale_factor=(g + 0.1) / g0` per axis (`"offset"`, as SCLIP, NACLIP, ClearCLIP and ProxyCLIP do); the CLS row
+    is unchanged.
     """
     pos = visual.positional_embedding
     grid0 = tuple(visual.grid_size)
     if tuple(grid) == grid0:
         return pos
     patch_pos = pos[1:].float().reshape(1, grid0[0], grid0[1], -1).permute(0, 3, 1, 2)  # [1, C, gh0, gw0]
-    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False)
+    if interpolation == "offset":  # the + 0.1 keeps floor(g0 * factor) == g; the factor also maps the coordinates
+        factor = ((grid[0] + 0.1) / grid0[0], (grid[1] + 0.1) / grid0[1])
+        patch_pos = F.interpolate(patch_pos, scale_factor=factor, mode="bicubic", align_corners=False)
+    else:
+        patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False)
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)  # [gh * gw, C]
     return torch.cat([pos[:1], patch_pos.to(pos.dtype)], dim=0)
 
@@ -133,6 +146,7 @@ def dense_clip_features(
     proxy: torch.Tensor | None = None,
     beta: float = PROXY_BETA,
     gamma: float = PROXY_GAMMA,
+    pos_interpolation: str = "size",
 ) -> torch.Tensor:
     """Dense patch features of an open_clip ViT (docs/method.md, "Pipeline", step 4), not normalised.
 
@@ -146,6 +160,8 @@ def dense_clip_features(
         proxy: for 'proxyclip' only: [B, C, h, w] proxy features of the same images on any grid (a vision model's,
             e.g. `dino_features(vit, images, "x")`); the output is then on that grid.
         beta, gamma: ProxyCLIP's constants (1.2 and 3.0, its defaults).
+        pos_interpolation: 'size' (step 4) or 'offset' (the baselines' (g + 0.1) rule) for grids other than the
+            pretraining one.
 
     Returns:
         [B, E, ceil(H / p), ceil(W / p)] float32 ([B, E, h, w] for 'proxyclip'), E = CLIP embedding dim;
@@ -170,7 +186,9 @@ def dense_clip_features(
     grid = tuple(x.shape[-2:])
     x = x.flatten(2).transpose(1, 2)  # [B, gh * gw, width]
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1) + _clip_positional_embedding(visual, grid).to(x.dtype)  # [B, 1 + gh*gw, width]
+    x = torch.cat([cls, x], dim=1) + _clip_positional_embedding(visual, grid, pos_interpolation).to(
+        x.dtype
+    )  # [B, 1 + gh*gw, width]
     # open_clip's patch dropout is the identity in eval mode, so it is not applied here.
     x = visual.ln_pre(x)
     blocks = visual.transformer.resblocks

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .class_scores import labels_with_background, max_over_aliases, probability_scores
 from .external_scores import check_boxes, scores_per_window
 from .image_graphs import ImageGraphs
 from .label_propagation import solve_patches
@@ -79,12 +80,27 @@ class SegmentorSettings:
     pixel_backend: str = "auto"  # auto | triton | torch, see propagate_pixels
     tol: float = 1e-6
     maxiter: int = 10
+    # Post-processing (docs/method.md, "Own protocols"); the defaults are LPOSS's protocol: none of it.
+    logit_scale: float | None = None  # softmax(logit_scale * alias scores) at the original size; None: raw scores
+    pamr_steps: int = 0  # PAMR rounds on the alias scores at the original size (NACLIP: 10)
+    pamr_dilations: tuple[int, ...] = (8, 16)
+    area_thd: float | None = None  # SCLIP's area threshold (needs logit_scale)
+    prob_thd: float | None = None  # a pixel whose top class score is below it is labelled `background`
+    background: int = 0  # the background class's index
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SegmentorSettings:
         """Pick this class's fields out of a (larger) config mapping; the rest is ignored."""
         names = {f.name for f in fields(cls)}
-        return cls(**{key: config[key] for key in names if key in config})
+        values = {key: config[key] for key in names if key in config}
+        if "pamr_dilations" in values:  # a list in the config; a tuple keeps the settings hashable
+            values["pamr_dilations"] = tuple(int(d) for d in values["pamr_dilations"])
+        return cls(**values)
+
+    @property
+    def post_processing(self) -> bool:
+        """Whether the alias scores go through :func:`~segmentation.class_scores.probability_scores`."""
+        return self.logit_scale is not None or self.pamr_steps > 0
 
     @property
     def method(self) -> str:
@@ -92,21 +108,6 @@ class SegmentorSettings:
         if not self.patch_propagation:
             return "maskclip"
         return "lposs_plus" if self.pixel_refine else "lposs"
-
-
-def max_over_aliases(scores: torch.Tensor, alias_to_class: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class score = max over its alias rows (step 11, docs/method.md).
-
-    Args:
-        scores: ``[A, H, W]``, one row per alias.
-        alias_to_class: ``[A]`` int64 in ``[0, num_classes)``.
-
-    Returns:
-        ``[num_classes, H, W]``.
-    """
-    index = alias_to_class.to(scores.device).view(-1, 1, 1).expand_as(scores)
-    out = scores.new_full((num_classes,) + tuple(scores.shape[1:]), float("-inf"))
-    return out.scatter_reduce(0, index, scores, reduce="amax")
 
 
 @dataclass
@@ -330,12 +331,22 @@ class Segmentor:
         out = []
         for group, canvas in zip(groups, canvases):
             alias_to_class = group.alias_to_class
+            num_classes = int(alias_to_class.max()) + 1
+            if s.post_processing:  # the baselines' order: resize, PAMR, softmax, max over aliases, area_thd
+                out.append(_post_processed(canvas, encoding, alias_to_class, num_classes, s))
+                continue
             # As the reference: aliases are propagated as separate columns, the max over them comes after.
-            classes = max_over_aliases(canvas, alias_to_class, int(alias_to_class.max()) + 1)
+            classes = max_over_aliases(canvas, alias_to_class, num_classes)
             out.append(
                 F.interpolate(classes[None], size=encoding.original_size, mode="bilinear", align_corners=False)[0]
             )
         return out
+
+    def labels(self, scores: torch.Tensor, settings: SegmentorSettings | None = None) -> torch.Tensor:
+        """Label map ``[H, W]`` int64 of class scores ``[K, H, W]``: the argmax, and the background class where the
+        top score is below ``settings.prob_thd`` (default: this segmentor's settings)."""
+        s = settings or self.settings
+        return labels_with_background(scores, s.prob_thd, s.background)
 
     @torch.no_grad()
     def refine(
@@ -377,7 +388,25 @@ class Segmentor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Label map ``[H, W]`` int64 of class indices for an ``[H, W, 3]`` uint8 RGB image."""
-        return self.predict_scores(image).argmax(0).cpu().numpy()
+        return self.labels(self.predict_scores(image)).cpu().numpy()
+
+
+def _post_processed(
+    canvas: torch.Tensor, encoding: ImageEncoding, alias_to_class: torch.Tensor, num_classes: int, s: SegmentorSettings
+) -> torch.Tensor:
+    """The baselines' post-processing of one class list's alias canvas ``[A, h, w]`` -> ``[K, H, W]``."""
+    return probability_scores(
+        canvas,
+        encoding.image,
+        encoding.original_size,
+        alias_to_class,
+        num_classes,
+        logit_scale=s.logit_scale,
+        pamr_steps=s.pamr_steps,
+        pamr_dilations=s.pamr_dilations,
+        area_thd=s.area_thd,
+        background=s.background,
+    )
 
 
 def _solve_blocks(groups: Sequence[ClassColumns], device: torch.device) -> list[list[ClassColumns]]:
