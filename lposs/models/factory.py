@@ -78,10 +78,7 @@ def _fetch_hub_file(repo_files: list[tuple[str, str]], what: str, hint: str) -> 
         hit = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
         if isinstance(hit, str):
             return hit
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    reason = "HF_HUB_OFFLINE is set" if _hub_offline() else None
-    if reason is None and not _reachable(endpoint):
-        reason = f"{endpoint} is unreachable"
+    reason = _hub_unavailable()
     if reason is not None:
         raise WeightsUnavailableError(
             f"weights for {what} are not in the Hugging Face cache {cache_dir} and {reason}; {hint}"
@@ -142,6 +139,14 @@ def _finish(model: nn.Module, device: Device, dtype: str | torch.dtype) -> nn.Mo
     return model.requires_grad_(False)
 
 
+def _hub_unavailable() -> str | None:
+    """Why the Hugging Face hub cannot be asked (offline mode, or its endpoint unreachable), or None."""
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return None if _reachable(endpoint) else f"{endpoint} is unreachable"
+
+
 def _hub_tokenizer(name: str, repo_id: str) -> str:
     """A Hugging Face tokenizer's source: its cached snapshot folder, else `repo_id` when the hub can be reached."""
     from huggingface_hub import try_to_load_from_cache
@@ -150,10 +155,7 @@ def _hub_tokenizer(name: str, repo_id: str) -> str:
     cached = try_to_load_from_cache(repo_id, "tokenizer.json", cache_dir=cache_dir)
     if isinstance(cached, str):
         return os.path.dirname(cached)  # the snapshot folder: no hub round trip when offline
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    reason = "HF_HUB_OFFLINE is set" if _hub_offline() else None
-    if reason is None and not _reachable(endpoint):
-        reason = f"{endpoint} is unreachable"
+    reason = _hub_unavailable()
     if reason is not None:
         raise WeightsUnavailableError(
             f"model.clip.name={name!r}: its tokenizer {repo_id!r} is not in the Hugging Face cache {cache_dir} and "
