@@ -51,7 +51,7 @@ PUBLISHED: dict[str, tuple[float | None, ...]] = {
         21.8,
     ),  # LPOSS paper (CVPR 2025), docs/method.md "Published results"
     "sclip": (59.63, 31.74, 33.52, 81.54, 34.46, 22.77, 32.34, 16.45),  # wangf3014/SCLIP README, "Results"
-    "naclip": (62.36, 34.99, 36.19, 80.60, 38.35, 25.18, 38.27, 19.05),  # sinahmr/NACLIP README, "Results"
+    "naclip": (64.07, 34.99, 36.19, 83.03, 38.35, 25.69, 38.27, 19.05),  # sinahmr/NACLIP README, "Results" (avg 42.46)
     "clearclip": (None,) * 8,  # mc-lan/ClearCLIP README: a picture only (assets/results.png)
     "proxyclip": (None,) * 8,  # mc-lan/ProxyCLIP README: no table
 }
