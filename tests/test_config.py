@@ -146,6 +146,7 @@ BAD_VALUES = [
     ("wandb.mode=cloud", "wandb.mode='cloud'"),
     ("model.clip.pos_interpolation=area", "model.clip.pos_interpolation='area' is invalid: expected size or offset"),
     ("class_names=mine", "class_names='mine' is invalid: expected one of lposs, sclip, clearclip, proxyclip"),
+    ("class_files_dir=''", "class_files_dir='' is invalid: expected null or a folder path"),
     ("logit_scale=0", "logit_scale=0.0 is invalid: expected null or a number > 0"),
     ("pamr_steps=-1", "pamr_steps=-1 is invalid: expected an integer >= 0"),
     ("pamr_dilations=[0]", "pamr_dilations=[0] is invalid"),

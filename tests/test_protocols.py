@@ -12,7 +12,7 @@ from PIL import Image
 from protocol_reference import get_cls_idx, pamr_reference, reference_labels, reference_predict, text_features
 from tiny_models import TINY_TEXT_OVERRIDES
 
-from lposs.datasets import DATASET_KEYS, protocol_class_names
+from lposs.datasets import DATASET_KEYS, DatasetError, protocol_class_names
 from lposs.datasets.method_class_names import CLASS_NAME_DIR, SEPARATORS
 from lposs.evaluation.config import CLASS_NAME_SOURCES, ConfigError, load_config
 from lposs.segmentation import Segmentor, SegmentorSettings
@@ -108,6 +108,8 @@ def test_per_dataset_table_and_thresholds_are_checked(tmp_path):
         load_config("lposs.yaml", ["class_names=x"])
     with pytest.raises(ConfigError, match="pamr_dilations"):
         load_config("lposs.yaml", ["pamr_dilations=[]"])
+    with pytest.raises(ConfigError, match="class_files_dir='x' needs class_names set to the authors' files"):
+        load_config("lposs.yaml", ["class_files_dir=x"])
 
 
 def test_class_files_read_as_the_authors_get_cls_idx():
@@ -121,6 +123,31 @@ def test_class_files_read_as_the_authors_get_cls_idx():
     assert len(voc) == 21 and len(voc[0].split(";")) == 26 and voc[15].startswith("person;person in shirt")
     assert protocol_class_names("voc", "clearclip")[0] == "background"  # ClearCLIP's VOC file: no stuff words
     assert len(protocol_class_names("coco_object", "proxyclip")[0].split(";")) == 17
+
+
+def test_a_folder_of_ones_own_replaces_the_shipped_class_files(tmp_path):
+    """class_files_dir: the folder's cls_<dataset>.txt, read with the source's separator as its get_cls_idx; every
+    way it can be wrong is one line naming the folder, file or key."""
+    lines = ["backdrop; void\n", *[f"thing {i}; object {i}\n" for i in range(1, 20)], "screen; monitor"]
+    (tmp_path / "cls_voc21.txt").write_text("".join(lines))
+    names, owners = get_cls_idx(tmp_path / "cls_voc21.txt", "; ")
+    prompts = protocol_class_names("voc", "proxyclip", tmp_path)
+    assert [n.strip() for n in ";".join(prompts).split(";")] == names and len(prompts) == 21
+    assert [len(p.split(";")) for p in prompts] == np.bincount(owners).tolist()
+    assert prompts != protocol_class_names("voc", "proxyclip")  # not the shipped file
+    with pytest.raises(DatasetError, match="cls_voc21.txt, line 1: a name holds ';'"):  # SCLIP's separator: ", "
+        protocol_class_names("voc", "sclip", tmp_path)
+    with pytest.raises(DatasetError, match=r"no cls_voc20.txt for dataset 'voc20' \(class_names=proxyclip\)"):
+        protocol_class_names("voc20", "proxyclip", tmp_path)
+    with pytest.raises(DatasetError, match="not a folder"):
+        protocol_class_names("voc", "proxyclip", tmp_path / "cls_voc21.txt")
+    with pytest.raises(DatasetError, match="needs the class_names of an author's files"):
+        protocol_class_names("voc", "lposs", tmp_path)
+    (tmp_path / "cls_voc21.txt").write_text("".join(lines[:-1]))
+    with pytest.raises(DatasetError, match="cls_voc21.txt: 20 classes, dataset 'voc' has 21"):
+        protocol_class_names("voc", "proxyclip", tmp_path)
+    with pytest.raises(DatasetError, match="give the authors' own with class_files_dir=DIR"):
+        protocol_class_names("context", "clearclip")
 
 
 def _file(key: str) -> str:

@@ -326,6 +326,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dino.name": (lambda v: isinstance(v, str) and v != "", "a timm model name"),
     "wandb.mode": (lambda v: v in ("online", "offline", "disabled"), "online, offline or disabled"),
     "class_names": (lambda v: v in CLASS_NAME_SOURCES, "one of " + ", ".join(CLASS_NAME_SOURCES)),
+    "class_files_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder path"),
     "logit_scale": (lambda v: v is None or (_is_number(v) and v > 0), "null or a number > 0"),
     "pamr_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "pamr_dilations": (
@@ -362,6 +363,11 @@ def _check_consistency(config: DictConfig) -> None:
         for key in entry:
             if key == "per_dataset" or not _in_schema(str(key)):
                 raise ConfigError(f"config key per_dataset.{dataset}.{key}: unknown config key {key!r}")
+    if config.class_files_dir is not None and config.class_names == "lposs":
+        raise ConfigError(
+            f"config value class_files_dir={config.class_files_dir!r} needs class_names set to the authors' files it holds "
+            f"({', '.join(CLASS_NAME_SOURCES[1:])}); class_names=lposs uses this toolkit's own lists"
+        )
     if config.area_thd is not None and config.logit_scale is None:
         raise ConfigError(
             f"config value area_thd={config.area_thd} needs logit_scale (it applies to class probabilities); "

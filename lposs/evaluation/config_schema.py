@@ -89,6 +89,7 @@ class LPOSSConfig:
     dist_timeout: float = MISSING
     # post-processing (docs/method.md, "Own protocols"): the baselines' protocols; LPOSS's has none
     class_names: str = MISSING  # lposs (this toolkit's lists) | sclip | clearclip | proxyclip (the authors' files)
+    class_files_dir: str | None = MISSING  # a folder of the authors' cls_<dataset>.txt; null: the shipped files
     logit_scale: float | None = MISSING  # softmax(logit_scale * scores) over names; null: raw scores
     pamr_steps: int = MISSING  # PAMR rounds (NACLIP: 10); 0: none
     pamr_dilations: list[int] = MISSING  # PAMR's neighbour distances in pixels (NACLIP: [8, 16])

@@ -201,9 +201,9 @@ def check_per_dataset(config_name: str, combinations: list[Combination], keys: l
                 f"config {config_name} sets per-dataset values (per_dataset) for {', '.join(covered)}: evaluate one "
                 "--dataset at a time (tools/reproduce.py runs every dataset of an own-protocol config)"
             )
-    for source in dict.fromkeys(str(c.config.class_names) for c in combinations):
+    for source, folder in dict.fromkeys((str(c.config.class_names), c.config.class_files_dir) for c in combinations):
         for key in keys:
-            protocol_class_names(key, source)
+            protocol_class_names(key, source, folder)
 
 
 def relative_folder(plan: RunPlan, combination: Combination, key: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lposs.datasets import class_names
+from lposs.datasets import class_names, protocol_class_names
 
 from .loop import EvaluationResult, PredictionOutputs, is_main_process
 from .metrics import format_table, summarize
@@ -120,6 +120,7 @@ class RunState:
             return None
         record = json.loads(path.read_text())
         change = dataset_change(record.get("dataset_file"), self._dataset_content(combination, key))
+        change = change or _class_files_change(record.get("class_files"), self._class_files_content(combination, key))
         if change is not None:
             logger.info(f"--resume: {' '.join([combination.name, key]).strip()} is recomputed: {change}")
             return None
@@ -130,6 +131,15 @@ class RunState:
         dataset = self.plan.datasets[(str(combination.config.data_root), key)]
         content = getattr(dataset, "resolved_content", None)
         return None if content is None else content()
+
+    @staticmethod
+    def _class_files_content(combination: Combination, key: str) -> dict | None:
+        """The folder and prompts of a run with ``class_files_dir`` (the user's class files), None without."""
+        config = combination.config
+        if config.class_files_dir is None:
+            return None
+        prompts = protocol_class_names(key, str(config.class_names), config.class_files_dir)
+        return {"folder": str(config.class_files_dir), "prompts": prompts}
 
     def outputs(self, combination: Combination, key: str, dataset) -> PredictionOutputs:
         rel = self.relative(combination, key)
@@ -163,6 +173,9 @@ class RunState:
         content = self._dataset_content(combination, key)
         if content is not None:  # a dataset file: what --resume compares besides the config
             record["dataset_file"] = content
+        class_files = self._class_files_content(combination, key)
+        if class_files is not None:  # the user's class files: --resume compares what they say, not just their folder
+            record["class_files"] = class_files
         self.evaluated.add((combination.name, key))
         if is_main_process():
             title = f"{combination.name} | {key}" if combination.name else key
@@ -219,3 +232,10 @@ class RunState:
 def dumps(value: object) -> str:
     """JSON as the run writes it: indented, one trailing newline."""
     return json.dumps(value, indent=2) + "\n"
+
+
+def _class_files_change(recorded: object, current: dict | None) -> str | None:
+    """What changed in the user's class files (``class_files_dir``) since a results.json recorded their prompts."""
+    if current is None or (isinstance(recorded, dict) and recorded.get("prompts") == current["prompts"]):
+        return None
+    return f"the class files in {current['folder']} changed (or were not recorded) since the results were written"

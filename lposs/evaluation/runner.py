@@ -78,9 +78,10 @@ def _members(
     run: RunState, group: list[Combination], todo: dict[str, list[int]], wanted: list[int], backbones
 ) -> list[PassMember]:
     """The datasets of one pass, their classes set on the backbones one list after another (score columns)."""
-    root, source = str(group[0].config.data_root), str(group[0].config.class_names)
+    config = group[0].config
+    root, source, folder = str(config.data_root), str(config.class_names), config.class_files_dir
     members, offset = [], 0
-    prompts = [protocol_class_names(key, source) for key in todo]  # this toolkit's lists, or a baseline's files
+    prompts = [protocol_class_names(key, source, folder) for key in todo]  # this toolkit's lists, or a baseline's files
     for key, alias_to_class in zip(todo, backbones.set_class_groups(prompts)):
         dataset = run.plan.datasets[(root, key)]
         columns = ClassColumns(slice(offset, offset + len(alias_to_class)), alias_to_class)
