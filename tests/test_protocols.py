@@ -177,15 +177,15 @@ CASES = {
 }
 
 
-def _predictions(voc_image, tiny_voc, method, monkeypatch, case=None):
+def _predictions(voc_image, tiny_voc, method, monkeypatch, case=None, proxy_beta=0.9):
     backbones, text, owners = tiny_voc
     config = load_config(f"{method}_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
     assert config.model.clip.head == method
     backbones.set_heads(method)
     backbones.pos_interpolation = config.model.clip.pos_interpolation  # the shared backbones: this config's rule
     if method == "proxyclip":  # beta 0.9: random DINO features are so alike that 1.2 x their mean leaves rows NaN
-        backbones.set_heads(method, "v", {"proxy_features": "x", "proxy_beta": 0.9, "proxy_gamma": 3.0})
-        monkeypatch.setattr(protocol_reference, "PROXY_CONSTANTS", [0.9, 3.0])
+        backbones.set_heads(method, "v", {"proxy_features": "x", "proxy_beta": proxy_beta, "proxy_gamma": 3.0})
+        monkeypatch.setattr(protocol_reference, "PROXY_CONSTANTS", [proxy_beta, 3.0])
     backbones.set_classes(protocol_class_names("voc", config.class_names))  # cached: SCLIP's file encoded once
     if config.class_names != "sclip":  # its own file, read as its get_cls_idx reads it
         path = CLASS_NAME_DIR / config.class_names / "cls_voc21.txt"
@@ -195,7 +195,8 @@ def _predictions(voc_image, tiny_voc, method, monkeypatch, case=None):
     probabilities = reference_predict(
         backbones.clip, text, owners, voc_image, method, settings.__dict__, backbones.dino
     )
-    prob_thd = float(probabilities.max(0).values.quantile(0.3))
+    peak = probabilities.max(0).values
+    prob_thd = float(peak[peak.isfinite()].quantile(0.3))  # (ProxyCLIP at beta 1.2: NaN pixels left out)
     return Segmentor(backbones, replace(settings, prob_thd=prob_thd)), probabilities, prob_thd
 
 
@@ -235,3 +236,23 @@ def test_naclip_whole_image_at_its_voc_protocol_equals_the_authors_predict(voc_w
     assert len(torch.unique(expected_labels)) >= 3 and 0 < (expected_labels == 0).float().mean() < 1
     torch.testing.assert_close(scores, expected_probs, rtol=1e-4, atol=5e-4)
     assert (segmentor.labels(scores) != expected_labels).float().mean() < 1e-3
+
+
+def test_proxyclip_at_the_authors_beta_equals_their_predict_wherever_theirs_is_finite(voc_image, tiny_voc, monkeypatch):
+    """ProxyCLIP's own beta 1.2. With unit proxy features S_ii = 1, so a window's rows are all NaN in the authors'
+    attention when its mean similarity exceeds 1 / 1.2 (every entry below 1.2 x mean) and none otherwise: on the
+    tiny random DINO the means of this image's two 336 windows are about 0.75 and 0.9. NaN stays per pixel (the
+    window sum, the resizes and the softmax mix no pixel's names with another's; no PAMR): the authors' pixels seen
+    by the first window alone are finite, the rest NaN. Ours attend to their own patch there (docs/method.md): equal
+    wherever theirs is finite, finite everywhere."""
+    segmentor, expected_probs, prob_thd = _predictions(voc_image, tiny_voc, "proxyclip", monkeypatch, proxy_beta=1.2)
+    assert segmentor.backbones.proxy["proxy_beta"] == 1.2 and protocol_reference.PROXY_CONSTANTS[0] == 1.2
+    finite = expected_probs.isfinite().all(0)  # [H, W]
+    assert 0.1 < finite.float().mean() < 0.9  # both kinds of pixel
+    assert expected_probs.isnan().all(0)[~finite].all()
+    scores = segmentor.predict_scores(voc_image)
+    assert scores.isfinite().all()
+    torch.testing.assert_close(scores[:, finite], expected_probs[:, finite], rtol=1e-4, atol=5e-4)
+    expected_labels = reference_labels(expected_probs, prob_thd)[finite]
+    assert len(torch.unique(expected_labels)) >= 2
+    assert (segmentor.labels(scores)[finite] != expected_labels).float().mean() < 1e-3
