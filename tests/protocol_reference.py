@@ -5,7 +5,8 @@ NACLIP's `pamr.py`, in their layout:
 
 - the image resized by mmcv's `imrescale` to fit (2048, S), normalised by the SegDataPreProcessor constants;
 - every crop of the mmseg sliding grid through CLIP, its patch logits (cosine similarities with every name's text
-  embedding) resized bilinearly to the crop, added into `preds`, divided by `count_mat`;
+  embedding) resized bilinearly to the crop, added into `preds`, divided by `count_mat`; or, NACLIP's `slide_crop=0`
+  (`naclip.py` and `clip/model.py` at sinahmr/NACLIP defb7c94), the whole image through CLIP once (`forward_whole`);
 - resized to the original size; PAMR (conv-based, as `pamr.py`) on the normalised image resized to that size;
 - `softmax(logits * logit_scale)` over names, the max over a class's names by the one-hot product;
 - SCLIP's `area_thd` on the argmax areas of the non-background classes, then the argmax and `prob_thd` (class 0).
@@ -145,19 +146,40 @@ def forward_slide(model, image, text, head: str, crop: int, stride: int, proxy_v
 
 
 @torch.no_grad()
+def forward_whole(model, image, text, head: str) -> torch.Tensor:
+    """[1, Q, h, w]: NACLIP's `forward_feature(inputs)` on the whole resized normalised image [1, 3, h, w].
+
+    `conv1` (stride p, no padding) sees the top-left (h // p) x (w // p) patches only, the last h % p rows and w % p
+    columns unseen; `interpolate_pos_encoding` resizes the positional embedding with the scale factor
+    ((h // p + 0.1) / 14, (w // p + 0.1) / 14); `custom_attn` builds its Gaussian window for `n_patches` =
+    (h // p, w // p), (2 gh - 1) x (2 gw - 1) (authors_tokens, reference_head); the [1, Q, gh, gw] logits are resized
+    bilinearly to `img.shape[-2:]`, the whole (h, w): a stretch, the grid covers only (gh p, gw p).
+    """
+    _, _, height, width = image.shape
+    logits = crop_logits(model, image, text, head)
+    assert logits.shape[-2:] == (height, width)
+    return logits
+
+
+@torch.no_grad()
 def reference_predict(model, text, query_idx, image: np.ndarray, head: str, protocol: dict, proxy_vit=None):
     """The authors' predict + postprocess_result but the last step on one [H, W, 3] uint8 RGB image.
 
-    protocol: short_side, crop, stride, logit_scale, area_thd (None), pamr_steps, pamr_dilations.
+    protocol: short_side, crop (0: NACLIP's whole image), stride, logit_scale, area_thd (None), pamr_steps,
+    pamr_dilations.
 
     Returns:
         class probabilities [K, H, W] after area_thd; `reference_labels` makes the labels.
     """
     resized = mmcv.imrescale(image, (2048, protocol["short_side"]), interpolation="bilinear")
     inputs = (torch.from_numpy(resized).permute(2, 0, 1)[None].float() - MEAN_255) / STD_255
-    logits = forward_slide(model, inputs, text, head, protocol["crop"], protocol["stride"], proxy_vit)
+    if protocol["crop"] == 0:  # NACLIP's predict: `if self.slide_crop > 0: ... else: self.forward_feature(inputs)`
+        logits = forward_whole(model, inputs, text, head)
+    else:
+        logits = forward_slide(model, inputs, text, head, protocol["crop"], protocol["stride"], proxy_vit)
     size = image.shape[:2]
-    logits = F.interpolate(logits, size=size, mode="bilinear")  # forward_slide's (SCLIP) or predict's (NACLIP)
+    # forward_slide's (SCLIP) or predict's (NACLIP); whole image: the second resize (grid -> h x w -> H x W)
+    logits = F.interpolate(logits, size=size, mode="bilinear")
     if protocol["pamr_steps"] > 0:
         img = F.interpolate(inputs, size=size, mode="bilinear")
         logits = pamr_reference(img, logits, protocol["pamr_steps"], protocol["pamr_dilations"])

@@ -93,6 +93,9 @@ def test_config_names_overrides_and_methods(shared_backbones):  # noqa: F811
     assert as_mapping.config == by_name.config
     baseline = lposs.load("maskclip", classes=CLASSES, device="cpu", overrides=OVERRIDES)
     assert baseline.config.patch_propagation is False
+    whole = lposs.load("lposs_plus", classes=CLASSES, device="cpu", overrides=[*OVERRIDES, "crop=0"])
+    image = _image()  # 40 x 56 -> 48 x 67: one window, the backbones see its 48 x 64 part
+    assert whole.segmentor.boxes(image) == [(0, 48, 0, 67)] and whole.predict(image).shape == (40, 56)
 
 
 def test_bad_input_is_one_clear_error_before_weights_load(monkeypatch, predictor):

@@ -60,7 +60,7 @@ def test_bad_model_config_stops_the_app_at_start(monkeypatch, capsys):
     pytest.importorskip("gradio")
     assert main(parse_args([*TINY, "model.clip.name=ViT-B-32"])) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    expected = "error: crop=112: expected a multiple of the patch sizes of model.clip.name='ViT-B-32' (32)"
+    expected = "error: crop=112: expected 0 (the whole image) or a multiple of the patch sizes of model.clip.name='ViT-B-32' (32)"
     assert len(lines) == 1 and lines[0].startswith(expected), lines  # a patch size that crop=112 does not fit
 
 

@@ -118,9 +118,12 @@ def test_other_patch_sizes_pass_with_a_crop_of_both(no_weights_loaded, clip, tag
 def test_crop_not_a_multiple_of_both_patch_sizes_is_one_line(no_weights_loaded, clip, dino, patches, crop, lcm):
     config = _with(_with(TINY, "clip.name", clip), "dino.name", dino)
     message = _error(config, crop=crop)
-    assert message.startswith(f"crop={crop}: expected a multiple of the patch sizes of model.clip.name={clip!r}")
+    expected = f"crop={crop}: expected 0 (the whole image) or a multiple of the patch sizes of model.clip.name={clip!r}"
+    assert message.startswith(expected)
     assert f"({patches[0]}) and model.dino.name={dino!r} ({patches[1]}), i.e. of {lcm}" in message
     check_model_config(config, "cpu", crop=4 * lcm)
+    check_model_config(config, "cpu", crop=0)  # the whole image, floor-cropped to a multiple of lcm when run
+    assert _error(config, crop=-lcm).startswith(f"crop={-lcm}: expected 0 (the whole image) or a multiple")
 
 
 def test_clip_tag_of_another_model_lists_the_tags():

@@ -104,7 +104,6 @@ BAD_VALUES = [
     ("short_side=0", "short_side=0"),
     ("long_side=100", "long_side=100"),
     ("crop=-14", "crop=-14"),
-    ("crop=0", "crop=0"),
     ("stride=0", "stride=0"),
     ("stride=300", "stride=300"),
     ("window_batch=0", "window_batch=0"),
@@ -323,6 +322,11 @@ def test_expand_sweep_checks_every_point_first():
     assert len(expand_sweep(["crop=448,224", "stride=300"])) == 2
     with pytest.raises(ConfigError, match="stride=300 is invalid: expected at most crop=224"):
         expand_sweep(["crop=448,224", "stride=300"], config="lposs_plus.yaml")
+
+
+def test_crop_0_is_the_whole_image_and_its_stride_is_unused():
+    config = load_config("lposs.yaml", ["crop=0"])
+    assert config.crop == 0 and config.stride == 112  # no "stride at most crop" check
 
 
 def test_head_and_feature_choices_are_the_models():

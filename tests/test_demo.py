@@ -253,7 +253,10 @@ def test_every_bad_input_is_reported_before_models_load(tmp_path, capsys, monkey
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("crop=200", "error: crop=200: expected a multiple of the patch sizes of model.clip.name='ViT-S-16' (16)"),
+        (
+            "crop=200",
+            "error: crop=200: expected 0 (the whole image) or a multiple of the patch sizes of model.clip.name='ViT-S-16' (16)",
+        ),
         ("model.dino.name=resnet50", "error: model.dino.name='resnet50': a ResNet, not a ViT"),
         ("model.dtype=float16", "error: model.dtype='float16' on the CPU"),
     ],

@@ -4,6 +4,7 @@ whole prediction of each method against tests/protocol_reference.py, on a real V
 from dataclasses import replace
 from pathlib import Path
 
+import mmcv
 import numpy as np
 import protocol_reference
 import pytest
@@ -35,7 +36,8 @@ AUTHORS = {
         "ade20k": (336, 224, 112, 40, 0.0, None, 0),  # configs/cfg_ade20k.py
     },
     "naclip": {  # sinahmr/NACLIP naclip.py defaults (as SCLIP's) and eval.py --pamr on: 10 steps, pamr_stride (8, 16)
-        "voc": (336, 224, 112, 40, 0.1, None, 10),  # configs/cfg_voc21.py
+        # configs/cfg_voc21.py at defb7c94 (the latest): prob_thd=0.1, slide_crop=0 (the whole image; stride unused)
+        "voc": (336, 0, 112, 40, 0.1, None, 10),
         "voc20": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_voc20.py
         "context": (336, 224, 112, 40, 0.1, None, 10),  # configs/cfg_context60.py
         "context59": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_context59.py
@@ -195,31 +197,33 @@ def tiny_voc():
 # repositories' (g + 0.1) rule).
 CASES = {
     "sclip": {"logit_scale": 400, "area_thd": 0.08, "short_side": 224},
-    "naclip": {"logit_scale": 400, "short_side": 224},
+    # its sliding windows (the other benchmarks' protocol); VOC's whole image: test_naclip_whole_image_...
+    "naclip": {"logit_scale": 400, "short_side": 224, "crop": 224, "stride": 112},
     "clearclip": {"logit_scale": 400},
     "proxyclip": {"logit_scale": 400},  # at its 336 windows: DINO's and CLIP's grids 21 x 21 (the tiny DINO is /16)
 }
 
 
-def _predictions(voc_image, tiny_voc, method, monkeypatch):
+def _predictions(voc_image, tiny_voc, method, monkeypatch, case=None, proxy_beta=0.9):
     backbones, text, owners = tiny_voc
     config = load_config(f"{method}_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
     assert config.model.clip.head == method
     backbones.set_heads(method)
     backbones.pos_interpolation = config.model.clip.pos_interpolation  # the shared backbones: this config's rule
     if method == "proxyclip":  # beta 0.9: random DINO features are so alike that 1.2 x their mean leaves rows NaN
-        backbones.set_heads(method, "v", {"proxy_features": "x", "proxy_beta": 0.9, "proxy_gamma": 3.0})
-        monkeypatch.setattr(protocol_reference, "PROXY_CONSTANTS", [0.9, 3.0])
+        backbones.set_heads(method, "v", {"proxy_features": "x", "proxy_beta": proxy_beta, "proxy_gamma": 3.0})
+        monkeypatch.setattr(protocol_reference, "PROXY_CONSTANTS", [proxy_beta, 3.0])
     backbones.set_classes(protocol_class_names("voc", config.class_names))  # cached: SCLIP's file encoded once
     if config.class_names != "sclip":  # its own file, read as its get_cls_idx reads it
         path = CLASS_NAME_DIR / config.class_names / "cls_voc21.txt"
         names, owners = get_cls_idx(path, SEPARATORS[config.class_names])
         text = text_features(backbones.clip, backbones.tokenizer, names, backbones.templates)
-    settings = replace(SegmentorSettings.from_config(config), **CASES[method])
+    settings = replace(SegmentorSettings.from_config(config), **(CASES[method] if case is None else case))
     probabilities = reference_predict(
         backbones.clip, text, owners, voc_image, method, settings.__dict__, backbones.dino
     )
-    prob_thd = float(probabilities.max(0).values.quantile(0.3))
+    peak = probabilities.max(0).values
+    prob_thd = float(peak[peak.isfinite()].quantile(0.3))  # (ProxyCLIP at beta 1.2: NaN pixels left out)
     return Segmentor(backbones, replace(settings, prob_thd=prob_thd)), probabilities, prob_thd
 
 
@@ -235,3 +239,47 @@ def test_own_protocol_prediction_equals_the_authors_predict(voc_image, tiny_voc,
     assert (labels != expected_labels).float().mean() < 1e-3  # ties at float precision only
     if method == "sclip":
         assert (expected_probs.flatten(1).amax(1) == 0).any()  # area_thd dropped a class
+
+
+@pytest.fixture(scope="module")
+def voc_wide_image():
+    if not VOC_IMAGE.is_file():
+        pytest.skip("needs ../shared/data/voc_mini")
+    return np.ascontiguousarray(np.asarray(Image.open(VOC_IMAGE).convert("RGB"))[200:296, 180:311])  # 96 x 131
+
+
+def test_naclip_whole_image_at_its_voc_protocol_equals_the_authors_predict(voc_wide_image, tiny_voc, monkeypatch):
+    """cfg_voc21.py's slide_crop=0 at its own resize: 96 x 131 -> 336 x 459, not a multiple of 16. One forward of a
+    21 x 28 grid (the last 11 columns unseen), the positional embedding resized per axis by the (g + 0.1) rule, the
+    Gaussian window 41 x 55; the logits stretched to 336 x 459, then resized to 96 x 131, then PAMR."""
+    config = load_config("naclip_own.yaml", TINY_TEXT_OVERRIDES, dataset="voc")
+    assert (config.crop, config.short_side) == (0, 336)
+    assert mmcv.imrescale(voc_wide_image, (2048, 336)).shape[:2] == (336, 459)
+    case = {"logit_scale": 400}  # its own crop, stride, resize and PAMR
+    segmentor, expected_probs, prob_thd = _predictions(voc_wide_image, tiny_voc, "naclip", monkeypatch, case)
+    assert segmentor.encode(voc_wide_image).boxes == [(0, 336, 0, 459)]
+    expected_labels = reference_labels(expected_probs, prob_thd)
+    scores = segmentor.predict_scores(voc_wide_image)
+    assert len(torch.unique(expected_labels)) >= 3 and 0 < (expected_labels == 0).float().mean() < 1
+    torch.testing.assert_close(scores, expected_probs, rtol=1e-4, atol=5e-4)
+    assert (segmentor.labels(scores) != expected_labels).float().mean() < 1e-3
+
+
+def test_proxyclip_at_the_authors_beta_equals_their_predict_wherever_theirs_is_finite(voc_image, tiny_voc, monkeypatch):
+    """ProxyCLIP's own beta 1.2. With unit proxy features S_ii = 1, so a window's rows are all NaN in the authors'
+    attention when its mean similarity exceeds 1 / 1.2 (every entry below 1.2 x mean) and none otherwise: on the
+    tiny random DINO the means of this image's two 336 windows are about 0.75 and 0.9. NaN stays per pixel (the
+    window sum, the resizes and the softmax mix no pixel's names with another's; no PAMR): the authors' pixels seen
+    by the first window alone are finite, the rest NaN. Ours attend to their own patch there (docs/method.md): equal
+    wherever theirs is finite, finite everywhere."""
+    segmentor, expected_probs, prob_thd = _predictions(voc_image, tiny_voc, "proxyclip", monkeypatch, proxy_beta=1.2)
+    assert segmentor.backbones.proxy["proxy_beta"] == 1.2 and protocol_reference.PROXY_CONSTANTS[0] == 1.2
+    finite = expected_probs.isfinite().all(0)  # [H, W]
+    assert 0.1 < finite.float().mean() < 0.9  # both kinds of pixel
+    assert expected_probs.isnan().all(0)[~finite].all()
+    scores = segmentor.predict_scores(voc_image)
+    assert scores.isfinite().all()
+    torch.testing.assert_close(scores[:, finite], expected_probs[:, finite], rtol=1e-4, atol=5e-4)
+    expected_labels = reference_labels(expected_probs, prob_thd)[finite]
+    assert len(torch.unique(expected_labels)) >= 2
+    assert (segmentor.labels(scores)[finite] != expected_labels).float().mean() < 1e-3

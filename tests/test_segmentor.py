@@ -61,9 +61,17 @@ def reference_scores(image, backbones, st: SegmentorSettings):
             y2 = min(i * st.stride + st.crop, h)
             x2 = min(j * st.stride + st.crop, w)
             boxes.append((max(y2 - st.crop, 0), y2, max(x2 - st.crop, 0), x2))
+    if st.crop == 0:  # the whole image; the backbones see its top-left part, a multiple of the patch (as CLIP's conv)
+        boxes = [(0, h, 0, w)]
     feats, scores, centres = [], [], []
     for y1, y2, x1, x2 in boxes:  # steps 4-7, one window at a time
-        f, s = backbones(x[None, :, y1:y2, x1:x2])
+        seen_h, seen_w = y2 - y1, x2 - x1
+        if st.crop == 0:
+            seen_h, seen_w = (
+                seen_h // backbones.patch_size * backbones.patch_size,
+                seen_w // backbones.patch_size * backbones.patch_size,
+            )
+        f, s = backbones(x[None, :, y1 : y1 + seen_h, x1 : x1 + seen_w])
         gh, gw = f.shape[-2:]
         for a in range(gh):
             for b in range(gw):
@@ -102,8 +110,11 @@ SMALL = dict(short_side=96, crop=64, stride=32, k=30, r=5, tau=0.05)
         (SegmentorSettings(**SMALL), 16),
         (SegmentorSettings(pixel_refine=True, **SMALL), 16),
         (SegmentorSettings(**SMALL), 8),  # DINO ViT-B/8's patches: 64 per window, centres 4 + 8 a
+        # crop=0, the whole 115 x 96 image: a 7 x 6 grid (the last 3 rows unseen), its scores stretched to 115 x 96
+        (SegmentorSettings(**{**SMALL, "crop": 0}), 16),
+        (SegmentorSettings(pixel_refine=True, **{**SMALL, "crop": 0}), 8),  # a 14 x 12 grid
     ],
-    ids=["maskclip", "lposs", "lposs_plus", "lposs-patch8"],
+    ids=["maskclip", "lposs", "lposs_plus", "lposs-patch8", "lposs-crop0", "lposs_plus-crop0-patch8"],
 )
 def test_segmentor_equals_spec_reimplementation(settings, patch):
     # Noise, so that no two patches have near-equal features (the kNN order would then hang on rounding).
@@ -142,8 +153,19 @@ def test_crop_must_be_a_multiple_of_the_backbones_patch_sizes():
     backbones = FakeBackbones(patch_size=8)
     backbones.patch_sizes = (16, 8)  # CLIP /16, DINO /8
     Segmentor(backbones, SegmentorSettings(**SMALL))  # 64: fine
-    with pytest.raises(ValueError, match=r"crop=56: expected a multiple of the backbones' patch sizes \(16, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"crop=56: expected 0 \(the whole image\) or a multiple of the backbones' patch sizes \(16, 8\)",
+    ):
         Segmentor(backbones, SegmentorSettings(**{**SMALL, "crop": 56}))
+
+
+def test_whole_image_smaller_than_the_patch_multiple_is_one_line():
+    backbones = FakeBackbones(patch_size=8)
+    backbones.patch_sizes = (16, 8)
+    segmentor = Segmentor(backbones, SegmentorSettings(short_side=12, crop=0))
+    with pytest.raises(ValueError, match=r"crop=0 \(whole image\): the resized image is 12 x 18, smaller than 16"):
+        segmentor.predict(np.zeros((20, 30, 3), np.uint8))
 
 
 def plain_backbones(patch_size=16):
@@ -153,10 +175,10 @@ def plain_backbones(patch_size=16):
     return backbones
 
 
-REFINE_SETTINGS = [{"patch_propagation": False}, {}, {"pixel_refine": True}]
+REFINE_SETTINGS = [{"patch_propagation": False}, {}, {"pixel_refine": True}, {"crop": 0}]
 
 
-@pytest.mark.parametrize("changes", REFINE_SETTINGS, ids=["maskclip", "lposs", "lposs_plus"])
+@pytest.mark.parametrize("changes", REFINE_SETTINGS, ids=["maskclip", "lposs", "lposs_plus", "lposs-crop0"])
 def test_refine_with_the_segmentors_own_window_scores_is_predict(changes):
     """Its own window scores (and boxes) handed back as external scores give predict_scores bit for bit."""
     image = np.random.default_rng(3).integers(0, 256, size=(90, 70, 3)).astype(np.uint8)

@@ -2,10 +2,11 @@
 
 import mmcv
 import numpy as np
+import pytest
 import torch
 
 from lposs.segmentation import merge_windows, patch_centres, window_boxes
-from lposs.segmentation.windows import resize_to_fit
+from lposs.segmentation.windows import floor_to_multiple, resize_to_fit
 
 
 def smooth_image(h, w, seed=0):
@@ -31,6 +32,17 @@ def test_resize_equals_mmcv_imrescale():
 
 def test_small_image_gives_single_smaller_window():
     assert window_boxes(100, 150) == [(0, 100, 0, 150)]
+
+
+def test_crop_0_is_one_window_the_whole_image_floor_cropped_for_the_backbones():
+    assert window_boxes(336, 458, 0) == window_boxes(336, 458, 0, 999) == [(0, 336, 0, 458)]  # stride unused
+    image = torch.rand(3, 336, 458)
+    seen = floor_to_multiple(image, 16)
+    assert seen.shape == (3, 336, 448) and torch.equal(seen, image[:, :, :448])  # the last 10 columns unseen
+    assert floor_to_multiple(image, 112).shape == (3, 336, 448)
+    assert patch_centres([(0, 336, 0, 458)], (21, 28))[-1].tolist() == [328.0, 440.0]  # from the origin 0
+    with pytest.raises(ValueError, match="crop=0 .* 336 x 458, smaller than 400"):
+        floor_to_multiple(image, 400)
 
 
 def test_patch_centres_are_window_origin_plus_half_patch():

@@ -289,8 +289,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "pixel_refine": (lambda v: isinstance(v, bool), "true or false"),
     "short_side": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "long_side": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
-    # a multiple of both backbones' patch sizes: checked with the model names (models.check_crop)
-    "crop": (lambda v: _is_int(v) and v > 0, "an integer > 0 (a multiple of both patch sizes)"),
+    # 0 or a multiple of both backbones' patch sizes: checked with the model names (models.check_crop)
+    "crop": (
+        lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0 (0: the whole image; else a multiple of both patch sizes)",
+    ),
     "stride": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "window_batch": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "k": (lambda v: _is_int(v) and v > 0, "an integer >= 1"),
@@ -355,7 +358,7 @@ def _check_values(config: DictConfig) -> None:
 
 def _check_consistency(config: DictConfig) -> None:
     """Constraints between keys."""
-    if config.stride > config.crop:
+    if config.crop > 0 and config.stride > config.crop:  # crop=0, the whole image: stride unused
         raise ConfigError(f"config value stride={config.stride} is invalid: expected at most crop={config.crop}")
     for dataset, entry in config.per_dataset.items():
         if not isinstance(entry, DictConfig):

@@ -299,7 +299,8 @@ def check_choice(dotted: str, value: Any, choices: tuple) -> None:
 
 
 def check_crop(crop: Any, model_cfg: Any) -> None:
-    """ModelConfigError unless the window side `crop` is a multiple of both backbones' patch sizes (no weights read).
+    """ModelConfigError unless the window side `crop` is 0 (the whole image, floor-cropped to a multiple of both patch
+    sizes when it is run) or a multiple of both backbones' patch sizes (no weights read).
 
     Both grids of a window (crop / CLIP patch, crop / DINO patch) must cover it exactly, e.g. 224 for ViT-B/16 with
     DINO ViT-B/8 or DINOv2 /14, 224 or 448 for ViT-B/32 with DINOv2 /14 (a multiple of 224).
@@ -308,10 +309,10 @@ def check_crop(crop: Any, model_cfg: Any) -> None:
     patches = {f"model.clip.name={clip_name!r}": clip_patch_size(clip_name)}
     patches[f"model.dino.name={dino_name!r}"] = dino_patch_size_of(dino_name)
     multiple = math.lcm(*patches.values())
-    if not isinstance(crop, int) or isinstance(crop, bool) or crop < 1 or crop % multiple:
+    if not isinstance(crop, int) or isinstance(crop, bool) or crop < 0 or crop % multiple:
         names = " and ".join(f"{key} ({patch})" for key, patch in patches.items())
         raise ModelConfigError(
-            f"crop={crop!r}: expected a multiple of the patch sizes of {names}, i.e. of {multiple} "
+            f"crop={crop!r}: expected 0 (the whole image) or a multiple of the patch sizes of {names}, i.e. of {multiple} "
             f"(e.g. {max(1, round(224 / multiple)) * multiple})"
         )
 

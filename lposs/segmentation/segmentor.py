@@ -14,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from .class_scores import labels_with_background, max_over_aliases, probability_
 from .external_scores import check_boxes, scores_per_window
 from .image_graphs import ImageGraphs
 from .label_propagation import solve_patches
-from .windows import PATCH_SIZE, merge_windows, resize_to_fit, resized_size, window_boxes
+from .windows import PATCH_SIZE, floor_to_multiple, merge_windows, resize_to_fit, resized_size, window_boxes
 
 __all__ = [
     "ENCODING_FIELDS",
@@ -66,7 +67,7 @@ class SegmentorSettings:
     pixel_refine: bool = False  # True: LPOSS+
     short_side: int = 448
     long_side: int = 2048
-    crop: int = 224
+    crop: int = 224  # 0: the whole image in one window (NACLIP's slide_crop=0), stride unused
     stride: int = 112
     window_batch: int = 64
     k: int = 400
@@ -148,10 +149,13 @@ class Segmentor:
         self.backbones = backbones
         self.settings = settings or SegmentorSettings()
         sizes = tuple(getattr(backbones, "patch_sizes", ()))
-        if any(self.settings.crop % size for size in sizes):
+        if self.settings.crop < 0 or any(self.settings.crop % size for size in sizes):
             raise ValueError(
-                f"crop={self.settings.crop}: expected a multiple of the backbones' patch sizes {sizes} (CLIP, DINO)"
+                f"crop={self.settings.crop}: expected 0 (the whole image) or a multiple of the backbones' patch sizes "
+                f"{sizes} (CLIP, DINO)"
             )
+        # crop=0: the whole image, floor-cropped to a multiple of both patch sizes (windows.floor_to_multiple)
+        self._multiple = math.lcm(*sizes) if sizes else getattr(backbones, "patch_size", PATCH_SIZE)
         self.profile = profile  # when True, stage_seconds accumulates synchronised wall time per stage
         self.stage_seconds: dict[str, float] = {}
 
@@ -210,7 +214,7 @@ class Segmentor:
         s = self.settings
         images = [self._to_tensor(resized) for resized in resized_images]
         boxes = [window_boxes(image.shape[1], image.shape[2], s.crop, s.stride) for image in images]
-        windows = [image[:, y1:y2, x1:x2] for image, bs in zip(images, boxes) for y1, y2, x1, x2 in bs]
+        windows = [window for image, bs in zip(images, boxes) for window in self._window_pixels(image, bs)]
         outputs = self._run_windows(windows, self.backbones)
         patch = getattr(self.backbones, "patch_size", PATCH_SIZE)
         encodings, first = [], 0
@@ -220,6 +224,14 @@ class Segmentor:
             features, scores = torch.stack([f for f, _ in own]), torch.stack([c for _, c in own])
             encodings.append(ImageEncoding(features, scores, bs, image, tuple(size), patch))
         return encodings
+
+    def _window_pixels(self, image: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]]) -> list[torch.Tensor]:
+        """The ``[3, h', w']`` pixels of each box of a ``[3, h, w]`` image that the backbones see: the box itself,
+        or, with ``crop=0``, the box floor-cropped to a multiple of both patch sizes (NACLIP's whole image)."""
+        windows = [image[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        if self.settings.crop == 0:
+            return [floor_to_multiple(window, self._multiple) for window in windows]
+        return windows
 
     def _run_windows(self, windows: Sequence[torch.Tensor], forward: Callable) -> list[tuple[torch.Tensor, ...]]:
         """``forward`` on batches of equal-size windows (at most ``window_batch`` each, whichever image they come
@@ -360,7 +372,8 @@ class Segmentor:
             scores: ``[C, h, w]`` for the whole image, any ``h, w`` (sampled bilinearly at the patch centres), or
                 ``[B, C, h, w]`` per window, any grid (resized bilinearly to DINO's), one per box.
             boxes: the windows ``(y1, y2, x1, x2)`` of per-window scores in pixels of the resized image, all of one
-                size; default: this segmentor's own windows (:meth:`boxes`).
+                size; default: this segmentor's own windows (:meth:`boxes`). With ``crop=0`` the backbones see each
+                box floor-cropped to a multiple of both patch sizes, as in :meth:`encode_batch`.
 
         Returns:
             ``[C, H, W]`` float32 refined scores at the image's size, one per score row (no alias max; the argmax
@@ -373,7 +386,7 @@ class Segmentor:
         check_boxes(boxes, size)
         features_of = getattr(self.backbones, "features", None)
         forward = (lambda w: (features_of(w),)) if features_of is not None else (lambda w: self.backbones(w)[:1])
-        windows = [tensor[:, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes]
+        windows = self._window_pixels(tensor, boxes)
         features = torch.stack([out[0] for out in self._run_windows(windows, forward)])  # [B, D, gh, gw]
         patch = getattr(self.backbones, "patch_size", PATCH_SIZE)
         grid = (features.shape[2], features.shape[3])

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["merge_windows", "patch_centres", "resize_to_fit", "resized_size", "window_boxes"]
+__all__ = ["floor_to_multiple", "merge_windows", "patch_centres", "resize_to_fit", "resized_size", "window_boxes"]
 
 PATCH_SIZE = 16  # the paper's DINO ViT-B/16; other backbones pass their own
 
@@ -42,16 +42,41 @@ def _axis_starts(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
 
 
 def window_boxes(height: int, width: int, crop: int = 224, stride: int = 112) -> list[tuple[int, int, int, int]]:
-    """The sliding-window grid of docs/method.md step 3, row-major.
+    """The sliding-window grid of docs/method.md step 3, row-major; ``crop=0``: one window, the whole image.
 
     Returns:
-        ``[(y1, y2, x1, x2), ...]``; every window has size ``min(crop, height) x min(crop, width)``.
+        ``[(y1, y2, x1, x2), ...]``; every window has size ``min(crop, height) x min(crop, width)``; ``crop=0``:
+        ``[(0, height, 0, width)]`` (``stride`` unused).
     """
+    if crop == 0:  # whole-image inference (NACLIP's slide_crop=0)
+        return [(0, height, 0, width)]
     return [
         (y1, y2, x1, x2)
         for y1, y2 in _axis_starts(height, crop, stride)
         for x1, x2 in _axis_starts(width, crop, stride)
     ]
+
+
+def floor_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """What the backbones see of a whole image (``crop=0``): its top-left ``[3, h - h % m, w - w % m]`` part.
+
+    As CLIP's patch convolution (stride = patch, no padding) on a whole image in NACLIP: the last ``h % m`` rows
+    and ``w % m`` columns are not seen, where windows are padded instead (docs/method.md, "Own protocols").
+
+    Args:
+        image: ``[3, h, w]`` float in [0, 1].
+        multiple: ``m``, a multiple of both backbones' patch sizes (their lcm).
+
+    Returns:
+        ``[3, h', w']``, a view of ``image``.
+    """
+    height, width = image.shape[-2:]
+    if height < multiple or width < multiple:
+        raise ValueError(
+            f"crop=0 (whole image): the resized image is {height} x {width}, smaller than {multiple} (the backbones' "
+            "patch multiple); raise short_side"
+        )
+    return image[:, : height - height % multiple, : width - width % multiple]
 
 
 def patch_centres(
