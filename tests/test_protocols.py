@@ -38,11 +38,11 @@ AUTHORS = {
     "naclip": {  # sinahmr/NACLIP naclip.py defaults (as SCLIP's) and eval.py --pamr on: 10 steps, pamr_stride (8, 16)
         # configs/cfg_voc21.py at defb7c94 (the latest): prob_thd=0.1, slide_crop=0 (the whole image; stride unused)
         "voc": (336, 0, 112, 40, 0.1, None, 10),
-        "voc20": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_voc20.py
+        "voc20": (336, 0, 112, 40, 0.0, None, 10),  # configs/cfg_voc20.py at defb7c94: slide_crop=0
         "context": (336, 224, 112, 40, 0.1, None, 10),  # configs/cfg_context60.py
         "context59": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_context59.py
         "coco_object": (336, 224, 112, 40, 0.1, None, 10),  # configs/cfg_coco_object.py
-        "coco_stuff": (448, 224, 112, 40, 0.0, None, 10),  # configs/cfg_coco_stuff164k.py
+        "coco_stuff": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_coco_stuff164k.py at defb7c94: 336 (was 448)
         "cityscapes": (560, 224, 112, 40, 0.0, None, 10),  # configs/cfg_city_scapes.py
         "ade20k": (336, 224, 112, 40, 0.0, None, 10),  # configs/cfg_ade20k.py
     },
