@@ -38,8 +38,8 @@ METHODS = {
     "clearclip": "clearclip_own.yaml",
     "proxyclip": "proxyclip_own.yaml",
 }
-# the methods whose class names are the authors' files (class_names != lposs): --class_files_dir may replace them
-OWN_CLASS_FILES = ("sclip", "naclip", "clearclip", "proxyclip")
+# the methods at an author's own protocol, whose class names are the authors' files: --class_files_dir may replace them
+OWN_CLASS_FILES = tuple(method for method, config in METHODS.items() if config.endswith("_own.yaml"))
 # mIoU % as published, in PAPER_ORDER (voc, context, coco_object, voc20, context59, coco_stuff, cityscapes, ade20k);
 # None: not verified from a source we could read (docs/benchmarks.md says where each number comes from)
 PUBLISHED: dict[str, tuple[float | None, ...]] = {
@@ -110,22 +110,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _overrides(method: str, args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of one method's runs: the data root, its class files folder, the user's."""
+    folder = [f"class_files_dir={args.class_folders[method]}"] if method in args.class_folders else []
+    return [f"data_root={args.data_root}", *folder, *args.overrides]
+
+
 def _command(method: str, key: str, args: argparse.Namespace) -> list[str]:
     config = METHODS[method]
     out = args.output / config.removesuffix(".yaml").removesuffix("_own") / key
     limit = ["--limit", str(args.limit)] if args.limit else []
-    folder = [f"class_files_dir={args.class_folders[method]}"] if method in args.class_folders else []
-    return [
-        config,
-        "--dataset",
-        key,
-        f"data_root={args.data_root}",
-        "--output",
-        str(out),
-        *limit,
-        *folder,
-        *args.overrides,
-    ]
+    return [config, "--dataset", key, "--output", str(out), *limit, *_overrides(method, args)]
 
 
 def plan_cells(args: argparse.Namespace, check: bool = True) -> list[Cell]:
@@ -139,17 +134,16 @@ def plan_cells(args: argparse.Namespace, check: bool = True) -> list[Cell]:
             cell = Cell(method, key, "python main_eval.py " + " ".join(argv), published, [])
             cells.append(cell)
             if check:
-                cell.missing = _missing(argv, key, weights_seen)
+                cell.missing = _missing(METHODS[method], key, _overrides(method, args), weights_seen)
     return cells
 
 
-def _missing(argv: list[str], key: str, weights_seen: dict) -> list[str]:
-    """What the cell of ``main_eval`` arguments ``argv`` lacks: one line per missing thing."""
+def _missing(config_name: str, key: str, overrides: list[str], weights_seen: dict) -> list[str]:
+    """What one cell lacks: one line per missing thing (config, class file, dataset, weights)."""
     from lposs.models.weights import missing_weights
 
-    overrides = [item for item in argv if "=" in item and not item.startswith("-")]
     try:
-        config = load_config(argv[0], overrides, dataset=key)
+        config = load_config(config_name, overrides, dataset=key)
         protocol_class_names(key, str(config.class_names), config.class_files_dir)
     except (ConfigError, DatasetError) as error:
         return [str(error)]
